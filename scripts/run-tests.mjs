@@ -1,5 +1,7 @@
-// Runs every compiled test file with node:test. Node 20's runner takes no globs, so list them here.
-// Kernel tests share one machine-wide resource (bpffs, cgroups), so files run one at a time.
+// Runs every test file under test/ with node:test through tsx (TypeScript without a build step;
+// `npm run typecheck` is what checks types). Node 20's runner takes no globs, so list them here.
+// Kernel tests share machine-wide resources (bpffs, cgroups, loopback ports): one file at a time.
+// Usage: node scripts/run-tests.mjs [substring ...]   runs only the files whose path contains one.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,15 +11,21 @@ function find(dir) {
   for (const name of readdirSync(dir)) {
     const p = join(dir, name);
     if (statSync(p).isDirectory()) out.push(...find(p));
-    else if (name.endsWith('.test.js')) out.push(p);
+    else if (name.endsWith('.test.ts')) out.push(p);
   }
   return out;
 }
 
 const filter = process.argv.slice(2);
-let files = find('dist/test').sort();
+let files = find('test').sort();
 if (filter.length) files = files.filter((f) => filter.some((x) => f.includes(x)));
-const r = spawnSync(process.execPath, ['--enable-source-maps', '--test', '--test-concurrency=1', ...files], {
-  stdio: 'inherit',
-});
+if (files.length === 0) {
+  console.error('no test files matched');
+  process.exit(1);
+}
+const r = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--enable-source-maps', '--test', '--test-concurrency=1', ...files],
+  { stdio: 'inherit' },
+);
 process.exit(r.status ?? 1);
