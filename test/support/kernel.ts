@@ -132,7 +132,12 @@ export function kernelTest(name: string, fn: (t: TestContext, env: KernelEnv) =>
  * Spawns a command whose process joins `cgroup` before it execs, so every socket it opens is
  * subject to the programs attached there. The shell writes its own pid, then execs the command.
  */
-export function spawnInCgroup(cgroup: string, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+export function spawnInCgroup(
+  cgroup: string,
+  cmd: string,
+  args: string[],
+  opts: SpawnOptions = {},
+): ChildProcess {
   const script = `echo $$ > '${join(cgroup, 'cgroup.procs')}' && exec "$@"`;
   return spawn('/bin/sh', ['-c', script, 'sh', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up everything kernmesh needs on a Debian 12 machine with Node 20, as root, and builds it.
+# Idempotent: installs only what is missing, mounts bpffs only if absent, rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "[setup] kernmesh loads BPF programs and needs root; run this as root" >&2
+  exit 1
+fi
+
+# Debian packages: the BPF toolchain, libbpf for the addon, iproute2 for network-namespace tests,
+# promtool (package prometheus) to check the metrics exposition, openssl for the TLS test CA.
+pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Pinned maps and links live on bpffs; some machines boot without it mounted.
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts; then
+  say "mounting bpffs at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+# npm ci only when the lock file changed since the last install.
+stamp=node_modules/.kernmesh-lock
+if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json "$stamp"
+fi
+
+say "building BPF programs, the native addon and TypeScript"
+npm run --silent build:bpf >/dev/null
+if [ ! -f native/build/Release/kernmesh_native.node ] || [ -n "$(find native/src native/binding.gyp -newer native/build/Release/kernmesh_native.node 2>/dev/null)" ]; then
+  npm run --silent build:native >/dev/null
+fi
+npm run --silent build:ts
+say "ready"
