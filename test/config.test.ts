@@ -11,7 +11,7 @@ function tmp(): string {
 
 const noFiles = { checkFiles: false };
 
-test('flags win over KERNMESH_ variables, which win over the config file', () => {
+void test('flags win over KERNMESH_ variables, which win over the config file', () => {
   const dir = tmp();
   try {
     const file = join(dir, 'kernmesh.yaml');
@@ -31,7 +31,7 @@ test('flags win over KERNMESH_ variables, which win over the config file', () =>
   }
 });
 
-test('defaults follow Istio: TLS on 15012, admin on 127.0.0.1:15000, bpffs under /sys/fs/bpf/kernmesh', () => {
+void test('defaults follow Istio: TLS on 15012, admin on 127.0.0.1:15000, bpffs under /sys/fs/bpf/kernmesh', () => {
   const c = loadConfig(
     ['--xds-address', 'istiod.istio-system.svc:15012', '--cgroup=/x', '--cgroup', '/y'],
     {},
@@ -46,7 +46,7 @@ test('defaults follow Istio: TLS on 15012, admin on 127.0.0.1:15000, bpffs under
   assert.equal(c.xdsProtocol, 'delta');
 });
 
-test('identity comes from flags or the downward-API environment', () => {
+void test('identity comes from flags or the downward-API environment', () => {
   const env = {
     POD_NAME: 'kernmesh-abc',
     POD_NAMESPACE: 'istio-system',
@@ -66,7 +66,7 @@ test('identity comes from flags or the downward-API environment', () => {
   assert.equal(c.identity.extraMetadata.FOO, 'bar');
 });
 
-test('bare --access-log means stdout; --no-waypoints turns a boolean off; map sizes parse', () => {
+void test('bare --access-log means stdout; --no-waypoints turns a boolean off; map sizes parse', () => {
   const c = loadConfig(
     [
       '--xds-file',
@@ -93,7 +93,7 @@ function rejects(fn: () => unknown, pattern: RegExp): void {
   });
 }
 
-test('a bad flag stops the start and names the flag', () => {
+void test('a bad flag stops the start and names the flag', () => {
   rejects(() => loadConfig(['--xds-adress', 'x:1'], {}, noFiles), /unknown flag --xds-adress/);
   rejects(
     () => loadConfig(['--xds-protocol', 'grpc', '--xds-file', 'f'], {}, noFiles),
@@ -121,7 +121,7 @@ test('a bad flag stops the start and names the flag', () => {
   );
 });
 
-test('a bad config file stops the start and names the file, line and key', () => {
+void test('a bad config file stops the start and names the file, line and key', () => {
   const dir = tmp();
   try {
     const bad = join(dir, 'bad.yaml');
@@ -146,7 +146,7 @@ test('a bad config file stops the start and names the file, line and key', () =>
   }
 });
 
-test('an unreadable xDS file or a missing cgroup stops the start', () => {
+void test('an unreadable xDS file or a missing cgroup stops the start', () => {
   const dir = tmp();
   try {
     const cg = join(dir, 'cg');

@@ -298,6 +298,7 @@ function fromYaml(spec: OptionSpec, node: YamlNode | null, source: string): RawV
   const scalarText = (n: unknown): string => {
     if (!isScalar(n) || n.value === null || typeof n.value === 'object')
       throw new ConfigError('expected a single value', source);
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion -- value is unknown to yaml's types
     return String(n.value as string | number | boolean);
   };
   switch (spec.kind) {
