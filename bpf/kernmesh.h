@@ -7,7 +7,258 @@
 #include <linux/types.h>
 
 /* ---- routing (connect4/6, getpeername, waypoints) ---- */
+/* Addresses are 16 bytes: IPv4 in the first 4 (network order), the rest zero. Ports in network
+ * order, as the kernel hands them to sock_addr programs. */
+
+#define KM_AF_INET 4
+#define KM_AF_INET6 6
+
+#define KM_MAX_PRIORITIES 8
+
+/* km_service.kind */
+#define KM_KIND_ENDPOINTS 0
+#define KM_KIND_PASSTHROUGH 1
+#define KM_KIND_BLACKHOLE 2
+#define KM_KIND_WAYPOINT 3
+
+/* km_service.lb_policy */
+#define KM_LB_RANDOM 0
+#define KM_LB_ROUND_ROBIN 1
+#define KM_LB_LEAST_REQUEST 2
+#define KM_LB_MAGLEV 3
+
+/* Counter reasons: index = service_id * KM_REASON_COUNT + reason in km_counters (per CPU). */
+#define KM_REASON_ROUTED 0
+#define KM_REASON_NO_ENDPOINT 1
+#define KM_REASON_OVERFLOW 2
+#define KM_REASON_PASSTHROUGH 3
+#define KM_REASON_BLACKHOLE 4
+#define KM_REASON_WAYPOINT 5
+#define KM_REASON_MAP_MISS 6
+#define KM_REASON_COUNT 8
+
+/* km_frontends key: what connect() asked for. */
+struct km_frontend_key {
+	__u8 address[16];
+	__u16 port;
+	__u8 protocol; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 family;   /* KM_AF_INET / KM_AF_INET6 */
+};
+
+struct km_frontend {
+	__u32 service_id;
+};
+
+/* km_services value. Slots and Maglev tables are double-buffered: `generation` names the live
+ * half, so the writer fills the other half and switches the service with this one update. */
+struct km_service {
+	__u8 kind;
+	__u8 lb_policy;
+	__u8 generation;
+	__u8 waypoint_family;
+	__u32 max_connections; /* 0: no cap */
+	__u16 slot_count[KM_MAX_PRIORITIES]; /* selectable slots per priority group */
+	__u16 maglev_size;                   /* entries per Maglev table (prime), 0 unless MAGLEV */
+	__u16 waypoint_port;
+	__u8 waypoint_address[16];
+};
+
+/* Key of km_slots (dense, weight-expanded endpoint slots) and km_maglev (lookup tables). */
+struct km_slot_key {
+	__u32 service_id;
+	__u16 index;
+	__u8 priority;
+	__u8 generation;
+};
+
+struct km_slot {
+	__u32 backend_id;
+	__u32 weight;
+};
+
+struct km_backend {
+	__u8 address[16];
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* km_svc_names value: the service's name, so ids survive agent restarts. NUL-padded. */
+struct km_service_name {
+	char name[256];
+};
+
+/* km_sock_route flags */
+#define KM_SOCK_ROUTED 0x01           /* destination rewritten; getpeername reports the original */
+#define KM_SOCK_WAYPOINT_PENDING 0x02 /* first message still has to carry the waypoint TLV */
+#define KM_SOCK_COUNTED 0x04          /* holds one unit of km_backend_conn / km_service_conn */
+#define KM_SOCK_V4_MAPPED 0x08        /* IPv6 socket that connected to a v4-mapped VIP */
+#define KM_SOCK_PASSTHROUGH 0x10      /* matched a passthrough service; destination untouched */
+
+/* Per-socket routing decision (BPF_MAP_TYPE_SK_STORAGE map km_sock_route), written by connect4/6.
+ * STABLE LAYOUT: telemetry programs read this map by name (same pinned map); append only. */
+struct km_sock_route {
+	__u8 orig_address[16]; /* the VIP the application asked for */
+	__u16 orig_port;
+	__u8 family; /* family of orig_address: KM_AF_INET / KM_AF_INET6 */
+	__u8 flags;
+	__u32 service_id;
+	__u32 backend_id; /* 0 for passthrough and waypoint */
+	__u32 reserved;
+};
+
 
 /* ---- acceleration and telemetry ---- */
+
+/* Acceleration rules: two banks of KM_ACCEL_MAX_RULES in km_accel_rules; user space fills the idle
+ * bank, then flips km_accel_config.rule_bank, so a connection never sees half a rule set. */
+#define KM_ACCEL_MAX_RULES 64
+
+#define KM_ACCEL_MATCH_IP (1 << 0)
+#define KM_ACCEL_MATCH_PORT (1 << 1)
+#define KM_ACCEL_MATCH_UID (1 << 2)
+#define KM_ACCEL_MATCH_GID (1 << 3)
+
+#define KM_ACCEL_ACCEPT 1
+#define KM_ACCEL_RETURN 2
+
+struct km_accel_rule {
+	__u8 matches;    /* KM_ACCEL_MATCH_* bits; a match not set matches anything */
+	__u8 action;     /* KM_ACCEL_ACCEPT or KM_ACCEL_RETURN */
+	__u8 family;     /* AF_INET or AF_INET6, with KM_ACCEL_MATCH_IP */
+	__u8 prefix_len;
+	__u16 port;      /* host order */
+	__u16 pad;
+	__u32 uid;
+	__u32 gid;
+	__u32 addr[4];   /* network order; IPv4 in addr[0] */
+};
+
+struct km_accel_config {
+	__u32 enabled;       /* 0: no new socket is inserted and open ones fall back to the stack */
+	__u32 rule_bank;     /* 0 or 1: the live half of km_accel_rules */
+	__u32 rule_count[2]; /* rules in each bank; written before the bank flips */
+};
+
+/* One end of a TCP connection seen from that socket; IPv4-mapped IPv6 is folded to IPv4 so both
+ * ends of a dual-stack connection build matching keys. Ports in host order. */
+struct km_sock_key {
+	__u32 family;
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u32 local_port;
+	__u32 remote_port;
+};
+
+struct km_listener_key {
+	__u32 family;
+	__u32 ip[4];
+	__u32 port;
+};
+
+/* Who owns a socket: captured at socket creation, where the creating task is current. */
+struct km_sock_owner {
+	__u32 uid;
+	__u32 gid;
+};
+
+#define KM_ACCEL_SOCK_OWNER_KNOWN (1 << 0)
+#define KM_ACCEL_SOCK_ACCELERATED (1 << 1) /* in the sockhash */
+#define KM_ACCEL_SOCK_REFUSED (1 << 2)     /* local, but the rules said no */
+#define KM_ACCEL_SOCK_FELL_BACK (1 << 3)   /* a message took the stack: never redirect again (byte order) */
+
+/* Per-socket acceleration state (sk_storage, cloned from a listener onto the sockets it accepts). */
+struct km_accel_sock {
+	__u32 uid;
+	__u32 gid;
+	__u32 state; /* KM_ACCEL_SOCK_* */
+	__u32 pad;
+	__u64 bytes_out; /* bytes this socket sent through the sockmap, not seen by TCP's counters */
+	__u64 bytes_in;  /* bytes the peer redirected into this socket */
+};
+
+/* Indexes of the per-CPU km_accel_counters array. */
+#define KM_ACCEL_SOCKETS_INSERTED 0
+#define KM_ACCEL_MSGS_REDIRECTED 1
+#define KM_ACCEL_REDIRECT_FAILURES 2
+#define KM_ACCEL_BYTES_REDIRECTED 3
+#define KM_ACCEL_SOCKETS_REFUSED 4
+#define KM_ACCEL_INSERT_FAILURES 5
+#define KM_ACCEL_MSGS_FALLBACK 6 /* passed to the stack after a fallback or with acceleration off */
+#define KM_ACCEL_COUNTER_MAX 8
+
+struct km_telemetry_config {
+	__u32 enabled;
+	__u32 pad;
+};
+
+#define KM_CONN_OPEN 1
+#define KM_CONN_CLOSE 2
+
+#define KM_DIR_OUTBOUND 1 /* this socket connected */
+#define KM_DIR_INBOUND 2  /* this socket was accepted */
+
+#define KM_END_NONE 0
+#define KM_END_CLOSED 1  /* FIN handshake */
+#define KM_END_ABORTED 2 /* reset or timed out before an orderly close */
+
+#define KM_CONN_F_REWRITTEN (1 << 0)   /* connect() destination was rewritten: orig_* and service_id set */
+#define KM_CONN_F_ACCELERATED (1 << 1) /* some bytes went through the sockmap */
+
+/* One ring-buffer record per connection open and close. */
+struct km_conn_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns() */
+	__u64 cookie;       /* socket cookie: pairs an open with its close */
+	__u64 cgroup_id;
+	__u64 bytes_sent;     /* payload bytes, close only */
+	__u64 bytes_received; /* payload bytes, close only */
+	__u64 duration_ns;    /* close only */
+	__u32 pid;            /* tgid that created the socket (the listener's for accepted sockets) */
+	__u32 family;
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u32 orig_ip[4]; /* destination the application asked for, when rewritten */
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 orig_port;
+	__u8 type;      /* KM_CONN_OPEN / KM_CONN_CLOSE */
+	__u8 direction; /* KM_DIR_* */
+	__u32 service_id;
+	__u32 backend_id;
+	__u32 srtt_us;
+	__u32 total_retrans;
+	__u8 end_reason; /* KM_END_* */
+	__u8 flags;      /* KM_CONN_F_* */
+	__u16 pad;
+};
+
+/* Per-socket telemetry state (sk_storage). */
+#define KM_TELE_TRACKED (1 << 0)
+#define KM_TELE_FIN_IN (1 << 1)        /* the peer's FIN was received: bytes_received counts it */
+#define KM_TELE_FIN_OUT_ACKED (1 << 2) /* our FIN was acked: bytes_acked counts it */
+
+struct km_tele_sock {
+	__u64 open_ns;
+	__u64 cgroup_id;
+	__u64 base_bytes_acked;    /* at establishment: the SYN is not payload */
+	__u64 base_bytes_received;
+	__u32 pid;
+	__u32 flags;     /* KM_TELE_* */
+	__u32 direction; /* KM_DIR_* */
+	__u32 pad;
+};
+
+/* Per-service traffic counted by cgroup_skb, per CPU; service 0 is traffic not routed to a service. */
+struct km_service_traffic {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+};
+
+/* Indexes of the per-CPU km_telemetry_counters array. */
+#define KM_TELE_EVENTS_LOST 0
+#define KM_TELE_EVENTS_SENT 1
+#define KM_TELE_COUNTER_MAX 4
 
 #endif /* KERNMESH_H */
