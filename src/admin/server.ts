@@ -1,0 +1,212 @@
+// The admin endpoint (node:http): Envoy's routes where Envoy has one, so that istioctl and
+// dashboards built for Envoy work, plus kernmesh's own /debug/* views of the xDS and kernel state.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { JsonObject } from '../xds/types.js';
+import { buildClusters, type HostStats } from './clusters.js';
+import { AdminRequestError, buildConfigDump, type ConfigDumpInput } from './config-dump.js';
+
+export interface Readiness {
+  ready: boolean;
+  /** Why not ready, one line each. */
+  reasons: string[];
+}
+
+/** What the admin endpoint reads from the running agent. */
+export interface AdminSource {
+  readiness(): Readiness;
+  serverInfo(): JsonObject;
+  configDump(): ConfigDumpInput;
+  hostStats?: HostStats;
+  debugXds(): unknown;
+  debugMaps(): unknown;
+  debugBpf(): unknown;
+  renderMetrics(): Promise<{ contentType: string; body: string }>;
+}
+
+export interface AdminServer {
+  /** host:port actually bound (port 0 picks one). */
+  readonly address: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** JSON with 64-bit counters as strings, as proto3 JSON writes them. */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n';
+}
+
+const ROUTES: Record<string, string> = {
+  '/ready': 'LIVE once programs are attached and the first config is applied, else 503 with why',
+  '/healthz': 'the process is up',
+  '/server_info': 'envoy.admin.v3.ServerInfo',
+  '/config_dump': 'envoy.admin.v3.ConfigDump (include_eds, mask, resource, name_regex)',
+  '/clusters': 'clusters and hosts (format=json: envoy.admin.v3.Clusters)',
+  '/stats/prometheus': 'metrics in Prometheus text format',
+  '/metrics': 'same as /stats/prometheus',
+  '/debug/xds': 'per type and resource: version, nonce, status, last NACK reason',
+  '/debug/maps': 'kernel maps decoded: frontends, services, endpoints, counters, capacity',
+  '/debug/bpf': 'programs, attach points, run time and count',
+};
+
+export async function startAdminServer(
+  source: AdminSource,
+  opts: { host: string; port: number; log?: Logger },
+): Promise<AdminServer> {
+  const server: Server = createServer((req, res) => {
+    handle(source, req, res).catch((e: unknown) => {
+      opts.log?.error({ err: e, url: req.url }, 'admin request failed');
+      if (!res.headersSent) send(res, 500, 'text/plain', `internal error: ${(e as Error).message}\n`);
+      else res.end();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e) =>
+      reject(
+        new Error(`admin endpoint cannot listen on ${opts.host}:${opts.port}: ${e.message}`, { cause: e }),
+      ),
+    );
+    server.listen(opts.port, opts.host, () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return {
+    address: `${host}:${addr.port}`,
+    port: addr.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-cache, max-age=0' });
+  res.end(body);
+}
+
+function sendJson(res: ServerResponse, value: unknown, status = 200): void {
+  send(res, status, 'application/json', toJson(value));
+}
+
+/** Envoy treats a query parameter given without a value (`?include_eds`) as set. */
+function flag(q: URLSearchParams, name: string): boolean {
+  const v = q.get(name);
+  return v !== null && v !== 'false' && v !== '0';
+}
+
+async function handle(source: AdminSource, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://admin');
+  const q = url.searchParams;
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    send(
+      res,
+      405,
+      'text/plain',
+      'only GET is served; kernmesh changes no state through the admin endpoint\n',
+    );
+    return;
+  }
+  switch (url.pathname) {
+    case '/':
+      send(
+        res,
+        200,
+        'text/plain',
+        Object.entries(ROUTES)
+          .map(([p, d]) => `${p.padEnd(18)} ${d}`)
+          .join('\n') + '\n',
+      );
+      return;
+    case '/ready': {
+      const r = source.readiness();
+      send(
+        res,
+        r.ready ? 200 : 503,
+        'text/plain',
+        r.ready ? 'LIVE\n' : `NOT READY\n${r.reasons.map((x) => `- ${x}`).join('\n')}\n`,
+      );
+      return;
+    }
+    case '/healthz':
+      send(res, 200, 'text/plain', 'OK\n');
+      return;
+    case '/server_info':
+      sendJson(res, source.serverInfo());
+      return;
+    case '/config_dump': {
+      const mask = q.get('mask');
+      const regex = q.get('name_regex');
+      let nameRegex: RegExp | undefined;
+      try {
+        nameRegex = regex ? new RegExp(regex) : undefined;
+      } catch (e) {
+        send(res, 400, 'text/plain', `name_regex: ${(e as Error).message}\n`);
+        return;
+      }
+      try {
+        const dump = buildConfigDump(source.configDump(), {
+          includeEds: flag(q, 'include_eds'),
+          mask: mask ? mask.split(',').filter(Boolean) : undefined,
+          resource: q.get('resource') ?? undefined,
+          nameRegex,
+        });
+        sendJson(res, dump);
+      } catch (e) {
+        if (e instanceof AdminRequestError) send(res, 400, 'text/plain', `${e.message}\n`);
+        else throw e;
+      }
+      return;
+    }
+    case '/clusters': {
+      const clusters = buildClusters(source.configDump().resources, source.hostStats);
+      if (q.get('format') === 'json') {
+        sendJson(res, clusters);
+        return;
+      }
+      send(res, 200, 'text/plain', clustersText(clusters));
+      return;
+    }
+    case '/stats/prometheus':
+    case '/metrics': {
+      const m = await source.renderMetrics();
+      send(res, 200, m.contentType, m.body);
+      return;
+    }
+    case '/debug/xds':
+      sendJson(res, source.debugXds());
+      return;
+    case '/debug/maps':
+      sendJson(res, source.debugMaps());
+      return;
+    case '/debug/bpf':
+      sendJson(res, source.debugBpf());
+      return;
+    default:
+      send(res, 404, 'text/plain', `no route ${url.pathname}; GET / lists them\n`);
+  }
+}
+
+/** Envoy's text form of /clusters: `cluster::host:port::field::value`, one fact a line. */
+function clustersText(clusters: JsonObject): string {
+  const lines: string[] = [];
+  for (const c of (clusters.cluster_statuses as JsonObject[] | undefined) ?? []) {
+    const name = c.name as string;
+    lines.push(`${name}::observability_name::${c.observability_name as string}`);
+    lines.push(`${name}::added_via_api::true`);
+    for (const h of (c.host_statuses as JsonObject[] | undefined) ?? []) {
+      const sock = ((h.address as JsonObject | undefined)?.socket_address ?? {}) as JsonObject;
+      const hp = `${sock.address as string}:${(sock.port_value as number | undefined) ?? 0}`;
+      for (const s of (h.stats as JsonObject[] | undefined) ?? [])
+        lines.push(`${name}::${hp}::${s.name as string}::${s.value as string}`);
+      lines.push(
+        `${name}::${hp}::health_flags::${(h.health_status as JsonObject).eds_health_status as string}`,
+      );
+      lines.push(`${name}::${hp}::weight::${h.weight as number}`);
+      lines.push(`${name}::${hp}::priority::${h.priority as number}`);
+    }
+  }
+  return lines.join('\n') + '\n';
+}

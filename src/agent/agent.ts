@@ -1,0 +1,237 @@
+// The running agent: updates from the config source are translated and programmed into the kernel
+// one at a time (p-queue), the admin endpoint reads the result. Stopping closes file descriptors
+// only: pinned maps and links stay, so traffic keeps its last programming while the agent is away.
+import PQueue from 'p-queue';
+import type { Logger } from 'pino';
+import type { AdminSource, Readiness } from '../admin/server.js';
+import type { ConfigDumpInput } from '../admin/config-dump.js';
+import type { DesiredState } from '../dataplane/model.js';
+import type { JsonObject, Rejection, XdsResource } from '../xds/types.js';
+import { AgentMetrics, typeLabel } from './metrics.js';
+import type { ConfigSource, Kernel, SourceUpdate, Translate } from './ports.js';
+
+export const VERSION = '0.1.0';
+
+export interface AgentDeps {
+  source: ConfigSource;
+  translate: Translate;
+  kernel: Kernel;
+  log: Logger;
+  metrics?: AgentMetrics;
+  /** Extra lines for /server_info's command_line_options. */
+  commandLine?: JsonObject;
+}
+
+interface ApplyRecord {
+  at: string;
+  seconds: number;
+  services: number;
+  frontends: number;
+  rejected: number;
+  error?: string;
+}
+
+export class Agent implements AdminSource {
+  readonly metrics: AgentMetrics;
+  private readonly queue = new PQueue({ concurrency: 1 });
+  private readonly startedAt = new Date();
+  private resources: XdsResource[] = [];
+  private translateRejections: (Rejection & { at: string })[] = [];
+  private state: DesiredState = { services: [], frontends: [] };
+  private applied = 0;
+  private lastApply?: ApplyRecord;
+  private lastError?: string;
+  private pending?: SourceUpdate;
+  private stopped = false;
+
+  constructor(private readonly deps: AgentDeps) {
+    this.metrics = deps.metrics ?? new AgentMetrics();
+    this.metrics.setKernel(deps.kernel.gauges);
+    this.metrics.xdsConnected.set(0);
+  }
+
+  async start(): Promise<void> {
+    const { source, log } = this.deps;
+    await source.start((u) => this.onUpdate(u));
+    log.info({ source: source.kind, target: source.target }, 'config source started');
+  }
+
+  /** Updates arriving while one is being applied are merged: only the newest snapshot is programmed. */
+  private onUpdate(u: SourceUpdate): void {
+    if (this.stopped) return;
+    for (const t of u.changedTypes) this.metrics.pushes.inc({ type: typeLabel(t) });
+    this.metrics.xdsConnected.set(this.deps.source.connected() ? 1 : 0);
+    if (this.pending) {
+      this.pending = {
+        resources: u.resources,
+        changedTypes: [...new Set([...this.pending.changedTypes, ...u.changedTypes])],
+        receivedAt: this.pending.receivedAt,
+      };
+      return;
+    }
+    this.pending = u;
+    void this.queue.add(() => this.applyPending());
+  }
+
+  private async applyPending(): Promise<void> {
+    const u = this.pending;
+    this.pending = undefined;
+    if (!u || this.stopped) return;
+    const { translate, kernel, log } = this.deps;
+    const at = new Date().toISOString();
+    let result;
+    try {
+      result = translate(u.resources);
+    } catch (e) {
+      this.fail(`translate: ${(e as Error).message}`, e, at, u);
+      return;
+    }
+    const before = new Set(this.translateRejections.map((r) => `${r.typeUrl} ${r.name} ${r.reason}`));
+    this.translateRejections = result.rejections.map((r) => ({ ...r, at }));
+    for (const r of result.rejections) {
+      if (before.has(`${r.typeUrl} ${r.name} ${r.reason}`)) continue;
+      this.metrics.rejections.inc({ type: typeLabel(r.typeUrl) });
+      log.warn({ type: typeLabel(r.typeUrl), resource: r.name, reason: r.reason }, 'resource refused');
+    }
+    try {
+      await kernel.apply(result.state);
+    } catch (e) {
+      this.fail(`program kernel: ${(e as Error).message}`, e, at, u);
+      return;
+    }
+    this.resources = u.resources;
+    this.state = result.state;
+    this.applied++;
+    const seconds = Number(process.hrtime.bigint() - u.receivedAt) / 1e9;
+    this.metrics.applyDuration.observe(seconds);
+    this.metrics.services.set(result.state.services.length);
+    this.metrics.frontends.set(result.state.frontends.length);
+    this.lastApply = {
+      at,
+      seconds,
+      services: result.state.services.length,
+      frontends: result.state.frontends.length,
+      rejected: result.rejections.length,
+    };
+    this.lastError = undefined;
+    log.info(
+      {
+        services: result.state.services.length,
+        frontends: result.state.frontends.length,
+        rejected: result.rejections.length,
+        ms: Math.round(seconds * 1000 * 100) / 100,
+      },
+      this.applied === 1 ? 'first config applied' : 'config applied',
+    );
+  }
+
+  private fail(message: string, cause: unknown, at: string, u: SourceUpdate): void {
+    this.lastError = message;
+    this.metrics.applyErrors.inc();
+    this.lastApply = { at, seconds: 0, services: 0, frontends: 0, rejected: 0, error: message };
+    // The resources are still what istiod sent; the kernel keeps the previous state.
+    this.resources = u.resources;
+    this.deps.log.error({ err: cause }, `config not applied, kernel keeps the previous state: ${message}`);
+  }
+
+  /** Resolves when every update received so far has been applied (tests and the demo wait on it). */
+  async settled(): Promise<void> {
+    await this.queue.onIdle();
+  }
+
+  get appliedCount(): number {
+    return this.applied;
+  }
+
+  desiredState(): DesiredState {
+    return this.state;
+  }
+
+  rejections(): (Rejection & { at?: string })[] {
+    return [...this.deps.source.rejections(), ...this.translateRejections];
+  }
+
+  /** Stops the source and closes fds; pinned maps and links are left in place on purpose. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.deps.source.stop();
+    await this.queue.onIdle();
+    this.deps.kernel.close();
+  }
+
+  // ---- AdminSource ----
+
+  readiness(): Readiness {
+    const reasons: string[] = [];
+    if (this.deps.kernel.attachments().length === 0) reasons.push('no program attached');
+    if (this.applied === 0) {
+      if (this.lastError) reasons.push(`first config not applied: ${this.lastError}`);
+      else if (this.deps.source.kind === 'istiod' && !this.deps.source.connected())
+        reasons.push(`not connected to istiod at ${this.deps.source.target}`);
+      else reasons.push('waiting for the first config');
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  bootstrap(): JsonObject {
+    return { node: this.deps.source.node() };
+  }
+
+  serverInfo(): JsonObject {
+    const uptime = `${Math.floor((Date.now() - this.startedAt.getTime()) / 1000)}s`;
+    return {
+      version: `kernmesh/${VERSION}/Node ${process.version}`,
+      state: this.readiness().ready ? 'LIVE' : 'INITIALIZING',
+      uptime_current_epoch: uptime,
+      uptime_all_epochs: uptime,
+      hot_restart_version: 'disabled',
+      command_line_options: this.deps.commandLine ?? {},
+      node: this.deps.source.node(),
+    };
+  }
+
+  configDump(): ConfigDumpInput {
+    const failedByName = new Map(this.resources.map((r) => [`${r.typeUrl} ${r.name}`, r.resource]));
+    return {
+      bootstrap: this.bootstrap(),
+      startedAt: this.startedAt.toISOString(),
+      resources: this.resources,
+      versions: this.deps.source.versions(),
+      rejections: this.rejections().map((r) => ({
+        ...r,
+        failed: (r as { failed?: JsonObject }).failed ?? failedByName.get(`${r.typeUrl} ${r.name}`),
+      })),
+    };
+  }
+
+  debugXds(): unknown {
+    return {
+      source: {
+        kind: this.deps.source.kind,
+        target: this.deps.source.target,
+        connected: this.deps.source.connected(),
+      },
+      xds: this.deps.source.debug(),
+      // Refused by translation (what the kernel cannot express), on top of the source's own validation.
+      translation_rejections: this.translateRejections,
+      last_apply: this.lastApply ?? null,
+      applied_updates: this.applied,
+    };
+  }
+
+  debugMaps(): unknown {
+    return this.deps.kernel.debugMaps();
+  }
+
+  debugBpf(): unknown {
+    return {
+      pin_dir: this.deps.kernel.pinDir,
+      attachments: this.deps.kernel.attachments(),
+      ...(this.deps.kernel.debugBpf() as object),
+    };
+  }
+
+  renderMetrics(): Promise<{ contentType: string; body: string }> {
+    return this.metrics.render();
+  }
+}

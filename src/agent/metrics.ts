@@ -1,0 +1,147 @@
+// kernmesh's own metrics (the Istio TCP metrics come from telemetry/ and share the registry).
+// Names follow Prometheus conventions so `promtool check metrics` passes: base units, _total on counters.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Short names for type URLs in labels, as istioctl prints them. */
+export function typeLabel(typeUrl: string): string {
+  if (typeUrl.endsWith('.Cluster')) return 'cds';
+  if (typeUrl.endsWith('.ClusterLoadAssignment')) return 'eds';
+  if (typeUrl.endsWith('.Listener')) return 'lds';
+  if (typeUrl.endsWith('.RouteConfiguration')) return 'rds';
+  if (typeUrl.endsWith('.Address')) return 'wds';
+  return typeUrl.slice(typeUrl.lastIndexOf('.') + 1).toLowerCase();
+}
+
+export interface KernelGauges {
+  maps(): { name: string; entries: number; capacity: number }[];
+  fallbacks(): Record<string, number>;
+  programs(): { name: string; runTimeNs: bigint; runCount: bigint }[];
+  ringbufLost(): number;
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly xdsConnected: Gauge;
+  readonly pushes: Counter;
+  readonly rejections: Counter;
+  readonly applyDuration: Histogram;
+  readonly applyErrors: Counter;
+  readonly services: Gauge;
+  readonly frontends: Gauge;
+  private kernel?: KernelGauges;
+
+  constructor() {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.xdsConnected = new Gauge({
+      name: 'kernmesh_xds_connected',
+      help: '1 while the ADS stream to istiod is up (always 1 with a file source)',
+      registers,
+    });
+    this.pushes = new Counter({
+      name: 'kernmesh_xds_pushes_total',
+      help: 'xDS updates received, per type',
+      labelNames: ['type'],
+      registers,
+    });
+    this.rejections = new Counter({
+      name: 'kernmesh_xds_rejected_resources_total',
+      help: 'Resources refused (NACKed) by validation or translation, per type',
+      labelNames: ['type'],
+      registers,
+    });
+    this.applyDuration = new Histogram({
+      name: 'kernmesh_apply_duration_seconds',
+      help: 'Time from an xDS update received to the kernel maps programmed',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.applyErrors = new Counter({
+      name: 'kernmesh_apply_errors_total',
+      help: 'Updates that could not be programmed into the kernel (the previous state stays)',
+      registers,
+    });
+    this.services = new Gauge({
+      name: 'kernmesh_services',
+      help: 'Services programmed in the kernel',
+      registers,
+    });
+    this.frontends = new Gauge({
+      name: 'kernmesh_frontends',
+      help: 'Frontends (VIP, port, protocol) intercepted at connect()',
+      registers,
+    });
+    // collect() runs with `this` bound to the metric, so the kernel is reached through a closure.
+    const kernel = (): KernelGauges | undefined => this.kernel;
+    new Gauge({
+      name: 'kernmesh_map_entries',
+      help: 'Entries in each BPF map',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of kernel()?.maps() ?? []) this.set({ map: m.name }, m.entries);
+      },
+    });
+    new Gauge({
+      name: 'kernmesh_map_capacity',
+      help: 'max_entries of each BPF map',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of kernel()?.maps() ?? []) this.set({ map: m.name }, m.capacity);
+      },
+    });
+    // Kernel counters only grow; exposed as counters by setting the absolute value at scrape.
+    new Counter({
+      name: 'kernmesh_fallback_total',
+      help: 'Connections the kernel did not rewrite or refused, by reason',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(kernel()?.fallbacks() ?? {})) this.inc({ reason }, n);
+      },
+    });
+    new Counter({
+      name: 'kernmesh_ringbuf_lost_events_total',
+      help: 'Telemetry events dropped because the ring buffer was full',
+      registers,
+      collect() {
+        this.reset();
+        const lost = kernel()?.ringbufLost() ?? 0;
+        if (lost > 0) this.inc(lost);
+      },
+    });
+    new Counter({
+      name: 'kernmesh_bpf_program_run_seconds_total',
+      help: 'Kernel CPU time spent in each BPF program (needs BPF stats enabled)',
+      labelNames: ['program'],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of kernel()?.programs() ?? []) this.inc({ program: p.name }, Number(p.runTimeNs) / 1e9);
+      },
+    });
+    new Counter({
+      name: 'kernmesh_bpf_program_runs_total',
+      help: 'Times each BPF program ran (needs BPF stats enabled)',
+      labelNames: ['program'],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of kernel()?.programs() ?? []) this.inc({ program: p.name }, Number(p.runCount));
+      },
+    });
+  }
+
+  /** Connects the scrape-time gauges to the live kernel state. */
+  setKernel(kernel: KernelGauges): void {
+    this.kernel = kernel;
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

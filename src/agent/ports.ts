@@ -1,0 +1,60 @@
+// What the agent needs from each stage, in the agent's own terms. stages.ts adapts the real
+// xds/, translate/ and dataplane/ modules to these; the agent itself only sees plain data.
+import type { DesiredState } from '../dataplane/model.js';
+import type { JsonObject, Rejection, XdsResource } from '../xds/types.js';
+import type { KernelGauges } from './metrics.js';
+
+/** A complete view of the accepted resources after an update (xds/ keeps the state; we take snapshots). */
+export interface SourceUpdate {
+  resources: XdsResource[];
+  /** Type URLs that changed in this update, for the push counters. */
+  changedTypes: string[];
+  /** process.hrtime.bigint() when the update arrived: the start of the apply-latency measurement. */
+  receivedAt: bigint;
+}
+
+export interface ConfigSource {
+  /** 'istiod' or 'file', for logs and /server_info. */
+  readonly kind: 'istiod' | 'file';
+  /** Where it reads from (address or path). */
+  readonly target: string;
+  start(onUpdate: (u: SourceUpdate) => void): Promise<void>;
+  stop(): Promise<void>;
+  connected(): boolean;
+  /** Last accepted version per type URL. */
+  versions(): Record<string, string>;
+  /** /debug/xds: per type and per resource status, versions, nonces, last NACK reason. */
+  debug(): unknown;
+  /** The node identity sent to istiod, for the Bootstrap section of /config_dump. */
+  node(): JsonObject;
+  /** Resources refused by the source itself (validation before translation), with what was refused. */
+  rejections(): (Rejection & { failed?: JsonObject; at?: string })[];
+}
+
+export interface TranslateResult {
+  state: DesiredState;
+  rejections: Rejection[];
+}
+
+export type Translate = (resources: XdsResource[]) => TranslateResult;
+
+export interface Attachment {
+  program: string;
+  attachType: string;
+  cgroup: string;
+  /** How it was attached: a pinned bpf_link, or the PROG_ATTACH fallback. */
+  via: string;
+  pinned?: string;
+}
+
+/** The kernel side: programs loaded and attached, maps written only through apply(). */
+export interface Kernel {
+  readonly pinDir: string;
+  attachments(): Attachment[];
+  apply(state: DesiredState): Promise<void>;
+  gauges: KernelGauges;
+  debugMaps(): unknown;
+  debugBpf(): unknown;
+  /** Closes our fds; pinned maps and links stay, so traffic keeps its last programming. */
+  close(): void;
+}
