@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { canonicalAddress, decodeAddress, encodeAddress } from '../src/dataplane/address.js';
+import {
+  backendCodec,
+  frontendKeyCodec,
+  ROUTING_CODECS,
+  serviceCodec,
+  serviceNameCodec,
+  slotKeyCodec,
+  sockRouteCodec,
+} from '../src/dataplane/codec.js';
+import { btfStructs } from './support/btf.js';
+
+const ROUTE_OBJECT = fileURLToPath(new URL('../bpf/route.bpf.o', import.meta.url));
+
+function buildObjectIfMissing(): void {
+  // the object is a build product; tests build it when a fresh checkout has not yet
+  if (!existsSync(ROUTE_OBJECT))
+    execFileSync('make', ['-C', fileURLToPath(new URL('../bpf', import.meta.url))]);
+}
+
+describe('codecs match the compiled object (BTF)', () => {
+  buildObjectIfMissing();
+  const structs = btfStructs(ROUTE_OBJECT);
+  for (const codec of ROUTING_CODECS) {
+    test(`struct ${codec.struct}: size and every member offset`, () => {
+      const s = structs.get(codec.struct);
+      assert.ok(s, `struct ${codec.struct} not in BTF of ${ROUTE_OBJECT}`);
+      assert.equal(codec.size, s.size, `sizeof(struct ${codec.struct})`);
+      assert.deepEqual(
+        codec.fields.map((f) => ({ ...f })),
+        s.members.map((m) => ({ name: m.name, offset: m.offset, size: m.size })),
+      );
+    });
+  }
+});
+
+describe('codecs round-trip', () => {
+  test('addresses: IPv4, IPv6 compressed, v4-mapped', () => {
+    assert.equal(encodeAddress('127.100.0.1').toString('hex'), '7f640001' + '00'.repeat(12));
+    assert.equal(encodeAddress('::1').toString('hex'), '00'.repeat(15) + '01');
+    assert.equal(encodeAddress('::ffff:1.2.3.4').toString('hex'), '00'.repeat(10) + 'ffff01020304');
+    assert.equal(decodeAddress(encodeAddress('2001:db8:0:0:1:0:0:1'), 6), '2001:db8::1:0:0:1');
+    assert.equal(canonicalAddress('fd00:0:0::0001'), 'fd00::1');
+    assert.throws(() => encodeAddress('127.100.0'), /not an IP address/);
+  });
+
+  test('frontend key: port in network order, protocol number, family', () => {
+    const b = frontendKeyCodec.encode({ address: '127.100.0.1', port: 80, protocol: 'tcp' });
+    assert.equal(b.readUInt16BE(16), 80);
+    assert.equal(b[18], 6);
+    assert.equal(b[19], 4);
+    assert.deepEqual(frontendKeyCodec.decode(b), { address: '127.100.0.1', port: 80, protocol: 'tcp' });
+    const v6 = { address: 'fd00:100::1', port: 8443, protocol: 'udp' as const };
+    assert.deepEqual(frontendKeyCodec.decode(frontendKeyCodec.encode(v6)), v6);
+  });
+
+  test('service with waypoint and per-priority slot counts', () => {
+    const v = {
+      kind: 'waypoint' as const,
+      lbPolicy: 'maglev' as const,
+      generation: 1,
+      maxConnections: 5,
+      slotCount: [3, 0, 7, 0, 0, 0, 0, 65535],
+      maglevSize: 1021,
+      waypoint: { address: 'fd00::15', port: 15008 },
+    };
+    const b = serviceCodec.encode(v);
+    assert.equal(b.length, 44);
+    assert.deepEqual(serviceCodec.decode(b), v);
+  });
+
+  test('slot key, backend, name and socket route', () => {
+    const k = { serviceId: 70000, index: 1020, priority: 7, generation: 1 };
+    assert.deepEqual(slotKeyCodec.decode(slotKeyCodec.encode(k)), k);
+    const be = { address: '127.0.0.9', port: 65535 };
+    assert.deepEqual(backendCodec.decode(backendCodec.encode(be)), be);
+    const name = { name: 'outbound|80||reviews.default.svc.cluster.local' };
+    assert.deepEqual(serviceNameCodec.decode(serviceNameCodec.encode(name)), name);
+    assert.throws(() => serviceNameCodec.encode({ name: 'x'.repeat(256) }), /longer than 255/);
+    const r = {
+      origAddress: '127.100.0.1',
+      origPort: 80,
+      family: 4 as const,
+      flags: 3,
+      serviceId: 2,
+      backendId: 9,
+    };
+    assert.deepEqual(sockRouteCodec.decode(sockRouteCodec.encode(r)), r);
+  });
+});
