@@ -174,7 +174,6 @@ struct km_accel_sock {
 	__u32 state; /* KM_ACCEL_SOCK_* */
 	__u32 pad;
 	__u64 bytes_out; /* bytes this socket sent through the sockmap, not seen by TCP's counters */
-	__u64 bytes_in;  /* bytes the peer redirected into this socket */
 };
 
 /* Indexes of the per-CPU km_accel_counters array. */
