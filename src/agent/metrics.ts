@@ -33,6 +33,13 @@ export class AgentMetrics {
   constructor() {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
+    // prom-client names these gauges *_total, which Prometheus reserves for counters (promtool refuses them).
+    for (const name of [
+      'nodejs_active_handles_total',
+      'nodejs_active_requests_total',
+      'nodejs_active_resources_total',
+    ])
+      this.registry.removeSingleMetric(name);
     this.xdsConnected = new Gauge({
       name: 'kernmesh_xds_connected',
       help: '1 while the ADS stream to istiod is up (always 1 with a file source)',
