@@ -1,0 +1,390 @@
+// Typed front of the libbpf addon (native/src/). Everything here is synchronous and runs on the JS
+// thread, as libbpf does; the ring buffer is consumed from Node's own event loop.
+import { existsSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+
+export type UpdateFlag = 'any' | 'noexist' | 'exist';
+
+/** An error from libbpf or bpf(2): `<syscall> <name>: <CODE> (<description>)[: detail]`. */
+export interface BpfError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  map?: string;
+  program?: string;
+  object?: string;
+  link?: string;
+  path?: string;
+}
+
+export function isBpfError(e: unknown): e is BpfError {
+  return e instanceof Error && typeof (e as Partial<BpfError>).errno === 'number' && 'syscall' in e;
+}
+
+export interface OpenOptions {
+  /** Maps are pinned here by name; a compatible map already pinned there is reused (restart keeps state). */
+  pinDir: string;
+  /** Per map name, set before load (map sizes from flags). */
+  maxEntries?: Record<string, number>;
+  /** libbpf's log (debug/info/warn) is routed here; without it libbpf's warnings go to stderr. */
+  log?: Logger;
+}
+
+// ---- the addon's raw surface ----
+
+interface NativeMapHandle {
+  readonly name: string;
+  readonly type: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly fd: number;
+  readonly supportsBatch: boolean;
+  lookup(key: Buffer): Buffer | undefined;
+  update(key: Buffer, value: Buffer, flag?: UpdateFlag): void;
+  delete(key: Buffer): boolean;
+  keys(): Buffer[];
+  lookupBatch(batchSize?: number): [Buffer, Buffer][];
+  updateBatch(keys: Buffer[], values: Buffer[], flag?: UpdateFlag): void;
+  deleteBatch(keys: Buffer[]): number;
+  pin(path: string): void;
+  close(): void;
+}
+interface NativeLinkHandle {
+  readonly fd: number;
+  readonly pinned: string | undefined;
+  readonly legacy: boolean;
+  pin(path: string): void;
+  unpin(): void;
+  detach(): void;
+  close(): void;
+}
+interface NativeProgramHandle {
+  readonly name: string;
+  readonly type: string;
+  readonly attachType: string;
+  readonly fd: number;
+  readonly id: number;
+  attachCgroup(cgroupPath: string, pinPath?: string, forceProgAttach?: boolean): NativeLinkHandle;
+  attachSockmap(map: NativeMapHandle): void;
+  detachSockmap(map: NativeMapHandle): void;
+  stats(): { runTimeNs: bigint; runCount: bigint };
+}
+interface NativeObjectHandle {
+  readonly name: string;
+  maps(): NativeMapHandle[];
+  programs(): NativeProgramHandle[];
+  close(): void;
+}
+interface NativeRingBufferHandle {
+  close(): void;
+  consume(): number;
+  unref(): void;
+}
+interface Addon {
+  NativeObject: {
+    open(path: string, pinDir: string, maxEntries: Record<string, number>): NativeObjectHandle;
+  };
+  NativeMap: { openPinned(path: string, name?: string): NativeMapHandle };
+  NativeLink: { openPinned(path: string): NativeLinkHandle };
+  NativeRingBuffer: new (map: NativeMapHandle, onRecord: (record: Buffer) => void) => NativeRingBufferHandle;
+  setLogSink(sink: ((level: 'warn' | 'info' | 'debug', message: string) => void) | undefined): void;
+  enableStats(): number;
+  closeFd(fd: number): void;
+  possibleCpus(): number;
+  detachCgroupAll(cgroupPath: string, attachType: string): number;
+}
+
+const ADDON = join('native', 'build', 'Release', 'kernmesh_native.node');
+
+// This file runs as native/index.ts (tsx) and as dist/native/index.js (tsc): find the repo root
+// by walking up to the directory that holds the built addon.
+function findAddon(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    const candidate = join(dir, ADDON);
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error(`${ADDON} not found above ${fileURLToPath(import.meta.url)}: run \`npm run build:native\``);
+}
+
+const addon = createRequire(import.meta.url)(findAddon()) as Addon;
+
+type LogSink = (level: 'warn' | 'info' | 'debug', message: string) => void;
+
+// The sink outside BpfObject.open's own `log`; undefined means libbpf's warnings go to stderr.
+let defaultSink: LogSink | undefined;
+
+function sinkFor(log: Logger): LogSink {
+  return (level, message) => {
+    log[level]({ libbpf: true }, message);
+  };
+}
+
+// ---- the API ----
+
+export class BpfMap {
+  /** @internal */
+  constructor(readonly handle: NativeMapHandle) {}
+
+  /** Opens a map pinned on bpffs. The kernel keeps 15 characters of a name: pass the full one if known. */
+  static openPinned(path: string, name?: string): BpfMap {
+    return new BpfMap(addon.NativeMap.openPinned(path, name));
+  }
+
+  get name(): string {
+    return this.handle.name;
+  }
+  get type(): string {
+    return this.handle.type;
+  }
+  get keySize(): number {
+    return this.handle.keySize;
+  }
+  get valueSize(): number {
+    return this.handle.valueSize;
+  }
+  get maxEntries(): number {
+    return this.handle.maxEntries;
+  }
+  get fd(): number {
+    return this.handle.fd;
+  }
+  /** Whether the kernel implements the batch commands for this map type (hash and array families). */
+  get supportsBatch(): boolean {
+    return this.handle.supportsBatch;
+  }
+
+  /** A miss is undefined. Per-CPU maps give possibleCpus() * round_up(valueSize, 8) bytes. */
+  lookup(key: Buffer): Buffer | undefined {
+    return this.handle.lookup(key);
+  }
+  update(key: Buffer, value: Buffer, flag: UpdateFlag = 'any'): void {
+    this.handle.update(key, value, flag);
+  }
+  /** False when the key was absent. */
+  delete(key: Buffer): boolean {
+    return this.handle.delete(key);
+  }
+  keys(): Buffer[] {
+    return this.handle.keys();
+  }
+  /** Key/value pairs; a key deleted between listing and lookup is left out. */
+  entries(): [Buffer, Buffer][] {
+    const out: [Buffer, Buffer][] = [];
+    for (const k of this.handle.keys()) {
+      const v = this.handle.lookup(k);
+      if (v) out.push([k, v]);
+    }
+    return out;
+  }
+  /** Every entry through BPF_MAP_LOOKUP_BATCH, batchSize entries per call. EOPNOTSUPP where unsupported. */
+  lookupBatch(batchSize?: number): [Buffer, Buffer][] {
+    return this.handle.lookupBatch(batchSize);
+  }
+  /** One BPF_MAP_UPDATE_BATCH; on failure the error's message says how many entries were written. */
+  updateBatch(keys: Buffer[], values: Buffer[], flag: UpdateFlag = 'any'): void {
+    this.handle.updateBatch(keys, values, flag);
+  }
+  /** One BPF_MAP_DELETE_BATCH; an absent key fails it with ENOENT after the keys before it went. */
+  deleteBatch(keys: Buffer[]): number {
+    return this.handle.deleteBatch(keys);
+  }
+  pin(path: string): void {
+    this.handle.pin(path);
+  }
+  /** Closes a pinned map's fd; a map of a BpfObject is released with the object. */
+  close(): void {
+    this.handle.close();
+  }
+}
+
+export class BpfLink {
+  /** @internal */
+  constructor(private readonly handle: NativeLinkHandle) {}
+
+  static openPinned(path: string): BpfLink {
+    return new BpfLink(addon.NativeLink.openPinned(path));
+  }
+
+  /** -1 for a PROG_ATTACH attachment, which has no link fd. */
+  get fd(): number {
+    return this.handle.fd;
+  }
+  get pinned(): string | undefined {
+    return this.handle.pinned;
+  }
+  /** True when the kernel had no cgroup bpf_link and the program went in through BPF_PROG_ATTACH. */
+  get legacy(): boolean {
+    return this.handle.legacy;
+  }
+  pin(path: string): void {
+    this.handle.pin(path);
+  }
+  unpin(): void {
+    this.handle.unpin();
+  }
+  /** The program stops running (bpf_link_detach, or BPF_PROG_DETACH for a legacy attachment). */
+  detach(): void {
+    this.handle.detach();
+  }
+  /** Closes our fd; a pinned link keeps the program attached, an unpinned one is detached by the kernel. */
+  close(): void {
+    this.handle.close();
+  }
+}
+
+export interface AttachCgroupOptions {
+  /** Pins the link here, so the program stays attached after this process exits. */
+  pinPath?: string;
+  /** Skips bpf_link and uses BPF_PROG_ATTACH (BPF_F_ALLOW_MULTI), as on kernels before 5.7. */
+  forceProgAttach?: boolean;
+}
+
+export class BpfProgram {
+  /** @internal */
+  constructor(readonly handle: NativeProgramHandle) {}
+
+  /** The C function name. */
+  get name(): string {
+    return this.handle.name;
+  }
+  get type(): string {
+    return this.handle.type;
+  }
+  /** From the SEC() name, e.g. 'cgroup_inet4_connect' for SEC("cgroup/connect4"). */
+  get attachType(): string {
+    return this.handle.attachType;
+  }
+  get fd(): number {
+    return this.handle.fd;
+  }
+  get id(): number {
+    return this.handle.id;
+  }
+  /** bpf_link to the cgroup v2 directory; BPF_PROG_ATTACH only where the kernel lacks cgroup links. */
+  attachCgroup(cgroupPath: string, opts: AttachCgroupOptions = {}): BpfLink {
+    return new BpfLink(this.handle.attachCgroup(cgroupPath, opts.pinPath, opts.forceProgAttach ?? false));
+  }
+  /** Attaches an sk_msg / sk_skb program to a sockmap or sockhash. */
+  attachSockmap(map: BpfMap): void {
+    this.handle.attachSockmap(map.handle);
+  }
+  detachSockmap(map: BpfMap): void {
+    this.handle.detachSockmap(map.handle);
+  }
+  /** Cumulative run time and count; they only grow while stats are enabled (enableStats()). */
+  stats(): { runTimeNs: bigint; runCount: bigint } {
+    return this.handle.stats();
+  }
+}
+
+export class BpfObject {
+  private readonly mapsByName = new Map<string, BpfMap>();
+  private readonly programsByName = new Map<string, BpfProgram>();
+
+  private constructor(
+    readonly path: string,
+    private readonly handle: NativeObjectHandle,
+  ) {
+    for (const m of handle.maps()) this.mapsByName.set(m.name, new BpfMap(m));
+    for (const p of handle.programs()) this.programsByName.set(p.name, new BpfProgram(p));
+  }
+
+  /** Opens and loads an object, its maps pinned under opts.pinDir (created if missing). */
+  static open(path: string, opts: OpenOptions): BpfObject {
+    mkdirSync(opts.pinDir, { recursive: true });
+    if (opts.log) addon.setLogSink(sinkFor(opts.log));
+    try {
+      return new BpfObject(path, addon.NativeObject.open(path, opts.pinDir, opts.maxEntries ?? {}));
+    } finally {
+      addon.setLogSink(defaultSink);
+    }
+  }
+
+  map(name: string): BpfMap {
+    const m = this.mapsByName.get(name);
+    if (!m) throw notFound('map', name, this.handle.name, [...this.mapsByName.keys()]);
+    return m;
+  }
+  program(name: string): BpfProgram {
+    const p = this.programsByName.get(name);
+    if (!p) throw notFound('program', name, this.handle.name, [...this.programsByName.keys()]);
+    return p;
+  }
+  maps(): BpfMap[] {
+    return [...this.mapsByName.values()];
+  }
+  programs(): BpfProgram[] {
+    return [...this.programsByName.values()];
+  }
+  /** Closes the object's fds (its maps and programs become unusable); pinned maps and links stay. */
+  close(): void {
+    this.handle.close();
+  }
+}
+
+function notFound(kind: 'map' | 'program', name: string, object: string, known: string[]): BpfError {
+  const e = new Error(
+    `bpf_object__find_${kind}_by_name ${name}: ENOENT (No such ${kind} in ${object}; it has ${known.join(', ')})`,
+  ) as BpfError;
+  e.code = 'ENOENT';
+  e.errno = 2;
+  e.syscall = `bpf_object__find_${kind}_by_name`;
+  e.object = object;
+  e[kind] = name;
+  return e;
+}
+
+export class RingBuffer {
+  private readonly handle: NativeRingBufferHandle;
+
+  /** Records are delivered as Buffer copies from Node's event loop until close(). */
+  constructor(map: BpfMap, onRecord: (record: Buffer) => void) {
+    this.handle = new addon.NativeRingBuffer(map.handle, onRecord);
+  }
+  /** Delivers whatever is pending now, synchronously; returns how many records. */
+  consume(): number {
+    return this.handle.consume();
+  }
+  /** Lets the process exit while the ring buffer is open. */
+  unref(): void {
+    this.handle.unref();
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+/** BPF_ENABLE_STATS(BPF_STATS_RUN_TIME) while held: programs' run time and count accumulate. */
+export function enableStats(): { close(): void } {
+  let fd = addon.enableStats();
+  return {
+    close(): void {
+      if (fd >= 0) addon.closeFd(fd);
+      fd = -1;
+    },
+  };
+}
+
+export function possibleCpus(): number {
+  return addon.possibleCpus();
+}
+
+/**
+ * Detaches every program of one attach type ('cgroup_inet4_connect' or 'cgroup/connect4') from a
+ * cgroup, links and PROG_ATTACH alike. For cleanup tools; returns how many were detached.
+ */
+export function detachCgroupAll(cgroupPath: string, attachType: string): number {
+  return addon.detachCgroupAll(cgroupPath, attachType);
+}
+
+/** Routes libbpf's log to a pino logger from now on (BpfObject.open's `log` does so during the load). */
+export function setLibbpfLogger(log: Logger | undefined): void {
+  defaultSink = log ? sinkFor(log) : undefined;
+  addon.setLogSink(defaultSink);
+}
