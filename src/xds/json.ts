@@ -163,7 +163,8 @@ function scalarToJson(type: string, value: unknown): JsonValue {
 function int64String(v: unknown): string {
   if (v === undefined || v === null) return '0';
   if (typeof v === 'object') return (v as { toString(): string }).toString();
-  return String(v);
+  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'bigint') return String(v);
+  return '0';
 }
 
 function numberToJson(n: number): JsonValue {
@@ -281,7 +282,7 @@ function fieldsByJsonName(type: protobuf.Type): Map<string, protobuf.Field> {
     for (const f of type.fieldsArray) {
       m.set(f.name, f);
       m.set(snakeToCamel(f.name), f);
-      const jsonName = (f.options)?.['json_name'];
+      const jsonName: unknown = f.options?.['json_name'];
       if (typeof jsonName === 'string') m.set(jsonName, f);
     }
     fieldIndex.set(type, m);
