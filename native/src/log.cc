@@ -38,6 +38,7 @@ int Print(libbpf_print_level level, const char* fmt, va_list ap) {
     msg.resize(n);
   }
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  if (msg.rfind("libbpf: ", 0) == 0) msg.erase(0, 8);
   if (msg.empty()) return 0;
   if (level == LIBBPF_WARN) AppendWarning(msg);
 
@@ -72,7 +73,7 @@ std::string WarningCapture::Summary() const {
     if (l.find('\n') != std::string::npos) continue;
     if (taken++ == 3) break;
     if (!out.empty()) out += "; ";
-    out += l.rfind("libbpf: ", 0) == 0 ? l.substr(8) : l;
+    out += l;
   }
   return out;
 }

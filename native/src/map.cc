@@ -191,7 +191,7 @@ class NativeMap : public Napi::ObjectWrap<NativeMap> {
       int err = bpf_map_lookup_batch(fd, first ? nullptr : in_batch.data(), out_batch.data(), keys.data(),
                                      values.data(), &count, &opts);
       int e = err ? errno : 0;
-      if (e && e != ENOENT && !(e == ENOSPC && count == 0)) throw BatchError(env, e, sc, n, "entries read");
+      if (e && e != ENOENT && !(e == ENOSPC && count == 0)) throw BatchError(env, e, sc, 0, 0, "");
       if (e == ENOSPC) {
         // A hash bucket holds more entries than fit in one batch: retry the same position, larger.
         batch *= 2;
@@ -220,14 +220,17 @@ class NativeMap : public Napi::ObjectWrap<NativeMap> {
       throw Napi::TypeError::New(env, "updateBatch needs as many values (" + std::to_string(vs.Length()) +
                                           ") as keys (" + std::to_string(ks.Length()) + ")");
     }
-    __u64 flag = UpdateFlag(env, info[2]);
+    // The kernel takes no NOEXIST/EXIST for a batch (only BPF_F_LOCK): say so instead of a bare EINVAL.
+    if (UpdateFlag(env, info[2]) != BPF_ANY) {
+      throw BpfError(env, EINVAL, sc, MapSubject(m_.name), "batch updates take no 'noexist'/'exist' flag");
+    }
     std::vector<uint8_t> keys = Pack(env, ks, m_.key_size, "key", sc);
     std::vector<uint8_t> values = Pack(env, vs, value_buf_size_, "value", sc);
     int fd = Fd(env, sc);
-    DECLARE_LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flag);
+    DECLARE_LIBBPF_OPTS(bpf_map_batch_opts, opts);
     __u32 count = ks.Length();
     if (count && bpf_map_update_batch(fd, keys.data(), values.data(), &count, &opts)) {
-      throw BatchError(env, errno, sc, count, "of " + std::to_string(ks.Length()) + " entries written");
+      throw BatchError(env, errno, sc, count, ks.Length(), "written");
     }
     return env.Undefined();
   }
@@ -243,7 +246,7 @@ class NativeMap : public Napi::ObjectWrap<NativeMap> {
     DECLARE_LIBBPF_OPTS(bpf_map_batch_opts, opts);
     __u32 count = ks.Length();
     if (count && bpf_map_delete_batch(fd, keys.data(), &count, &opts)) {
-      throw BatchError(env, errno, sc, count, "of " + std::to_string(ks.Length()) + " entries deleted");
+      throw BatchError(env, errno, sc, count, ks.Length(), "deleted");
     }
     return Napi::Number::New(env, count);
   }
@@ -256,9 +259,14 @@ class NativeMap : public Napi::ObjectWrap<NativeMap> {
   }
 
   // The kernel's internal ENOTSUPP becomes EOPNOTSUPP so callers test one code before falling back.
-  Napi::Error BatchError(Napi::Env env, int err, const char* sc, __u32 done, const std::string& what) {
+  // The kernel reports a count only when it stopped part-way; otherwise count is still our input.
+  Napi::Error BatchError(Napi::Env env, int err, const char* sc, __u32 done, __u32 total, const char* what) {
     if (err == 524) err = EOPNOTSUPP;
-    return BpfError(env, err, sc, MapSubject(m_.name), std::to_string(done) + " " + what);
+    std::string detail;
+    if (done < total) {
+      detail = std::to_string(done) + " of " + std::to_string(total) + " entries " + what + " before the failure";
+    }
+    return BpfError(env, err, sc, MapSubject(m_.name), detail);
   }
 
   std::vector<uint8_t> Pack(Napi::Env env, Napi::Array arr, size_t size, const char* what, const char* sc) {
