@@ -1,0 +1,189 @@
+// Same-node acceleration in the kernel (bpf/accel.bpf.c): loads the object with its maps pinned,
+// attaches it to cgroups, writes the rules, turns it on and off, and reads its counters.
+import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+
+import { BpfObject, type BpfLink, type BpfMap } from '../../native/index.js';
+import {
+  ACCEL_COUNTER_SLOTS,
+  ACCEL_COUNTERS,
+  decodeConfig,
+  encodeConfig,
+  encodeRule,
+  sumPerCpuU64,
+  u32Key,
+  type AccelConfig,
+  type AccelCounterName,
+} from './codec.js';
+import { formatAccelRule, MAX_ACCEL_RULES, parseAccelRules, type AccelRule } from './rules.js';
+
+/** Finds bpf/<name> above this file (it runs from src/ under tsx and from dist/src/ after tsc). */
+export function bpfObjectPath(name: string): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const candidate = join(dir, 'bpf', name);
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error(`bpf/${name} not found above ${fileURLToPath(import.meta.url)}: run \`npm run build:bpf\``);
+}
+
+export interface AcceleratorOptions {
+  /** bpffs directory; maps are pinned here by name (shared with telemetry's object). */
+  pinDir: string;
+  objectPath?: string;
+  log?: Logger;
+}
+
+export type AccelCounters = Record<AccelCounterName, bigint>;
+
+/** The programs attached to one cgroup; detach() stops them for new and open sockets alike. */
+export interface CgroupAttachment {
+  cgroup: string;
+  links: BpfLink[];
+  detach(): void;
+}
+
+export class Accelerator {
+  private constructor(
+    readonly object: BpfObject,
+    private readonly log?: Logger,
+  ) {}
+
+  /** Loads bpf/accel.bpf.o (reusing maps already pinned in pinDir) and hooks sk_msg to the sockhash. */
+  static open(opts: AcceleratorOptions): Accelerator {
+    const path = opts.objectPath ?? bpfObjectPath('accel.bpf.o');
+    let object: BpfObject;
+    try {
+      object = BpfObject.open(path, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) });
+    } catch (e) {
+      throw new Error(`load acceleration object ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      object.program('km_accel_redirect').attachSockmap(object.map('km_accel_sockhash'));
+    } catch (e) {
+      object.close();
+      throw new Error(`attach sk_msg to km_accel_sockhash: ${(e as Error).message}`, { cause: e });
+    }
+    return new Accelerator(object, opts.log);
+  }
+
+  private get configMap(): BpfMap {
+    return this.object.map('km_accel_config');
+  }
+
+  /**
+   * Attaches socket creation (owner capture) and sockops to a cgroup through bpf_link, next to any
+   * other program of the same hook. With linkPinDir, the links stay after this process exits.
+   */
+  attach(cgroup: string, linkPinDir?: string): CgroupAttachment {
+    const links: BpfLink[] = [];
+    try {
+      for (const name of ['km_accel_sock_create', 'km_accel_sockops']) {
+        const pinPath = linkPinDir ? join(linkPinDir, `${name}-${basename(cgroup)}`) : undefined;
+        links.push(this.object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
+      }
+    } catch (e) {
+      for (const l of links) l.detach();
+      throw new Error(`attach acceleration to cgroup ${cgroup}: ${(e as Error).message}`, { cause: e });
+    }
+    return {
+      cgroup,
+      links,
+      detach: () => {
+        for (const l of links) {
+          if (l.pinned) l.unpin();
+          l.detach();
+          l.close();
+        }
+      },
+    };
+  }
+
+  config(): AccelConfig {
+    const v = this.configMap.lookup(u32Key(0));
+    if (!v) throw new Error('km_accel_config has no entry 0');
+    return decodeConfig(v);
+  }
+
+  /**
+   * On: new local connections are inserted in the sockhash. Off: none are, and open accelerated
+   * sockets send their next messages through the stack (they stay there, so bytes keep their order).
+   */
+  setEnabled(enabled: boolean): void {
+    this.configMap.update(u32Key(0), encodeConfig({ ...this.config(), enabled }));
+    this.log?.info({ accelerate: enabled }, 'acceleration %s', enabled ? 'on' : 'off');
+  }
+
+  /**
+   * Writes the rules to the idle bank, then flips the live bank: a connection is matched against
+   * either the old set or the new one, never a mix. An empty list accelerates every local connection.
+   */
+  setRules(rules: AccelRule[]): void {
+    if (rules.length > MAX_ACCEL_RULES)
+      throw new Error(`${rules.length} acceleration rules, at most ${MAX_ACCEL_RULES}`);
+    const rulesMap = this.object.map('km_accel_rules');
+    const cfg = this.config();
+    const idle = cfg.ruleBank ^ 1;
+    rules.forEach((r, i) => rulesMap.update(u32Key(idle * MAX_ACCEL_RULES + i), encodeRule(r)));
+    const counts: [number, number] = [...cfg.ruleCount];
+    counts[idle] = rules.length;
+    this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts }));
+    this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts, ruleBank: idle }));
+    this.log?.info({ rules: rules.map(formatAccelRule) }, 'acceleration rules applied');
+  }
+
+  counters(): AccelCounters {
+    const map = this.object.map('km_accel_counters');
+    const out = {} as AccelCounters;
+    ACCEL_COUNTERS.forEach((name, i) => {
+      const v = i < ACCEL_COUNTER_SLOTS ? map.lookup(u32Key(i)) : undefined;
+      out[name] = v ? sumPerCpuU64(v) : 0n;
+    });
+    return out;
+  }
+
+  /** Closes our fds; pinned maps and pinned links stay, so accelerated sockets keep working. */
+  close(): void {
+    this.object.close();
+  }
+}
+
+/**
+ * Applies a rules file now and again whenever it changes. A file with errors is reported (every
+ * line and column at fault) and the rules in force stay. Returns a handle that stops watching.
+ */
+export function watchAccelRules(
+  path: string,
+  accel: Pick<Accelerator, 'setRules'>,
+  log?: Logger,
+  onApplied?: (rules: AccelRule[] | Error) => void,
+): { close(): void } {
+  const apply = (): void => {
+    let result: AccelRule[] | Error;
+    try {
+      result = parseAccelRules(readFileSync(path, 'utf8'), path);
+      accel.setRules(result);
+    } catch (e) {
+      result = e as Error;
+      log?.error({ err: e, file: path }, 'acceleration rules not applied, the previous ones stay');
+    }
+    onApplied?.(result);
+  };
+  apply();
+  // Watch the directory: editors and ConfigMap mounts replace the file rather than write into it.
+  let timer: NodeJS.Timeout | undefined;
+  const watcher: FSWatcher = watch(dirname(path), (_event, file) => {
+    if (file !== null && file !== basename(path) && !file.startsWith('..')) return;
+    clearTimeout(timer);
+    timer = setTimeout(apply, 50);
+  });
+  return {
+    close: () => {
+      clearTimeout(timer);
+      watcher.close();
+    },
+  };
+}
