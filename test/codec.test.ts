@@ -24,11 +24,11 @@ function buildObjectIfMissing(): void {
     execFileSync('make', ['-C', fileURLToPath(new URL('../bpf', import.meta.url))]);
 }
 
-describe('codecs match the compiled object (BTF)', () => {
+void describe('codecs match the compiled object (BTF)', () => {
   buildObjectIfMissing();
   const structs = btfStructs(ROUTE_OBJECT);
   for (const codec of ROUTING_CODECS) {
-    test(`struct ${codec.struct}: size and every member offset`, () => {
+    void test(`struct ${codec.struct}: size and every member offset`, () => {
       const s = structs.get(codec.struct);
       assert.ok(s, `struct ${codec.struct} not in BTF of ${ROUTE_OBJECT}`);
       assert.equal(codec.size, s.size, `sizeof(struct ${codec.struct})`);
@@ -40,8 +40,8 @@ describe('codecs match the compiled object (BTF)', () => {
   }
 });
 
-describe('codecs round-trip', () => {
-  test('addresses: IPv4, IPv6 compressed, v4-mapped', () => {
+void describe('codecs round-trip', () => {
+  void test('addresses: IPv4, IPv6 compressed, v4-mapped', () => {
     assert.equal(encodeAddress('127.100.0.1').toString('hex'), '7f640001' + '00'.repeat(12));
     assert.equal(encodeAddress('::1').toString('hex'), '00'.repeat(15) + '01');
     assert.equal(encodeAddress('::ffff:1.2.3.4').toString('hex'), '00'.repeat(10) + 'ffff01020304');
@@ -50,7 +50,7 @@ describe('codecs round-trip', () => {
     assert.throws(() => encodeAddress('127.100.0'), /not an IP address/);
   });
 
-  test('frontend key: port in network order, protocol number, family', () => {
+  void test('frontend key: port in network order, protocol number, family', () => {
     const b = frontendKeyCodec.encode({ address: '127.100.0.1', port: 80, protocol: 'tcp' });
     assert.equal(b.readUInt16BE(16), 80);
     assert.equal(b[18], 6);
@@ -60,7 +60,7 @@ describe('codecs round-trip', () => {
     assert.deepEqual(frontendKeyCodec.decode(frontendKeyCodec.encode(v6)), v6);
   });
 
-  test('service with waypoint and per-priority slot counts', () => {
+  void test('service with waypoint and per-priority slot counts', () => {
     const v = {
       kind: 'waypoint' as const,
       lbPolicy: 'maglev' as const,
@@ -75,7 +75,7 @@ describe('codecs round-trip', () => {
     assert.deepEqual(serviceCodec.decode(b), v);
   });
 
-  test('slot key, backend, name and socket route', () => {
+  void test('slot key, backend, name and socket route', () => {
     const k = { serviceId: 70000, index: 1020, priority: 7, generation: 1 };
     assert.deepEqual(slotKeyCodec.decode(slotKeyCodec.encode(k)), k);
     const be = { address: '127.0.0.9', port: 65535 };

@@ -1,0 +1,298 @@
+// The routing dataplane: loads bpf/route.bpf.o with its maps pinned, attaches its programs to
+// cgroups through pinned bpf_links, and programs the maps from a DesiredState (writer.ts).
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import PQueue from 'p-queue';
+import type { Logger } from 'pino';
+
+import { BpfLink, BpfObject, type BpfMap } from '../../native/index.js';
+import {
+  backendCodec,
+  frontendCodec,
+  frontendKeyCodec,
+  REASON_SLOTS,
+  serviceCodec,
+  serviceNameCodec,
+  slotCodec,
+  slotKeyCodec,
+  type BackendValue,
+  type FrontendKey,
+  type ServiceValue,
+} from './codec.js';
+import { DEFAULT_CAPACITY, mapSizes, ROUTE_MAPS, type Capacity, type RouteMaps } from './maps.js';
+import type { DesiredState } from './model.js';
+import { DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
+import { RouteWriter, type ApplyResult, type ServiceCounters } from './writer.js';
+
+/** bpf/route.bpf.o, found from this file both under tsx (src/) and after tsc (dist/src/). */
+export function defaultRouteObject(): string {
+  for (const rel of ['../../bpf/route.bpf.o', '../../../bpf/route.bpf.o']) {
+    const p = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(p)) return p;
+  }
+  throw new Error('bpf/route.bpf.o not found: run `npm run build:bpf`');
+}
+
+/** cgroup hooks in attach order; sk_msg goes to km_waypoint_sk instead. */
+export const CGROUP_PROGRAMS = [
+  'km_sockops',
+  'km_getpeername4',
+  'km_getpeername6',
+  'km_connect4',
+  'km_connect6',
+];
+export const WAYPOINT_MSG_PROGRAM = 'km_waypoint_msg';
+
+export interface DataplaneOptions {
+  /** bpffs directory for maps and links (e.g. /sys/fs/bpf/kernmesh); reused when already populated. */
+  pinDir: string;
+  objectPath?: string;
+  capacity?: Partial<Capacity>;
+  plan?: Partial<PlanOptions>;
+  log?: Logger;
+}
+
+export interface Attachment {
+  program: string;
+  attachType: string;
+  cgroup: string;
+  /** 'bpf_link', 'prog_attach' (fallback), 'existing bpf_link' (kept from a previous run) or 'sockmap'. */
+  via: string;
+  pinned?: string;
+}
+
+export interface ActualService {
+  id: number;
+  name: string;
+  value: ServiceValue;
+  /** Live generation's slots per priority group, in slot order. */
+  slots: { priority: number; index: number; backendId: number; backend?: string; weight: number }[];
+  maglevEntries: number;
+  activeConnections: number;
+}
+
+/** The kernel's routing state, decoded from the maps (for /debug/maps). */
+export interface ActualState {
+  pinDir: string;
+  frontends: (FrontendKey & { serviceId: number; service?: string })[];
+  services: ActualService[];
+  backends: (BackendValue & { id: number; activeConnections: number })[];
+  counters: ServiceCounters[];
+  maps: { name: string; type: string; maxEntries: number; entries?: number }[];
+}
+
+export class Dataplane {
+  private readonly queue = new PQueue({ concurrency: 1 });
+  private readonly writer: RouteWriter;
+  private readonly routeMaps: RouteMaps;
+  private readonly attached: Attachment[] = [];
+
+  private constructor(
+    readonly pinDir: string,
+    private readonly object: BpfObject,
+    planOptions: PlanOptions,
+    private readonly log?: Logger,
+  ) {
+    this.routeMaps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, object.map(n)])) as unknown as RouteMaps;
+    this.writer = RouteWriter.recover(this.routeMaps, planOptions);
+  }
+
+  /** Loads the programs; maps already pinned in pinDir are reused, and ids recovered from them. */
+  static open(opts: DataplaneOptions): Dataplane {
+    const capacity = { ...DEFAULT_CAPACITY, ...opts.capacity };
+    const path = opts.objectPath ?? defaultRouteObject();
+    let object: BpfObject;
+    try {
+      object = BpfObject.open(path, {
+        pinDir: opts.pinDir,
+        maxEntries: mapSizes(capacity, REASON_SLOTS),
+        ...(opts.log ? { log: opts.log } : {}),
+      });
+    } catch (e) {
+      throw new Error(`load ${path} with maps pinned in ${opts.pinDir}: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    try {
+      return new Dataplane(opts.pinDir, object, { ...DEFAULT_PLAN_OPTIONS, ...opts.plan }, opts.log);
+    } catch (e) {
+      object.close();
+      throw new Error(`recover routing state from ${opts.pinDir}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  map(name: string): BpfMap {
+    return this.object.map(name);
+  }
+
+  private linkPath(cgroup: string, program: string): string {
+    // the cgroup's inode names it uniquely and fits bpffs names whatever the cgroup path
+    return join(this.pinDir, `link_${statSync(cgroup).ino}_${program}`);
+  }
+
+  /**
+   * Attaches the routing programs to a cgroup v2 directory with pinned bpf_links, so traffic keeps
+   * its routing while the agent is down. A link already pinned from a previous run is kept as is.
+   */
+  attach(cgroup: string): Attachment[] {
+    const out: Attachment[] = [];
+    for (const name of CGROUP_PROGRAMS) {
+      const prog = this.object.program(name);
+      const pinPath = this.linkPath(cgroup, name);
+      if (existsSync(pinPath)) {
+        out.push({
+          program: name,
+          attachType: prog.attachType,
+          cgroup,
+          via: 'existing bpf_link',
+          pinned: pinPath,
+        });
+        continue;
+      }
+      let link: BpfLink;
+      try {
+        link = prog.attachCgroup(cgroup, { pinPath });
+      } catch (e) {
+        throw new Error(`attach ${name} to ${cgroup}: ${(e as Error).message}`, { cause: e });
+      }
+      const a: Attachment = {
+        program: name,
+        attachType: prog.attachType,
+        cgroup,
+        via: link.legacy ? 'prog_attach' : 'bpf_link',
+      };
+      if (link.pinned) a.pinned = link.pinned;
+      link.close();
+      out.push(a);
+    }
+    // the sockhash holds the program: re-attaching after a restart just replaces it
+    this.object.program(WAYPOINT_MSG_PROGRAM).attachSockmap(this.object.map('km_waypoint_sk'));
+    out.push({ program: WAYPOINT_MSG_PROGRAM, attachType: 'sk_msg_verdict', cgroup, via: 'sockmap' });
+    this.attached.push(...out);
+    this.log?.info(
+      { cgroup, programs: out.map((a) => `${a.program}:${a.via}`) },
+      'routing programs attached',
+    );
+    return out;
+  }
+
+  /** Detaches the routing programs from a cgroup and removes their pinned links. */
+  detach(cgroup: string): void {
+    for (const name of CGROUP_PROGRAMS) {
+      const p = this.linkPath(cgroup, name);
+      if (!existsSync(p)) continue;
+      const link = BpfLink.openPinned(p);
+      link.detach();
+      link.unpin();
+      link.close();
+    }
+  }
+
+  attachments(): Attachment[] {
+    return [...this.attached];
+  }
+
+  /** Programs the maps from the desired state; applies run one at a time in call order. */
+  apply(desired: DesiredState): Promise<ApplyResult> {
+    return this.queue.add(() => {
+      const result = this.writer.apply(desired);
+      if (result.refused.length) this.log?.warn({ refused: result.refused }, 'routing entries refused');
+      this.log?.debug({ ops: result.ops.length }, 'routing applied');
+      return result;
+    });
+  }
+
+  counters(): ServiceCounters[] {
+    return this.writer.counters();
+  }
+
+  activeConnections(): { services: Record<string, number>; backends: Record<string, number> } {
+    return this.writer.activeConnections();
+  }
+
+  serviceId(name: string): number | undefined {
+    return this.writer.serviceId(name);
+  }
+
+  backendId(address: string, port: number): number | undefined {
+    return this.writer.backendId(address, port);
+  }
+
+  /** Decodes what the kernel holds now (not what the writer believes it wrote). */
+  readActual(): ActualState {
+    const m = this.routeMaps;
+    const names = new Map<number, string>();
+    for (const [k, v] of m.km_svc_names.entries())
+      names.set(k.readUInt32LE(0), serviceNameCodec.decode(v).name);
+    const conns = (map: BpfMap | RouteMaps['km_service_conn'], id: number): number =>
+      map.lookup(Buffer.from(new Uint32Array([id]).buffer))?.readUInt32LE(0) ?? 0;
+    const backends = m.km_backends
+      .entries()
+      .map(([k, v]) => {
+        const id = k.readUInt32LE(0);
+        return { id, ...backendCodec.decode(v), activeConnections: conns(m.km_backend_conn, id) };
+      })
+      .sort((a, b) => a.id - b.id);
+    const backendById = new Map(backends.map((b) => [b.id, b]));
+    const slots = m.km_slots
+      .entries()
+      .map(([k, v]) => ({ key: slotKeyCodec.decode(k), value: slotCodec.decode(v) }));
+    const maglev = m.km_maglev.keys().map((k) => slotKeyCodec.decode(k));
+    const services = m.km_services
+      .entries()
+      .map(([k, v]): ActualService => {
+        const id = k.readUInt32LE(0);
+        const value = serviceCodec.decode(v);
+        return {
+          id,
+          name: names.get(id) ?? '',
+          value,
+          slots: slots
+            .filter((s) => s.key.serviceId === id && s.key.generation === value.generation)
+            .sort((a, b) => a.key.priority - b.key.priority || a.key.index - b.key.index)
+            .map((s) => {
+              const b = backendById.get(s.value.backendId);
+              return {
+                priority: s.key.priority,
+                index: s.key.index,
+                backendId: s.value.backendId,
+                ...(b
+                  ? { backend: `${b.address.includes(':') ? `[${b.address}]` : b.address}:${b.port}` }
+                  : {}),
+                weight: s.value.weight,
+              };
+            }),
+          maglevEntries: maglev.filter((x) => x.serviceId === id && x.generation === value.generation).length,
+          activeConnections: conns(m.km_service_conn, id),
+        };
+      })
+      .sort((a, b) => a.id - b.id);
+    const frontends = m.km_frontends.entries().map(([k, v]) => {
+      const serviceId = frontendCodec.decode(v).serviceId;
+      const name = names.get(serviceId);
+      return { ...frontendKeyCodec.decode(k), serviceId, ...(name !== undefined ? { service: name } : {}) };
+    });
+    const counted = new Set(['hash', 'lru_hash']);
+    return {
+      pinDir: this.pinDir,
+      frontends,
+      services,
+      backends,
+      counters: this.writer.counters(),
+      maps: this.object.maps().map((x) => ({
+        name: x.name,
+        type: x.type,
+        maxEntries: x.maxEntries,
+        ...(counted.has(x.type) ? { entries: x.keys().length } : {}),
+      })),
+    };
+  }
+
+  /** Waits for queued applies, then closes our fds: pinned maps and links keep the routing. */
+  async close(): Promise<void> {
+    await this.queue.onIdle();
+    this.object.close();
+  }
+}

@@ -1,0 +1,456 @@
+// Reconciles a DesiredState against the routing maps, make-before-break.
+//
+// Slots and Maglev tables are double-buffered per service: a changed service gets its complete
+// new layout written into the generation that is not live, then one update of its km_services
+// value switches counts, policy and generation together, and only then are the old generation's
+// entries deleted. A connect that read the old value and then misses a deleted entry re-reads the
+// service (route.bpf.c retries), so no connect sees a half-written service. This was chosen over
+// in-place swap-with-last edits because weight and priority changes reorder whole groups.
+//
+// The writer keeps a mirror of what it wrote (it is the only writer), rebuilt from the pinned
+// maps at start, so ids stay stable across restarts and an unchanged state costs no map operation.
+import {
+  backendCodec,
+  frontendCodec,
+  frontendKeyCodec,
+  REASON_SLOTS,
+  REASONS,
+  serviceCodec,
+  serviceNameCodec,
+  slotCodec,
+  slotKeyCodec,
+  u32,
+  type BackendValue,
+  type FrontendKey,
+  type Reason,
+  type ServiceValue,
+} from './codec.js';
+import { backendKey, DEFAULT_PLAN_OPTIONS, planService, type PlanOptions, type ServicePlan } from './plan.js';
+import type { MapHandle, RouteMapName, RouteMaps } from './maps.js';
+import type { DesiredState } from './model.js';
+
+export interface MapOp {
+  map: RouteMapName;
+  op: 'update' | 'delete';
+  /** Key bytes in hex. */
+  key: string;
+}
+
+export interface Refusal {
+  kind: 'service' | 'frontend';
+  /** Service name, or `address:port/protocol` of a frontend. */
+  name: string;
+  reason: string;
+}
+
+export interface ApplyResult {
+  /** Every map write and delete this apply performed, in order. */
+  ops: MapOp[];
+  refused: Refusal[];
+}
+
+interface LiveService {
+  id: number;
+  name: string;
+  value: ServiceValue;
+  valueHex: string;
+  /** km_slots / km_maglev entries of this service (all generations): key hex → value hex. */
+  slots: Map<string, string>;
+  maglev: Map<string, string>;
+}
+
+interface LiveBackend {
+  id: number;
+  value: BackendValue;
+}
+
+const hex = (b: Buffer): string => b.toString('hex');
+const unhex = (s: string): Buffer => Buffer.from(s, 'hex');
+
+function frontendName(k: FrontendKey): string {
+  return `${k.address.includes(':') ? `[${k.address}]` : k.address}:${k.port}/${k.protocol}`;
+}
+
+/** Ids 1..max-1 not in use, lowest first; freed ids go to the back so reuse is as late as possible. */
+function freeIds(max: number, used: Set<number>): number[] {
+  const out: number[] = [];
+  for (let i = 1; i < max; i++) if (!used.has(i)) out.push(i);
+  return out;
+}
+
+export interface ServiceCounters {
+  service: string;
+  id: number;
+  counters: Record<Reason, bigint>;
+}
+
+export class RouteWriter {
+  private readonly services = new Map<string, LiveService>();
+  private readonly backends = new Map<string, LiveBackend>();
+  /** km_frontends: key hex → service id. */
+  private readonly frontends = new Map<string, number>();
+  private freeServiceIds: number[] = [];
+  private freeBackendIds: number[] = [];
+  private slotEntries = 0;
+  private maglevEntries = 0;
+  /** Entries found at recovery that belong to nothing (a crash mid-apply); deleted by the next apply. */
+  private garbage: { map: RouteMapName; key: string }[] = [];
+  private ops: MapOp[] = [];
+
+  private constructor(
+    private readonly maps: RouteMaps,
+    private readonly planOptions: PlanOptions,
+  ) {}
+
+  /** Rebuilds the mirror from the (possibly pinned, pre-existing) maps. */
+  static recover(maps: RouteMaps, planOptions: PlanOptions = DEFAULT_PLAN_OPTIONS): RouteWriter {
+    const w = new RouteWriter(maps, planOptions);
+    const names = new Map<number, string>();
+    for (const [k, v] of maps.km_svc_names.entries())
+      names.set(k.readUInt32LE(0), serviceNameCodec.decode(v).name);
+    for (const [k, v] of maps.km_services.entries()) {
+      const id = k.readUInt32LE(0);
+      const name = names.get(id);
+      let value: ServiceValue | undefined;
+      try {
+        value = serviceCodec.decode(v);
+      } catch {
+        value = undefined;
+      }
+      if (name === undefined || value === undefined || w.services.has(name)) {
+        w.garbage.push({ map: 'km_services', key: hex(k) });
+        continue;
+      }
+      w.services.set(name, { id, name, value, valueHex: hex(v), slots: new Map(), maglev: new Map() });
+    }
+    const byId = new Map([...w.services.values()].map((s) => [s.id, s]));
+    for (const [id] of names) if (!byId.has(id)) w.garbage.push({ map: 'km_svc_names', key: hex(u32(id)) });
+    for (const [map, field] of [
+      ['km_slots', 'slots'],
+      ['km_maglev', 'maglev'],
+    ] as const) {
+      for (const [k, v] of maps[map].entries()) {
+        const s = byId.get(slotKeyCodec.decode(k).serviceId);
+        if (s) s[field].set(hex(k), hex(v));
+        else w.garbage.push({ map, key: hex(k) });
+      }
+    }
+    for (const s of w.services.values()) {
+      w.slotEntries += s.slots.size;
+      w.maglevEntries += s.maglev.size;
+    }
+    for (const [k, v] of maps.km_backends.entries()) {
+      const id = k.readUInt32LE(0);
+      const value = backendCodec.decode(v);
+      const key = backendKey(value.address, value.port);
+      if (w.backends.has(key)) w.garbage.push({ map: 'km_backends', key: hex(k) });
+      else w.backends.set(key, { id, value });
+    }
+    for (const [k, v] of maps.km_frontends.entries()) {
+      const id = frontendCodec.decode(v).serviceId;
+      if (byId.has(id)) w.frontends.set(hex(k), id);
+      else w.garbage.push({ map: 'km_frontends', key: hex(k) });
+    }
+    w.freeServiceIds = freeIds(maps.km_services.maxEntries, new Set(byId.keys()));
+    w.freeBackendIds = freeIds(
+      maps.km_backends.maxEntries,
+      new Set([...w.backends.values()].map((b) => b.id)),
+    );
+    return w;
+  }
+
+  private update(
+    map: RouteMapName,
+    key: Buffer,
+    value: Buffer,
+    flag: 'any' | 'noexist' | 'exist' = 'any',
+  ): void {
+    this.ops.push({ map, op: 'update', key: hex(key) });
+    try {
+      this.maps[map].update(key, value, flag);
+    } catch (e) {
+      throw new Error(`update ${map} key ${hex(key)}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  private delete(map: RouteMapName, key: Buffer): void {
+    this.ops.push({ map, op: 'delete', key: hex(key) });
+    this.maps[map].delete(key);
+  }
+
+  /** Applies the whole desired state; returns the operations performed and what was refused. */
+  apply(desired: DesiredState): ApplyResult {
+    this.ops = [];
+    const refused: Refusal[] = [];
+    const wanted = new Set<string>();
+
+    for (const s of [...desired.services].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+      if (wanted.has(s.name)) {
+        refused.push({ kind: 'service', name: s.name, reason: 'duplicate service name' });
+        continue;
+      }
+      wanted.add(s.name);
+      let plan: ServicePlan;
+      try {
+        if (Buffer.byteLength(s.name) >= 256) throw new Error('name longer than 255 bytes');
+        plan = planService(s, this.planOptions);
+      } catch (e) {
+        refused.push({ kind: 'service', name: s.name, reason: (e as Error).message });
+        continue;
+      }
+      const why = this.applyService(plan);
+      if (why) refused.push({ kind: 'service', name: s.name, reason: why });
+    }
+
+    this.applyFrontends(desired, refused);
+
+    for (const s of [...this.services.values()]) if (!wanted.has(s.name)) this.removeService(s);
+    this.removeUnusedBackends();
+    for (const g of this.garbage) this.delete(g.map, unhex(g.key));
+    this.garbage = [];
+    return { ops: this.ops, refused };
+  }
+
+  private entriesFor(
+    plan: ServicePlan,
+    id: number,
+    generation: number,
+  ): [Map<string, string>, Map<string, string>] {
+    const build = (list: ServicePlan['slots']): Map<string, string> => {
+      const m = new Map<string, string>();
+      for (const e of list) {
+        const backendId = this.backends.get(e.backend)?.id ?? 0;
+        m.set(
+          hex(slotKeyCodec.encode({ serviceId: id, index: e.index, priority: e.priority, generation })),
+          hex(slotCodec.encode({ backendId, weight: e.weight })),
+        );
+      }
+      return m;
+    };
+    return [build(plan.slots), build(plan.maglev)];
+  }
+
+  private static sameEntries(a: Map<string, string>, b: Map<string, string>): boolean {
+    if (a.size !== b.size) return false;
+    for (const [k, v] of a) if (b.get(k) !== v) return false;
+    return true;
+  }
+
+  /** Writes one service make-before-break; returns a refusal reason, or undefined. */
+  private applyService(plan: ServicePlan): string | undefined {
+    const live = this.services.get(plan.name);
+    const newBackends = [...plan.backends].filter((k) => !this.backends.has(k));
+
+    if (live && newBackends.length === 0) {
+      const value = { ...plan.value, generation: live.value.generation };
+      const [slots, maglev] = this.entriesFor(plan, live.id, live.value.generation);
+      if (
+        hex(serviceCodec.encode(value)) === live.valueHex &&
+        RouteWriter.sameEntries(slots, live.slots) &&
+        RouteWriter.sameEntries(maglev, live.maglev)
+      )
+        return undefined;
+    }
+
+    // capacity first: a service that does not fit is refused whole and its live entries stay
+    if (!live && this.freeServiceIds.length === 0)
+      return `km_services full: ${this.maps.km_services.maxEntries - 1} services`;
+    if (newBackends.length > this.freeBackendIds.length)
+      return `km_backends full: needs ${newBackends.length} new backends, ${this.freeBackendIds.length} free`;
+    const slotRoom = this.maps.km_slots.maxEntries - this.slotEntries;
+    if (plan.slots.length > slotRoom)
+      return `km_slots full: needs ${plan.slots.length} slots, ${slotRoom} free`;
+    const maglevRoom = this.maps.km_maglev.maxEntries - this.maglevEntries;
+    if (plan.maglev.length > maglevRoom)
+      return `km_maglev full: needs ${plan.maglev.length} table entries, ${maglevRoom} free`;
+
+    for (const key of newBackends) {
+      const id = this.freeBackendIds.shift()!;
+      const [address, port] = [
+        key.slice(0, key.lastIndexOf('|')),
+        Number(key.slice(key.lastIndexOf('|') + 1)),
+      ];
+      const value = { address, port };
+      this.update('km_backend_conn', u32(id), u32(0));
+      this.update('km_backends', u32(id), backendCodec.encode(value));
+      this.backends.set(key, { id, value });
+    }
+
+    let svc = live;
+    if (!svc) {
+      const id = this.freeServiceIds.shift()!;
+      this.resetServiceState(id);
+      this.update('km_svc_names', u32(id), serviceNameCodec.encode({ name: plan.name }));
+      svc = {
+        id,
+        name: plan.name,
+        value: { ...plan.value, generation: 1 },
+        valueHex: '',
+        slots: new Map(),
+        maglev: new Map(),
+      };
+    }
+    const generation = live ? live.value.generation ^ 1 : 0;
+    const [slots, maglev] = this.entriesFor(plan, svc.id, generation);
+    // new generation complete before the switch
+    for (const [map, want, have] of [
+      ['km_slots', slots, svc.slots],
+      ['km_maglev', maglev, svc.maglev],
+    ] as const) {
+      for (const [k, v] of want) {
+        if (have.get(k) === v) continue;
+        this.update(map, unhex(k), unhex(v));
+        if (!have.has(k)) {
+          if (map === 'km_slots') this.slotEntries++;
+          else this.maglevEntries++;
+        }
+        have.set(k, v);
+      }
+    }
+    const value: ServiceValue = { ...plan.value, generation };
+    const valueBytes = serviceCodec.encode(value);
+    this.update('km_services', u32(svc.id), valueBytes, live ? 'exist' : 'noexist');
+    svc.value = value;
+    svc.valueHex = hex(valueBytes);
+    this.services.set(plan.name, svc);
+    // the old generation goes only after the switch
+    for (const [map, want, have] of [
+      ['km_slots', slots, svc.slots],
+      ['km_maglev', maglev, svc.maglev],
+    ] as const) {
+      for (const k of [...have.keys()]) {
+        if (want.has(k)) continue;
+        this.delete(map, unhex(k));
+        have.delete(k);
+        if (map === 'km_slots') this.slotEntries--;
+        else this.maglevEntries--;
+      }
+    }
+    return undefined;
+  }
+
+  /** A reused id starts with zero counters and no connections from its previous owner. */
+  private resetServiceState(id: number): void {
+    this.update('km_service_conn', u32(id), u32(0));
+    const sample = this.maps.km_counters.lookup(u32(id * REASON_SLOTS));
+    if (!sample) return;
+    for (let r = 0; r < REASON_SLOTS; r++) {
+      const key = u32(id * REASON_SLOTS + r);
+      const cur = this.maps.km_counters.lookup(key);
+      if (cur && cur.some((b) => b !== 0)) this.update('km_counters', key, Buffer.alloc(sample.length));
+    }
+  }
+
+  private applyFrontends(desired: DesiredState, refused: Refusal[]): void {
+    const want = new Map<string, number>();
+    for (const f of desired.frontends) {
+      let key: Buffer;
+      const name = frontendName(f);
+      try {
+        key = frontendKeyCodec.encode({ address: f.address, port: f.port, protocol: f.protocol });
+      } catch (e) {
+        refused.push({ kind: 'frontend', name, reason: (e as Error).message });
+        continue;
+      }
+      const k = hex(key);
+      if (want.has(k)) {
+        refused.push({ kind: 'frontend', name, reason: `already leads to another service` });
+        continue;
+      }
+      const svc = this.services.get(f.service);
+      if (!svc) {
+        // a service that was never programmed: its traffic stays untouched
+        refused.push({ kind: 'frontend', name, reason: `service ${f.service} is not programmed` });
+        continue;
+      }
+      if (!this.frontends.has(k) && this.frontends.size + want.size >= this.maps.km_frontends.maxEntries) {
+        refused.push({
+          kind: 'frontend',
+          name,
+          reason: `km_frontends full: ${this.maps.km_frontends.maxEntries}`,
+        });
+        continue;
+      }
+      want.set(k, svc.id);
+    }
+    for (const [k, id] of want) {
+      if (this.frontends.get(k) === id) continue;
+      this.update('km_frontends', unhex(k), frontendCodec.encode({ serviceId: id }));
+      this.frontends.set(k, id);
+    }
+    for (const k of [...this.frontends.keys()]) {
+      if (want.has(k)) continue;
+      this.delete('km_frontends', unhex(k));
+      this.frontends.delete(k);
+    }
+  }
+
+  private removeService(s: LiveService): void {
+    for (const [k, id] of [...this.frontends]) {
+      if (id !== s.id) continue;
+      this.delete('km_frontends', unhex(k));
+      this.frontends.delete(k);
+    }
+    this.delete('km_services', u32(s.id));
+    for (const k of s.slots.keys()) this.delete('km_slots', unhex(k));
+    for (const k of s.maglev.keys()) this.delete('km_maglev', unhex(k));
+    this.slotEntries -= s.slots.size;
+    this.maglevEntries -= s.maglev.size;
+    this.delete('km_svc_names', u32(s.id));
+    this.services.delete(s.name);
+    this.freeServiceIds.push(s.id);
+  }
+
+  private removeUnusedBackends(): void {
+    const used = new Set<number>();
+    for (const s of this.services.values())
+      for (const m of [s.slots, s.maglev]) for (const v of m.values()) used.add(unhex(v).readUInt32LE(0));
+    for (const [key, b] of [...this.backends]) {
+      if (used.has(b.id)) continue;
+      this.delete('km_backends', u32(b.id));
+      this.backends.delete(key);
+      this.freeBackendIds.push(b.id);
+    }
+  }
+
+  /** Service id by name, as programmed (undefined when not programmed). */
+  serviceId(name: string): number | undefined {
+    return this.services.get(name)?.id;
+  }
+
+  /** Backend id of an address and port, as programmed. */
+  backendId(address: string, port: number): number | undefined {
+    return this.backends.get(backendKey(address, port))?.id;
+  }
+
+  /** Per service and reason, summed over CPUs. Service id 0 ("") collects what had no service. */
+  counters(): ServiceCounters[] {
+    const out: ServiceCounters[] = [];
+    const rows: [string, number][] = [
+      ['', 0],
+      ...[...this.services.values()].map((s): [string, number] => [s.name, s.id]),
+    ];
+    for (const [service, id] of rows) {
+      const counters = Object.fromEntries(REASONS.map((r) => [r, 0n])) as Record<Reason, bigint>;
+      REASONS.forEach((reason, r) => {
+        const v = this.maps.km_counters.lookup(u32(id * REASON_SLOTS + r));
+        if (!v) return;
+        let sum = 0n;
+        for (let off = 0; off + 8 <= v.length; off += 8) sum += v.readBigUInt64LE(off);
+        counters[reason] = sum;
+      });
+      out.push({ service, id, counters });
+    }
+    return out;
+  }
+
+  /** Active connections per service and per backend, as counted by sockops. */
+  activeConnections(): { services: Record<string, number>; backends: Record<string, number> } {
+    const read = (m: MapHandle, id: number): number => m.lookup(u32(id))?.readUInt32LE(0) ?? 0;
+    const services: Record<string, number> = {};
+    for (const s of this.services.values()) services[s.name] = read(this.maps.km_service_conn, s.id);
+    const backends: Record<string, number> = {};
+    for (const [k, b] of this.backends) backends[k] = read(this.maps.km_backend_conn, b.id);
+    return { services, backends };
+  }
+}
