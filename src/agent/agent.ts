@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { AdminSource, Readiness } from '../admin/server.js';
 import type { ConfigDumpInput } from '../admin/config-dump.js';
 import type { DesiredState } from '../dataplane/model.js';
-import type { JsonObject, Rejection, XdsResource } from '../xds/types.js';
+import { TYPE, type JsonObject, type Rejection, type XdsResource } from '../xds/types.js';
 import { AgentMetrics, typeLabel } from './metrics.js';
 import type { ConfigSource, Kernel, SourceUpdate, Translate } from './ports.js';
 
@@ -143,6 +143,51 @@ export class Agent implements AdminSource {
     return this.applied;
   }
 
+  /** One line for logs and the demo: which programs are attached to which cgroups, and how. */
+  attachmentsSummary(): string {
+    const byCgroup = new Map<string, string[]>();
+    for (const a of this.deps.kernel.attachments()) {
+      const list = byCgroup.get(a.cgroup) ?? [];
+      list.push(`${a.program} (${a.via})`);
+      byCgroup.set(a.cgroup, list);
+    }
+    return [...byCgroup].map(([cg, progs]) => `${progs.join(', ')} on ${cg}`).join('; ') || 'none';
+  }
+
+  /** Every resource the source holds or refused, with ACKED or NACKED and the reason. */
+  resourceStatus(): { typeUrl: string; name: string; status: string; version?: string; detail?: string }[] {
+    const refused = new Map<string, string[]>();
+    for (const r of this.rejections()) {
+      const k = `${r.typeUrl} ${r.name}`;
+      refused.set(k, [...(refused.get(k) ?? []), r.reason]);
+    }
+    const out = this.resources.map((r) => {
+      const reasons = refused.get(`${r.typeUrl} ${r.name}`);
+      refused.delete(`${r.typeUrl} ${r.name}`);
+      return {
+        typeUrl: r.typeUrl,
+        name: r.name,
+        version: r.version,
+        status: reasons ? 'NACKED' : 'ACKED',
+        ...(reasons ? { detail: reasons.join('; ') } : {}),
+      };
+    });
+    for (const [k, reasons] of refused) {
+      const i = k.indexOf(' ');
+      out.push({
+        typeUrl: k.slice(0, i),
+        name: k.slice(i + 1),
+        version: '',
+        status: 'NACKED',
+        detail: reasons.join('; '),
+      });
+    }
+    const order = [TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route, TYPE.address] as string[];
+    return out.sort(
+      (a, b) => order.indexOf(a.typeUrl) - order.indexOf(b.typeUrl) || a.name.localeCompare(b.name),
+    );
+  }
+
   desiredState(): DesiredState {
     return this.state;
   }
@@ -156,7 +201,7 @@ export class Agent implements AdminSource {
     this.stopped = true;
     await this.deps.source.stop();
     await this.queue.onIdle();
-    this.deps.kernel.close();
+    await this.deps.kernel.close();
   }
 
   // ---- AdminSource ----

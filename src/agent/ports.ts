@@ -56,5 +56,5 @@ export interface Kernel {
   debugMaps(): unknown;
   debugBpf(): unknown;
   /** Closes our fds; pinned maps and links stay, so traffic keeps its last programming. */
-  close(): void;
+  close(): Promise<void>;
 }

@@ -1,0 +1,158 @@
+// The agent's kernel side: the routing dataplane (and acceleration when asked), loaded with maps
+// pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { enableStats, type BpfObject, type BpfProgram } from '../../native/index.js';
+import { Accelerator, watchAccelRules, type CgroupAttachment } from '../accel/accel.js';
+import type { AgentConfig } from '../config/config.js';
+import { Dataplane } from '../dataplane/dataplane.js';
+import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
+import type { DesiredState } from '../dataplane/model.js';
+import type { Attachment, Kernel } from './ports.js';
+
+/** --map-size names: the dataplane's capacity knobs (each sizes one or more maps). */
+export const CAPACITY_NAMES = Object.keys(DEFAULT_CAPACITY) as (keyof Capacity)[];
+
+export function capacityFrom(mapSizes: Record<string, number>): Partial<Capacity> {
+  const out: Partial<Capacity> = {};
+  for (const [k, v] of Object.entries(mapSizes)) {
+    if (!(CAPACITY_NAMES as string[]).includes(k))
+      throw new Error(`--map-size ${k}: not a capacity name (${CAPACITY_NAMES.join(', ')})`);
+    out[k as keyof Capacity] = v;
+  }
+  return out;
+}
+
+export interface KernelOptions {
+  /** Keep BPF run-time statistics on (per-program kernel time in /debug/bpf and metrics). */
+  stats?: boolean;
+}
+
+export class AgentKernel implements Kernel {
+  readonly pinDir: string;
+  private readonly attached: Attachment[] = [];
+  private readonly accelAttachments: CgroupAttachment[] = [];
+  private accelRulesWatch?: { close(): void };
+  private readonly statsHandle?: { close(): void };
+  private lastRefused: { kind: string; name: string; reason: string }[] = [];
+
+  private constructor(
+    config: AgentConfig,
+    readonly dataplane: Dataplane,
+    readonly accel: Accelerator | undefined,
+    private readonly log: Logger,
+    opts: KernelOptions,
+  ) {
+    this.pinDir = config.bpffs;
+    if (opts.stats !== false) {
+      try {
+        this.statsHandle = enableStats();
+      } catch (e) {
+        log.warn({ err: e }, 'BPF run-time statistics unavailable; per-program kernel time will read 0');
+      }
+    }
+  }
+
+  /** Loads and attaches everything; on failure, what was attached in this call is detached again. */
+  static open(config: AgentConfig, log: Logger, opts: KernelOptions = {}): AgentKernel {
+    const dataplane = Dataplane.open({
+      pinDir: join(config.bpffs, 'route'),
+      capacity: capacityFrom(config.mapSizes),
+      log: log.child({ stage: 'dataplane' }),
+    });
+    let accel: Accelerator | undefined;
+    try {
+      if (config.accelerate)
+        accel = Accelerator.open({ pinDir: join(config.bpffs, 'accel'), log: log.child({ stage: 'accel' }) });
+    } catch (e) {
+      void dataplane.close();
+      throw e;
+    }
+    const kernel = new AgentKernel(config, dataplane, accel, log, opts);
+    try {
+      for (const cg of config.cgroups) {
+        kernel.attached.push(...dataplane.attach(cg));
+        if (accel) {
+          const a = accel.attach(cg, join(config.bpffs, 'accel'));
+          kernel.accelAttachments.push(a);
+          for (const l of a.links)
+            kernel.attached.push({
+              program: 'accel',
+              attachType: 'cgroup',
+              cgroup: cg,
+              via: l.legacy ? 'prog_attach' : 'bpf_link',
+              ...(l.pinned ? { pinned: l.pinned } : {}),
+            });
+        }
+      }
+      if (accel) {
+        accel.setEnabled(true);
+        if (config.accelRules) kernel.accelRulesWatch = watchAccelRules(config.accelRules, accel, log);
+        else accel.setRules([]);
+      }
+    } catch (e) {
+      // Attached programs stay (pinned links) like after SIGTERM; kernmesh cleanup removes them.
+      void kernel.close();
+      throw e;
+    }
+    return kernel;
+  }
+
+  attachments(): Attachment[] {
+    return [...this.attached];
+  }
+
+  async apply(state: DesiredState): Promise<void> {
+    const result = await this.dataplane.apply(state);
+    this.lastRefused = result.refused;
+  }
+
+  private programs(): BpfProgram[] {
+    // Dataplane keeps its BpfObject private and has no programs() accessor yet: read it through the
+    // field until it has one (reported to the dataplane's owner).
+    const routeObject = (this.dataplane as unknown as { object?: BpfObject }).object;
+    return [...(routeObject?.programs() ?? []), ...(this.accel?.object.programs() ?? [])];
+  }
+
+  readonly gauges = {
+    maps: () => {
+      try {
+        return this.dataplane
+          .readActual()
+          .maps.map((m) => ({ name: m.name, entries: m.entries ?? 0, capacity: m.maxEntries }));
+      } catch {
+        return [];
+      }
+    },
+    fallbacks: () => {
+      const sum: Record<string, number> = {};
+      for (const s of this.dataplane.counters())
+        for (const [reason, n] of Object.entries(s.counters)) sum[reason] = (sum[reason] ?? 0) + Number(n);
+      return sum;
+    },
+    programs: () => this.programs().map((p) => ({ name: p.name, ...p.stats() })),
+    ringbufLost: () => 0,
+  };
+
+  debugMaps(): unknown {
+    return {
+      ...this.dataplane.readActual(),
+      refused_by_dataplane: this.lastRefused,
+      accel: this.accel?.counters(),
+    };
+  }
+
+  debugBpf(): unknown {
+    return {
+      programs: this.programs().map((p) => ({ name: p.name, type: p.type, id: p.id, ...p.stats() })),
+      stats_enabled: this.statsHandle !== undefined,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.accelRulesWatch?.close();
+    this.accel?.close();
+    await this.dataplane.close();
+    this.statsHandle?.close();
+  }
+}
