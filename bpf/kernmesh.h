@@ -226,9 +226,10 @@ struct km_conn_event {
 	__u32 backend_id;
 	__u32 srtt_us;
 	__u32 total_retrans;
-	__u8 end_reason; /* KM_END_* */
-	__u8 flags;      /* KM_CONN_F_* */
-	__u16 pad;
+	__u8 end_reason;  /* KM_END_* */
+	__u8 flags;       /* KM_CONN_F_* */
+	__u8 orig_family; /* of orig_ip: KM_AF_INET / KM_AF_INET6 (routing's values) */
+	__u8 pad;
 };
 
 /* Per-socket telemetry state (sk_storage). */

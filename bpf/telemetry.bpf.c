@@ -145,6 +145,7 @@ static __always_inline void fill_route(struct bpf_sock *sk, struct km_conn_event
 	if (!r || !(r->flags & KM_SOCK_ROUTED))
 		return;
 	e->flags |= KM_CONN_F_REWRITTEN;
+	e->orig_family = r->family;
 	__builtin_memcpy(e->orig_ip, r->orig_address, 16);
 	e->orig_port = bpf_ntohs(r->orig_port);
 	e->service_id = r->service_id;

@@ -1,0 +1,257 @@
+// Kernel telemetry (bpf/telemetry.bpf.c): loads and attaches it, consumes the connection events
+// from the ring buffer into Istio's TCP metrics and optional access-log lines, and exports the
+// lost-event count and the per-service packet/byte counters at scrape time.
+import { basename, join } from 'node:path';
+import { Counter, Registry } from 'prom-client';
+import type { Logger } from 'pino';
+
+import { BpfMap, BpfObject, RingBuffer, type BpfLink } from '../../native/index.js';
+import { bpfObjectPath, type CgroupAttachment } from '../accel/accel.js';
+import { sumPerCpuU64, u32Key } from '../accel/codec.js';
+import {
+  decodeConnEvent,
+  decodeServiceTraffic,
+  encodeTelemetryConfig,
+  TELEMETRY_COUNTERS,
+  type ConnEvent,
+  type ServiceTraffic,
+} from './codec.js';
+import { istioLabels, IstioTcpMetrics, serviceIdentity, type Workload } from './metrics.js';
+
+export interface TelemetryOptions {
+  /** bpffs directory shared with routing (km_sock_route, km_svc_names) and acceleration. */
+  pinDir: string;
+  objectPath?: string;
+  log?: Logger;
+  registry?: Registry;
+  /** One JSON line per closed connection through this logger; none when absent. */
+  accessLog?: Logger;
+  /** The workload this agent reports for (source for outbound, destination for inbound). */
+  workload?: Workload;
+  /** Kernel service id → service (cluster) name; by default read from routing's km_svc_names. */
+  serviceName?: (id: number) => string | undefined;
+  /** Every decoded event, after metrics (tests, debug endpoints). */
+  onEvent?: (ev: ConnEvent) => void;
+}
+
+/** km_service_name is a NUL-padded char[256] keyed by the service id (routing's map). */
+function pinnedServiceNames(pinDir: string): (id: number) => string | undefined {
+  let map: BpfMap | undefined;
+  return (id) => {
+    if (id === 0) return undefined;
+    try {
+      map ??= BpfMap.openPinned(join(pinDir, 'km_svc_names'), 'km_svc_names');
+    } catch {
+      return undefined; // routing not loaded here: the service stays unknown
+    }
+    const v = map.lookup(u32Key(id));
+    if (!v) return undefined;
+    const end = v.indexOf(0);
+    return v.subarray(0, end < 0 ? v.length : end).toString('utf8');
+  };
+}
+
+export class Telemetry {
+  readonly registry: Registry;
+  readonly metrics: IstioTcpMetrics;
+  private ring: RingBuffer | undefined;
+  private readonly serviceName: (id: number) => string | undefined;
+
+  private constructor(
+    readonly object: BpfObject,
+    private readonly opts: TelemetryOptions,
+  ) {
+    this.registry = opts.registry ?? new Registry();
+    this.metrics = new IstioTcpMetrics(this.registry);
+    this.serviceName = opts.serviceName ?? pinnedServiceNames(opts.pinDir);
+    this.registerKernelCounters();
+  }
+
+  static open(opts: TelemetryOptions): Telemetry {
+    const path = opts.objectPath ?? bpfObjectPath('telemetry.bpf.o');
+    try {
+      return new Telemetry(
+        BpfObject.open(path, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) }),
+        opts,
+      );
+    } catch (e) {
+      throw new Error(`load telemetry object ${path}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  private registerKernelCounters(): void {
+    const counters = this.object.map('km_telemetry_counters');
+    const traffic = this.object.map('km_service_traffic');
+    const kernelTotal = (index: number): number => {
+      const v = counters.lookup(u32Key(index));
+      return v ? Number(sumPerCpuU64(v)) : 0;
+    };
+    new Counter({
+      name: 'kernmesh_telemetry_events_lost_total',
+      help: 'Connection events dropped because the ring buffer was full (the data path never waits).',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(kernelTotal(TELEMETRY_COUNTERS.eventsLost));
+      },
+    });
+    new Counter({
+      name: 'kernmesh_telemetry_events_total',
+      help: 'Connection events the kernel put in the ring buffer.',
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(kernelTotal(TELEMETRY_COUNTERS.eventsSent));
+      },
+    });
+    const serviceLabel = (id: number): string => serviceIdentity(this.serviceName(id))?.host ?? 'unknown';
+    const perService = (name: string, help: string, pick: (t: ServiceTraffic) => bigint): void => {
+      new Counter({
+        name,
+        help,
+        labelNames: ['destination_service', 'service_id'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const [k, v] of traffic.entries()) {
+            const id = k.readUInt32LE(0);
+            this.inc(
+              { destination_service: serviceLabel(id), service_id: String(id) },
+              Number(pick(decodeServiceTraffic(v))),
+            );
+          }
+        },
+      });
+    };
+    perService(
+      'kernmesh_service_received_packets_total',
+      'Packets received by sockets of attached cgroups, per service.',
+      (t) => t.rxPackets,
+    );
+    perService(
+      'kernmesh_service_received_bytes_total',
+      'Bytes received by sockets of attached cgroups, per service.',
+      (t) => t.rxBytes,
+    );
+    perService(
+      'kernmesh_service_sent_packets_total',
+      'Packets sent by sockets of attached cgroups, per service.',
+      (t) => t.txPackets,
+    );
+    perService(
+      'kernmesh_service_sent_bytes_total',
+      'Bytes sent by sockets of attached cgroups, per service.',
+      (t) => t.txBytes,
+    );
+  }
+
+  /** Attaches socket creation, sockops and cgroup_skb ingress/egress to a cgroup through bpf_link. */
+  attach(cgroup: string, linkPinDir?: string): CgroupAttachment {
+    const links: BpfLink[] = [];
+    try {
+      for (const name of [
+        'km_telemetry_sock_create',
+        'km_telemetry_sockops',
+        'km_telemetry_ingress',
+        'km_telemetry_egress',
+      ]) {
+        const pinPath = linkPinDir ? join(linkPinDir, `${name}-${basename(cgroup)}`) : undefined;
+        links.push(this.object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
+      }
+    } catch (e) {
+      for (const l of links) l.detach();
+      throw new Error(`attach telemetry to cgroup ${cgroup}: ${(e as Error).message}`, { cause: e });
+    }
+    return {
+      cgroup,
+      links,
+      detach: () => {
+        for (const l of links) {
+          if (l.pinned) l.unpin();
+          l.detach();
+          l.close();
+        }
+      },
+    };
+  }
+
+  /** Off: no events and no counting; open connections are untouched. */
+  setEnabled(enabled: boolean): void {
+    this.object.map('km_telemetry_config').update(u32Key(0), encodeTelemetryConfig(enabled));
+    this.opts.log?.info({ telemetry: enabled }, 'telemetry %s', enabled ? 'on' : 'off');
+  }
+
+  enabled(): boolean {
+    const v = this.object.map('km_telemetry_config').lookup(u32Key(0));
+    return v !== undefined && v.readUInt32LE(0) !== 0;
+  }
+
+  /** Starts consuming the ring buffer on the event loop. */
+  start(): void {
+    this.ring ??= new RingBuffer(this.object.map('km_conn_events'), (record) => this.handle(record));
+  }
+
+  /** Delivers the events pending now, synchronously; returns how many. */
+  drain(): number {
+    this.start();
+    return this.ring!.consume();
+  }
+
+  lostEvents(): bigint {
+    const v = this.object.map('km_telemetry_counters').lookup(u32Key(TELEMETRY_COUNTERS.eventsLost));
+    return v ? sumPerCpuU64(v) : 0n;
+  }
+
+  serviceTraffic(): Map<number, ServiceTraffic> {
+    const out = new Map<number, ServiceTraffic>();
+    for (const [k, v] of this.object.map('km_service_traffic').entries())
+      out.set(k.readUInt32LE(0), decodeServiceTraffic(v));
+    return out;
+  }
+
+  private handle(record: Buffer): void {
+    let ev: ConnEvent;
+    try {
+      ev = decodeConnEvent(record);
+    } catch (e) {
+      this.opts.log?.warn({ err: e }, 'undecodable connection event');
+      return;
+    }
+    const service = serviceIdentity(this.serviceName(ev.serviceId));
+    this.metrics.record(ev, istioLabels(ev, service, this.opts.workload));
+    if (ev.type === 'close' && this.opts.accessLog) {
+      this.opts.accessLog.info(
+        {
+          direction: ev.direction,
+          source:
+            ev.direction === 'outbound'
+              ? `${ev.localAddress}:${ev.localPort}`
+              : `${ev.remoteAddress}:${ev.remotePort}`,
+          destination:
+            ev.direction === 'outbound'
+              ? `${ev.remoteAddress}:${ev.remotePort}`
+              : `${ev.localAddress}:${ev.localPort}`,
+          original_destination: ev.originalAddress ? `${ev.originalAddress}:${ev.originalPort}` : undefined,
+          destination_service: service?.host,
+          bytes_sent: Number(ev.bytesSent),
+          bytes_received: Number(ev.bytesReceived),
+          duration_ms: Number(ev.durationNs) / 1e6,
+          srtt_us: ev.srttUs,
+          retransmits: ev.retransmits,
+          end: ev.endReason,
+          accelerated: ev.accelerated,
+          pid: ev.pid,
+          cgroup_id: String(ev.cgroupId),
+        },
+        'connection closed',
+      );
+    }
+    this.opts.onEvent?.(ev);
+  }
+
+  close(): void {
+    this.ring?.close();
+    this.ring = undefined;
+    this.object.close();
+  }
+}
