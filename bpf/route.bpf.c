@@ -186,18 +186,14 @@ static __always_inline long pick_endpoint(__u32 service_id, const struct km_serv
 		s = slot_at(service_id, svc, prio, idx % count);
 		return s ? s->backend_id : -1;
 	}
-	case KM_LB_LEAST_REQUEST: {
-		__u64 load_a, load_b;
-
-		/* two random choices; slots are weight-expanded, and load is active/weight as in Envoy */
+	case KM_LB_LEAST_REQUEST:
+		/* two random choices over weight-expanded slots: at equal load the spread follows the
+		 * weights, and the one with fewer active connections wins (ties: the first) */
 		s = slot_at(service_id, svc, prio, bpf_get_prandom_u32() % count);
 		s2 = slot_at(service_id, svc, prio, bpf_get_prandom_u32() % count);
 		if (!s || !s2)
 			return -1;
-		load_a = (__u64)(backend_conns(s->backend_id) + 1) * (s2->weight ?: 1);
-		load_b = (__u64)(backend_conns(s2->backend_id) + 1) * (s->weight ?: 1);
-		return load_b < load_a ? s2->backend_id : s->backend_id;
-	}
+		return backend_conns(s2->backend_id) < backend_conns(s->backend_id) ? s2->backend_id : s->backend_id;
 	case KM_LB_MAGLEV: {
 		struct km_slot_key key = {
 			.service_id = service_id,
