@@ -174,6 +174,11 @@ function readResources(doc: JsonObject, file: string, out: XdsFileContents): voi
 
 function resourceName(resource: JsonObject, typeUrl: string): string {
   if (typeUrl === TYPE.endpoint) return str(resource.cluster_name) ?? '';
+  if (typeUrl === TYPE.listener && str(resource.name) === undefined) {
+    // Bootstrap listeners may be unnamed; Envoy then names them by address.
+    const sa = isObject(resource.address) ? resource.address.socket_address : undefined;
+    if (isObject(sa)) return `${str(sa.address) ?? ''}_${num(sa.port_value)}`;
+  }
   if (typeUrl === TYPE.address) {
     const svc = isObject(resource.service) ? resource.service : undefined;
     if (svc) return `${str(svc.namespace) ?? ''}/${str(svc.hostname) ?? ''}`;

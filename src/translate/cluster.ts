@@ -1,0 +1,226 @@
+// CDS: what kind of service a cluster is, its load-balancing policy, its connection cap, and which
+// transport each endpoint would get (the kernel forwards plaintext only).
+import type { LbPolicy, ServiceKind } from '../dataplane/model.js';
+import type { JsonObject, JsonValue } from '../xds/types.js';
+import { CLUSTER_FIELDS, checkFields } from './fields.js';
+import { anyType, bool, durationMs, num, obj, objs, str } from './json.js';
+import type { DnsQuery, ResourceFindings } from './types.js';
+
+/** What a transport socket asks of a connection. */
+export type TransportKind = 'plaintext' | 'istio-mtls' | 'tls' | 'unsupported';
+
+export interface TransportChoice {
+  kind: TransportKind;
+  /** How the socket is named in reasons (`transport_socket_matches[0] "tlsMode-istio"`). */
+  label: string;
+}
+
+export interface TransportMatch extends TransportChoice {
+  /** Endpoint metadata (`envoy.transport_socket_match`) that selects this socket; {} matches every endpoint. */
+  match: JsonObject;
+}
+
+export interface ParsedCluster {
+  name: string;
+  /** Discovery type as Envoy names it. */
+  type: string;
+  kind: ServiceKind;
+  lbPolicy: LbPolicy;
+  maxConnections?: number;
+  /** The ClusterLoadAssignment name to wait for (EDS). */
+  edsName?: string;
+  /** Inline endpoints (STATIC, STRICT_DNS, LOGICAL_DNS). */
+  loadAssignment?: JsonObject;
+  dns?: Omit<DnsQuery, 'hostname' | 'clusters'>;
+  transport: TransportChoice;
+  transportMatches: TransportMatch[];
+  /** common_lb_config.locality_weighted_lb_config: localities' weights apply. */
+  localityWeighted: boolean;
+}
+
+const LB_POLICIES: Readonly<Record<string, LbPolicy>> = {
+  ROUND_ROBIN: 'round_robin',
+  LEAST_REQUEST: 'least_request',
+  RANDOM: 'random',
+  RING_HASH: 'maglev',
+  MAGLEV: 'maglev',
+};
+
+/** Typed load_balancing_policy extensions by the last component of their type name. */
+const TYPED_LB_POLICIES: Readonly<Record<string, LbPolicy>> = {
+  RoundRobin: 'round_robin',
+  LeastRequest: 'least_request',
+  Random: 'random',
+  RingHash: 'maglev',
+  Maglev: 'maglev',
+};
+
+/** Envoy's own default when a cluster sets no circuit breaker. */
+export const ENVOY_DEFAULT_MAX_CONNECTIONS = 1024;
+/** Istio writes uint32 max for "no limit". */
+const UNLIMITED = 4294967295;
+
+const DISCOVERY_TYPES = new Set(['STATIC', 'STRICT_DNS', 'LOGICAL_DNS', 'EDS', 'ORIGINAL_DST']);
+
+export function classifyTransportSocket(socket: JsonValue | undefined, label: string): TransportChoice {
+  const s = obj(socket);
+  if (!s) return { kind: 'plaintext', label };
+  const type = anyType(s.typed_config) ?? '';
+  const name = str(s.name) ?? '';
+  if (type.endsWith('InternalUpstreamTransport')) {
+    // The internal upstream wrapper only carries metadata; what matters is the socket inside it.
+    return classifyTransportSocket(obj(s.typed_config)?.transport_socket, label);
+  }
+  if (type.endsWith('RawBuffer') || name === 'envoy.transport_sockets.raw_buffer' || name === 'raw_buffer') {
+    return { kind: 'plaintext', label };
+  }
+  if (type.endsWith('UpstreamTlsContext') || name === 'envoy.transport_sockets.tls' || name === 'tls') {
+    const tls = obj(s.typed_config);
+    const common = obj(tls?.common_tls_context);
+    const alpn = (Array.isArray(common?.alpn_protocols) ? common.alpn_protocols : []).map(String);
+    const sni = str(tls?.sni) ?? '';
+    const istio =
+      alpn.includes('istio') || alpn.includes('istio-peer-exchange') || sni.startsWith('outbound_.');
+    return { kind: istio ? 'istio-mtls' : 'tls', label };
+  }
+  return { kind: 'unsupported', label: `${label} (${name || type || 'unnamed'})` };
+}
+
+export function describeTransport(t: TransportChoice): string {
+  switch (t.kind) {
+    case 'istio-mtls':
+      return `${t.label} requires Istio mTLS, which the kernel cannot originate`;
+    case 'tls':
+      return `${t.label} originates TLS, which the kernel cannot do`;
+    case 'unsupported':
+      return `${t.label} is a transport socket the kernel cannot provide`;
+    case 'plaintext':
+      return `${t.label} is plaintext`;
+  }
+}
+
+/** Reads one Cluster; refusals go to `res`. Returns undefined only when the cluster cannot be read at all. */
+export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedCluster | undefined {
+  const name = str(c.name);
+  if (!name) {
+    res.refuse('name', 'a cluster needs a name');
+    return undefined;
+  }
+  checkFields(c, '', CLUSTER_FIELDS, res);
+
+  const type = str(c.type) ?? (obj(c.cluster_type) ? 'CUSTOM' : 'STATIC');
+  if (!DISCOVERY_TYPES.has(type) && type !== 'CUSTOM')
+    res.refuse('type', `discovery type ${type} is not supported`);
+
+  let kind: ServiceKind = 'endpoints';
+  if (type === 'ORIGINAL_DST') kind = 'passthrough';
+  else if (name === 'BlackHoleCluster') kind = 'blackhole';
+
+  const lbPolicy = readLbPolicy(c, type, res);
+  const maxConnections = readMaxConnections(c, res);
+
+  const transport = classifyTransportSocket(c.transport_socket, 'transport_socket');
+  const transportMatches: TransportMatch[] = objs(c.transport_socket_matches).map((m, i) => ({
+    ...classifyTransportSocket(m.transport_socket, `transport_socket_matches[${i}] "${str(m.name) ?? ''}"`),
+    match: obj(m.match) ?? {},
+  }));
+  if (kind === 'endpoints' && transport.kind !== 'plaintext' && transportMatches.length === 0) {
+    // No endpoint could ever be reached in plaintext: refuse now, without waiting for EDS.
+    res.refuse('transport_socket', describeTransport(transport));
+  }
+
+  const parsed: ParsedCluster = {
+    name,
+    type,
+    kind,
+    lbPolicy,
+    transport,
+    transportMatches,
+    localityWeighted: obj(obj(c.common_lb_config)?.locality_weighted_lb_config) !== undefined,
+  };
+  if (maxConnections !== undefined) parsed.maxConnections = maxConnections;
+  for (const field of Object.keys(obj(c.common_lb_config) ?? {})) {
+    if (field !== 'locality_weighted_lb_config') res.notEnforced(`common_lb_config.${field}`);
+  }
+
+  if (type === 'EDS') {
+    parsed.edsName = str(obj(c.eds_cluster_config)?.service_name) ?? name;
+  } else if (type === 'STATIC' || type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
+    const la = obj(c.load_assignment);
+    if (la) parsed.loadAssignment = la;
+  }
+  if (type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
+    parsed.dns = {
+      family: dnsFamily(str(c.dns_lookup_family)),
+      refreshMs: durationMs(c.dns_refresh_rate) ?? 5000,
+      respectTtl: bool(c.respect_dns_ttl) ?? false,
+    };
+  }
+  return parsed;
+}
+
+function readLbPolicy(c: JsonObject, type: string, res: ResourceFindings): LbPolicy {
+  const typed = objs(obj(c.load_balancing_policy)?.policies);
+  if (typed.length > 0) {
+    for (const p of typed) {
+      const t = anyType(obj(p.typed_extension_config)?.typed_config) ?? '';
+      const known = TYPED_LB_POLICIES[t.slice(t.lastIndexOf('.') + 1)];
+      if (known) return known;
+    }
+    res.refuse('load_balancing_policy', 'none of its policies is one the kernel implements');
+    return 'round_robin';
+  }
+  const policy = str(c.lb_policy) ?? 'ROUND_ROBIN';
+  const known = LB_POLICIES[policy];
+  if (known) return known;
+  if (policy === 'CLUSTER_PROVIDED' && type === 'ORIGINAL_DST') return 'round_robin';
+  res.refuse('lb_policy', `${policy} is not a policy the kernel implements`);
+  return 'round_robin';
+}
+
+function readMaxConnections(c: JsonObject, res: ResourceFindings): number | undefined {
+  const cb = obj(c.circuit_breakers);
+  if (!cb) return ENVOY_DEFAULT_MAX_CONNECTIONS;
+  const thresholds = objs(cb.thresholds);
+  let max: number | undefined = ENVOY_DEFAULT_MAX_CONNECTIONS;
+  thresholds.forEach((t, i) => {
+    const priority = str(t.priority) ?? 'DEFAULT';
+    if (priority !== 'DEFAULT') {
+      res.notEnforced(`circuit_breakers.thresholds[${i}]`);
+      return;
+    }
+    const value = num(t.max_connections);
+    if (value !== undefined) max = value >= UNLIMITED ? undefined : value;
+    for (const field of [
+      'max_pending_requests',
+      'max_requests',
+      'max_retries',
+      'retry_budget',
+      'max_connection_pools',
+    ]) {
+      const v = t[field];
+      // Istio writes uint32 max into every threshold: only a real limit is worth listing.
+      if (v !== undefined && num(v) !== UNLIMITED)
+        res.notEnforced(`circuit_breakers.thresholds[${i}].${field}`);
+    }
+  });
+  for (const field of Object.keys(cb))
+    if (field !== 'thresholds') res.notEnforced(`circuit_breakers.${field}`);
+  return max;
+}
+
+function dnsFamily(v: string | undefined): DnsQuery['family'] {
+  switch (v) {
+    case 'V4_ONLY':
+      return 'v4';
+    case 'V6_ONLY':
+      return 'v6';
+    case 'V4_PREFERRED':
+      return 'v4_preferred';
+    case 'ALL':
+      return 'all';
+    default:
+      // AUTO (the default) prefers IPv6 and falls back to IPv4.
+      return 'any';
+  }
+}

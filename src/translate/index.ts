@@ -1,0 +1,13 @@
+// The translate stage's public surface: validate() for the xDS client's NACKs, translate() for the agent.
+export { translate } from './translate.js';
+export { validate } from './validate.js';
+export type {
+  ClusterView,
+  DnsQuery,
+  FrontendView,
+  NotEnforced,
+  OutboundPolicy,
+  StatusNote,
+  TranslateInput,
+  TranslateResult,
+} from './types.js';

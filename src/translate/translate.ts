@@ -1,0 +1,572 @@
+// translate(): accepted xDS resources of every type (+ waypoints, + resolved DNS names) in, the
+// desired kernel model and everything an operator needs to know about it out. Pure: no I/O, no clock.
+import { isIP } from 'node:net';
+import type { DesiredState, Endpoint, Frontend, LbPolicy, Service, Waypoint } from '../dataplane/model.js';
+import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
+import { type ParsedCluster, analyseCluster, describeTransport } from './cluster.js';
+import { type ParsedEndpoint, analyseAssignment, metadataMatches } from './endpoints.js';
+import { str } from './json.js';
+import { type ListenerResult, analyseListener, isPassthrough } from './listener.js';
+import { type Destination, type RouteConfigResult, analyseRouteConfig, destinationName } from './route.js';
+import {
+  type ClusterView,
+  type DnsQuery,
+  Findings,
+  type FrontendView,
+  type OutboundPolicy,
+  type ResourceFindings,
+  type TranslateInput,
+  type TranslateResult,
+} from './types.js';
+
+/** Weighted flattening scales each member's share to this many units per unit of member weight. */
+const SHARE_SCALE = 100;
+
+interface ClusterState {
+  parsed: ParsedCluster;
+  view: ClusterView;
+  /** Set when the cluster cannot be programmed (yet): waiting for EDS/DNS, or refused on its endpoints. */
+  pending?: string;
+  /** Kernel endpoints, weights already adjusted for locality weighting. */
+  endpoints: Endpoint[];
+}
+
+interface FrontendEntry {
+  address: string;
+  port: number;
+  rank: number;
+  source: string;
+  listener: string;
+  destination?: Destination;
+  pending?: string;
+}
+
+export function translate(input: TranslateInput): TranslateResult {
+  const findings = new Findings();
+  const byType = groupByType(input.resources, findings);
+
+  const claByName = new Map<string, JsonObject>();
+  for (const r of byType.get(TYPE.endpoint) ?? [])
+    claByName.set(str(r.resource.cluster_name) ?? r.name, r.resource);
+
+  const dnsQueries = new Map<string, DnsQuery>();
+  const clusters = new Map<string, ClusterState>();
+  const usedClas = new Set<string>();
+  for (const r of byType.get(TYPE.cluster) ?? []) {
+    const res = findings.forResource(TYPE.cluster, r.name);
+    const parsed = analyseCluster(r.resource, res);
+    if (!parsed || res.refused) continue;
+    if (parsed.edsName) usedClas.add(parsed.edsName);
+    const state = buildCluster(parsed, claByName, input.dns, dnsQueries, findings, res);
+    if (res.refused) continue;
+    clusters.set(parsed.name, state);
+  }
+
+  const routes = new Map<string, RouteConfigResult>();
+  for (const r of byType.get(TYPE.route) ?? []) {
+    routes.set(r.name, analyseRouteConfig(r.resource, findings.forResource(TYPE.route, r.name)));
+  }
+
+  let outboundPolicy: OutboundPolicy | undefined;
+  const entries: FrontendEntry[] = [];
+  const referencedRoutes = new Set<string>();
+  for (const r of byType.get(TYPE.listener) ?? []) {
+    const res = findings.forResource(TYPE.listener, r.name);
+    const lr = analyseListener(r.resource, res);
+    if (res.refused) continue;
+    if (lr.outboundPolicy) outboundPolicy = lr.outboundPolicy;
+    entries.push(...listenerEntries(lr, routes, referencedRoutes, res));
+  }
+  for (const [name] of routes) {
+    if (!referencedRoutes.has(name)) {
+      findings.forResource(TYPE.route, name).note('not used by any outbound listener');
+    }
+  }
+
+  const chosen = chooseFrontends(entries, findings);
+  const waypointFor = waypointIndex(input.waypoints ?? [], clusters, chosen);
+  const model = buildModel(chosen, clusters, waypointFor, findings);
+
+  const views = [...clusters.values()].map((c) => c.view);
+  for (const [name, cla] of claByName) {
+    if (usedClas.has(name) || clusters.has(name)) continue;
+    // EDS without CDS (an endpoints-only dump): shown so the operator sees them, never programmed.
+    const res = findings.forResource(TYPE.endpoint, name);
+    const parsed = analyseAssignment(cla, res, '', false);
+    for (const e of parsed.endpoints) {
+      if (e.internal) {
+        res.note(
+          `${e.path}: ${e.internal.endpointId} is reached through internal listener ${e.internal.listener} (HBONE)`,
+        );
+      }
+    }
+    views.push({
+      name,
+      type: null,
+      lbPolicy: null,
+      kind: 'endpoints',
+      endpoints: parsed.endpoints.flatMap((e) => toKernelEndpoints(e, e.weight)),
+      waypoint: null,
+      pending: 'no cluster in the input uses this ClusterLoadAssignment',
+    });
+  }
+  for (const v of views) {
+    const wp = model.clusterWaypoints.get(v.name);
+    if (wp) v.waypoint = wp;
+  }
+
+  const result: TranslateResult = {
+    desired: model.desired,
+    rejected: findings.rejected,
+    notEnforced: findings.notEnforced,
+    status: findings.status,
+    clusters: views.sort((a, b) => cmp(a.name, b.name)),
+    frontends: model.views,
+    dnsQueries: [...dnsQueries.values()],
+  };
+  if (outboundPolicy) result.outboundPolicy = outboundPolicy;
+  return result;
+}
+
+function groupByType(resources: XdsResource[], findings: Findings): Map<string, XdsResource[]> {
+  const known = new Set<string>([TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route]);
+  const out = new Map<string, XdsResource[]>();
+  for (const r of resources) {
+    if (!known.has(r.typeUrl)) {
+      if (r.typeUrl !== TYPE.address) {
+        findings.forResource(r.typeUrl, r.name).note('resource type not used on the outbound kernel path');
+      }
+      continue;
+    }
+    const list = out.get(r.typeUrl) ?? [];
+    if (list.some((x) => x.name === r.name)) {
+      findings.forResource(r.typeUrl, r.name).note('given twice: the first one is used');
+      continue;
+    }
+    list.push(r);
+    out.set(r.typeUrl, list);
+  }
+  return out;
+}
+
+function buildCluster(
+  parsed: ParsedCluster,
+  clas: Map<string, JsonObject>,
+  dns: ReadonlyMap<string, readonly string[]> | undefined,
+  dnsQueries: Map<string, DnsQuery>,
+  findings: Findings,
+  res: ResourceFindings,
+): ClusterState {
+  const view: ClusterView = {
+    name: parsed.name,
+    type: parsed.type,
+    lbPolicy: parsed.lbPolicy,
+    kind: parsed.kind,
+    endpoints: [],
+    waypoint: null,
+  };
+  if (parsed.maxConnections !== undefined) view.maxConnections = parsed.maxConnections;
+  const state: ClusterState = { parsed, view, endpoints: [] };
+  const setPending = (why: string) => {
+    state.pending = why;
+    view.pending = why;
+  };
+  if (parsed.kind !== 'endpoints') return state;
+
+  let eps: ParsedEndpoint[] = [];
+  if (parsed.edsName !== undefined) {
+    const cla = clas.get(parsed.edsName);
+    if (!cla) {
+      setPending(`waiting for its ClusterLoadAssignment "${parsed.edsName}" (EDS)`);
+      return state;
+    }
+    const claRes = findings.forResource(TYPE.endpoint, parsed.edsName);
+    const a = analyseAssignment(cla, claRes, '', false);
+    if (claRes.refused) {
+      setPending(`its ClusterLoadAssignment "${parsed.edsName}" was refused`);
+      return state;
+    }
+    eps = a.endpoints;
+    for (const s of a.skipped) claRes.note(`${s}: not reachable by a connect() rewrite, skipped`);
+  } else if (parsed.loadAssignment) {
+    const a = analyseAssignment(parsed.loadAssignment, res, 'load_assignment', parsed.dns !== undefined);
+    eps = a.endpoints;
+    for (const s of a.skipped) res.note(`${s}: not reachable by a connect() rewrite, skipped`);
+  }
+
+  if (parsed.dns) eps = resolveDns(parsed, eps, dns, dnsQueries, setPending);
+
+  // The kernel forwards plaintext only: each endpoint's transport is chosen as Envoy would choose it.
+  const needsTls = eps
+    .filter((e) => e.internal === undefined)
+    .map((e) => ({ e, t: transportFor(parsed, e) }));
+  const tls = needsTls.filter((x) => x.t.kind !== 'plaintext');
+  const firstTls = tls[0];
+  if (firstTls) {
+    const meta = Object.keys(firstTls.e.tlsMatch).length ? ` (${JSON.stringify(firstTls.e.tlsMatch)})` : '';
+    res.refuse(
+      firstTls.t.label.split(' ')[0] ?? 'transport_socket',
+      `endpoint ${firstTls.e.address}:${firstTls.e.port}${meta}${tls.length > 1 ? ` and ${tls.length - 1} more` : ''}: ${describeTransport(firstTls.t)}, and no plaintext match applies to it`,
+    );
+  }
+  const internal = eps.filter((e) => e.internal !== undefined);
+  const firstInternal = internal[0];
+  if (firstInternal?.internal) {
+    res.refuse(
+      'endpoints',
+      `endpoint ${firstInternal.internal.endpointId} is reached through internal listener ${firstInternal.internal.listener} (HBONE: mTLS HTTP/2 CONNECT), which the kernel cannot originate${internal.length > 1 ? ` (and ${internal.length - 1} more)` : ''}`,
+    );
+  }
+
+  view.endpoints = eps.flatMap((e) => toKernelEndpoints(e, e.weight));
+  state.endpoints = eps.flatMap((e) => toKernelEndpoints(e, kernelWeight(parsed, e, eps)));
+  return state;
+}
+
+function resolveDns(
+  parsed: ParsedCluster,
+  eps: ParsedEndpoint[],
+  dns: ReadonlyMap<string, readonly string[]> | undefined,
+  queries: Map<string, DnsQuery>,
+  setPending: (why: string) => void,
+): ParsedEndpoint[] {
+  const out: ParsedEndpoint[] = [];
+  const waiting: string[] = [];
+  const spec = parsed.dns;
+  if (!spec) return eps;
+  for (const e of eps) {
+    if (isIP(e.address)) {
+      out.push(e);
+      continue;
+    }
+    const q = queries.get(e.address) ?? { hostname: e.address, ...spec, clusters: [] };
+    // One query serves every cluster naming the host; the most frequent refresh wins.
+    q.refreshMs = Math.min(q.refreshMs, spec.refreshMs);
+    if (!q.clusters.includes(parsed.name)) q.clusters.push(parsed.name);
+    queries.set(e.address, q);
+    let addrs = (dns?.get(e.address) ?? []).filter((a) => familyAllowed(spec.family, a));
+    if (spec.family === 'v4_preferred' || spec.family === 'any') {
+      const preferred = spec.family === 'any' ? 6 : 4;
+      const pref = addrs.filter((a) => isIP(a) === preferred);
+      if (pref.length > 0) addrs = pref;
+    }
+    // LOGICAL_DNS connects to the first address only.
+    if (parsed.type === 'LOGICAL_DNS') addrs = addrs.slice(0, 1);
+    if (addrs.length === 0) waiting.push(e.address);
+    for (const a of addrs) out.push({ ...e, address: a });
+  }
+  if (waiting.length > 0) setPending(`waiting for DNS resolution of ${waiting.join(', ')}`);
+  return out;
+}
+
+function familyAllowed(family: DnsQuery['family'], address: string): boolean {
+  const f = isIP(address);
+  if (family === 'v4') return f === 4;
+  if (family === 'v6') return f === 6;
+  return f !== 0;
+}
+
+function transportFor(c: ParsedCluster, e: ParsedEndpoint) {
+  return c.transportMatches.find((m) => metadataMatches(m.match, e.tlsMatch)) ?? c.transport;
+}
+
+/** Locality weighting: each locality gets its weight's share of its priority, split by endpoint weight. */
+function kernelWeight(c: ParsedCluster, e: ParsedEndpoint, all: ParsedEndpoint[]): number {
+  if (!c.localityWeighted) return e.weight;
+  const groupTotal = all.filter((x) => x.group === e.group).reduce((s, x) => s + x.weight, 0);
+  return Math.max(1, Math.round(((e.localityWeight ?? 1) * e.weight * SHARE_SCALE) / groupTotal));
+}
+
+function toKernelEndpoints(e: ParsedEndpoint, weight: number): Endpoint[] {
+  const base = {
+    weight,
+    priority: e.priority,
+    health: e.health,
+    ...(e.locality ? { locality: e.locality } : {}),
+  };
+  return [{ address: e.address, port: e.port }, ...e.additional].map((a) => ({ ...a, ...base }));
+}
+
+function listenerEntries(
+  lr: ListenerResult,
+  routes: Map<string, RouteConfigResult>,
+  referenced: Set<string>,
+  res: ResourceFindings,
+): FrontendEntry[] {
+  const out: FrontendEntry[] = [];
+  for (const c of lr.candidates) {
+    const where = c.address === '*' ? `port ${c.port}` : `${c.address}:${c.port}`;
+    const base = { port: c.port, rank: c.rank, listener: lr.name };
+    if (c.target.kind === 'tcp') {
+      const d = c.target.destination;
+      if (c.address !== '*') {
+        out.push({ ...base, address: c.address, source: `${lr.name} ${c.path}`, destination: d });
+      } else if (
+        d.kind === 'cluster' &&
+        (d.cluster === 'PassthroughCluster' || d.cluster === 'BlackHoleCluster')
+      ) {
+        res.note(`${c.path}: other connections on ${where} follow the catch-all (${d.cluster})`);
+      } else {
+        res.note(
+          `${c.path}: every address on ${where} goes to ${destinationName(d)}; a port-wide frontend cannot be programmed, those connections keep their destination`,
+        );
+      }
+      continue;
+    }
+    const routeName = c.target.kind === 'rds' ? c.target.routeName : `${lr.name} (inline)`;
+    const rc = c.target.kind === 'rds' ? routes.get(c.target.routeName) : c.target.routes;
+    if (c.target.kind === 'rds') referenced.add(c.target.routeName);
+    const source = `${lr.name} → route ${routeName}`;
+    if (!rc) {
+      if (c.address !== '*') {
+        out.push({ ...base, address: c.address, source, pending: `waiting for RDS route "${routeName}"` });
+      } else {
+        res.note(`${c.path}: waiting for RDS route "${routeName}" to learn the VIPs on ${where}`);
+      }
+      continue;
+    }
+    if (c.address !== '*') {
+      const vh =
+        rc.virtualHosts.find((v) => domainMatchesAddress(v.domains, c.address, c.port)) ??
+        (rc.virtualHosts.length === 1
+          ? rc.virtualHosts[0]
+          : rc.virtualHosts.find((v) => v.domains.includes('*')));
+      if (!vh) {
+        res.note(`${c.path}: route "${routeName}" has no virtual host for ${where}`);
+      } else if (!vh.destination) {
+        out.push({ ...base, address: c.address, source, pending: `route "${routeName}" was refused` });
+      } else {
+        noteFallback(c.tcpFallback, vh.destination, c.path, where, res);
+        out.push({ ...base, address: c.address, source, destination: vh.destination });
+      }
+      continue;
+    }
+    for (const vh of rc.virtualHosts) {
+      for (const d of vh.domains) {
+        const ip = domainAddress(d, c.port);
+        if (!ip) continue;
+        const entry = { ...base, address: ip, rank: 2, source: `${source} virtual host "${vh.name}"` };
+        if (vh.destination) out.push({ ...entry, destination: vh.destination });
+        else out.push({ ...entry, pending: `virtual host "${vh.name}" of route "${routeName}" was refused` });
+      }
+    }
+  }
+  return out;
+}
+
+function noteFallback(
+  tcp: Destination | undefined,
+  http: Destination,
+  path: string,
+  where: string,
+  res: ResourceFindings,
+): void {
+  if (tcp && destinationName(tcp) !== destinationName(http) && !isPassthrough(tcp)) {
+    res.note(
+      `${path}: non-HTTP connections to ${where} would go to ${destinationName(tcp)} in Envoy; the kernel sends every connection to ${destinationName(http)}`,
+    );
+  }
+}
+
+/** `10.0.0.5`, `10.0.0.5:80`, `[fd00::5]:80` or `fd00::5` → the IP, when the port (if any) is this listener's. */
+export function domainAddress(domain: string, port: number): string | undefined {
+  if (isIP(domain)) return domain;
+  const v6 = /^\[([0-9a-fA-F:.]+)\](?::(\d+))?$/.exec(domain);
+  if (v6?.[1] && isIP(v6[1]) === 6) return v6[2] === undefined || Number(v6[2]) === port ? v6[1] : undefined;
+  const v4 = /^([0-9.]+):(\d+)$/.exec(domain);
+  if (v4?.[1] && isIP(v4[1]) === 4 && Number(v4[2]) === port) return v4[1];
+  return undefined;
+}
+
+function domainMatchesAddress(domains: string[], address: string, port: number): boolean {
+  return domains.some((d) => domainAddress(d, port) === address);
+}
+
+/** The most specific source wins for an (address, port), as Envoy's listener and chain matching would. */
+function chooseFrontends(entries: FrontendEntry[], findings: Findings): FrontendEntry[] {
+  const best = new Map<string, FrontendEntry>();
+  for (const e of entries) {
+    const key = `${e.address}|${e.port}`;
+    const cur = best.get(key);
+    if (!cur || e.rank < cur.rank) {
+      best.set(key, e);
+    } else if (e.rank === cur.rank && nameOf(e) !== nameOf(cur)) {
+      findings
+        .forResource(TYPE.listener, e.listener)
+        .note(`${e.address}:${e.port} is also routed by ${cur.source}, which is used: ${e.source} ignored`);
+    }
+  }
+  return [...best.values()].sort((a, b) => cmp(a.address, b.address) || a.port - b.port);
+}
+
+function nameOf(e: FrontendEntry): string {
+  return e.destination ? destinationName(e.destination) : (e.pending ?? '');
+}
+
+/** VIP:port → waypoint address, from the workload API (a waypoint named by hostname is found through its own VIP). */
+function waypointIndex(
+  waypoints: ServiceWaypoint[],
+  clusters: Map<string, ClusterState>,
+  frontends: FrontendEntry[],
+): (address: string, port: number) => Waypoint | string | undefined {
+  const byVip = new Map<string, ServiceWaypoint>();
+  for (const w of waypoints) for (const vip of w.vips) byVip.set(vip, w);
+  return (address, port) => {
+    const w = byVip.get(address);
+    if (!w) return undefined;
+    if (w.ports.length > 0 && !w.ports.some((p) => p.servicePort === port)) return undefined;
+    if (w.waypoint.address) return { address: w.waypoint.address, port: w.waypoint.port };
+    const host = w.waypoint.hostname;
+    if (!host) return `service ${w.namespace}/${w.hostname} names a waypoint without an address or hostname`;
+    const fqdn = host.hostname.includes('.')
+      ? host.hostname
+      : `${host.hostname}.${host.namespace}.svc.cluster.local`;
+    const suffix = `||${fqdn}`;
+    const f = frontends.find(
+      (x) =>
+        x.destination?.kind === 'cluster' &&
+        x.destination.cluster.startsWith('outbound|') &&
+        x.destination.cluster.endsWith(suffix) &&
+        clusters.has(x.destination.cluster),
+    );
+    if (!f) return `waiting for the VIP of waypoint ${fqdn} (no outbound listener for it yet)`;
+    return { address: f.address, port: w.waypoint.port };
+  };
+}
+
+interface Model {
+  desired: DesiredState;
+  views: FrontendView[];
+  clusterWaypoints: Map<string, Waypoint>;
+}
+
+function buildModel(
+  chosen: FrontendEntry[],
+  clusters: Map<string, ClusterState>,
+  waypointFor: (address: string, port: number) => Waypoint | string | undefined,
+  findings: Findings,
+): Model {
+  const services = new Map<string, Service>();
+  const frontends: Frontend[] = [];
+  const views: FrontendView[] = [];
+  const clusterWaypoints = new Map<string, Waypoint>();
+
+  // A destination used from both address families becomes two services, each with its family's endpoints.
+  const families = new Map<string, Set<number>>();
+  for (const e of chosen) {
+    if (!e.destination) continue;
+    const n = destinationName(e.destination);
+    families.set(n, (families.get(n) ?? new Set()).add(isIP(e.address)));
+  }
+
+  for (const e of chosen) {
+    const view: FrontendView = {
+      address: e.address,
+      port: e.port,
+      protocol: 'tcp',
+      cluster: e.destination ? destinationName(e.destination) : '',
+      source: e.source,
+    };
+    views.push(view);
+    if (!e.destination) {
+      view.pending = e.pending ?? 'no destination';
+      if (e.source.includes('→ route')) view.cluster = '';
+      continue;
+    }
+    const family = isIP(e.address);
+    const wp = waypointFor(e.address, e.port);
+    if (typeof wp === 'string') {
+      view.pending = wp;
+      findings.forResource(TYPE.address, `${e.address}:${e.port}`).note(wp);
+      continue;
+    }
+    let service: Service | string;
+    if (wp) {
+      service = {
+        name: `waypoint|${wp.address}|${wp.port}`,
+        kind: 'waypoint',
+        lbPolicy: 'random',
+        endpoints: [],
+        waypoint: wp,
+      };
+      if (e.destination.kind === 'cluster') clusterWaypoints.set(e.destination.cluster, wp);
+    } else {
+      const both = (families.get(destinationName(e.destination))?.size ?? 0) > 1;
+      service = serviceFor(e.destination, clusters, family, both);
+    }
+    if (typeof service === 'string') {
+      view.pending = service;
+      continue;
+    }
+    if (!services.has(service.name)) services.set(service.name, service);
+    frontends.push({ address: e.address, port: e.port, protocol: 'tcp', service: service.name });
+  }
+  return {
+    desired: { services: [...services.values()].sort((a, b) => cmp(a.name, b.name)), frontends },
+    views,
+    clusterWaypoints,
+  };
+}
+
+/** The kernel service for a destination and address family, or why there is none yet. */
+function serviceFor(
+  d: Destination,
+  clusters: Map<string, ClusterState>,
+  family: number,
+  splitFamilies: boolean,
+): Service | string {
+  const name = splitFamilies && family === 6 ? `${destinationName(d)}|ipv6` : destinationName(d);
+  const members = d.kind === 'cluster' ? [{ cluster: d.cluster, weight: 1 }] : d.members;
+  const states: ClusterState[] = [];
+  for (const m of members) {
+    const c = clusters.get(m.cluster);
+    if (!c) {
+      if (d.kind === 'cluster' && m.cluster === 'PassthroughCluster') {
+        return { name: m.cluster, kind: 'passthrough', lbPolicy: 'random', endpoints: [] };
+      }
+      if (d.kind === 'cluster' && m.cluster === 'BlackHoleCluster') {
+        return { name: m.cluster, kind: 'blackhole', lbPolicy: 'random', endpoints: [] };
+      }
+      return `cluster ${m.cluster} is not among the accepted clusters`;
+    }
+    if (c.pending) return `cluster ${m.cluster}: ${c.pending}`;
+    states.push(c);
+  }
+  const only = states[0];
+  if (d.kind === 'cluster' && only) {
+    const s: Service = {
+      name: only.parsed.kind === 'endpoints' ? name : only.parsed.name,
+      kind: only.parsed.kind,
+      lbPolicy: only.parsed.lbPolicy,
+      endpoints:
+        only.parsed.kind === 'endpoints' ? only.endpoints.filter((x) => isIP(x.address) === family) : [],
+    };
+    if (only.parsed.maxConnections !== undefined) s.maxConnections = only.parsed.maxConnections;
+    return s;
+  }
+  if (states.some((s) => s.parsed.kind !== 'endpoints')) {
+    return 'weighted clusters mixing passthrough or blackhole clusters cannot be chosen per connection';
+  }
+  // Weighted clusters, chosen per connection: one service whose endpoint weights keep each member's share.
+  const endpoints: Endpoint[] = [];
+  let heaviest = members[0];
+  members.forEach((m, i) => {
+    const c = states[i];
+    if (!c) return;
+    if (heaviest && m.weight > heaviest.weight) heaviest = m;
+    const mine = c.endpoints.filter((x) => isIP(x.address) === family);
+    for (const ep of mine) {
+      const total = mine.filter((x) => x.priority === ep.priority).reduce((s, x) => s + x.weight, 0);
+      endpoints.push({
+        ...ep,
+        weight: Math.max(1, Math.round((m.weight * ep.weight * SHARE_SCALE) / total)),
+      });
+    }
+  });
+  const lbPolicy: LbPolicy = clusters.get(heaviest?.cluster ?? '')?.parsed.lbPolicy ?? 'round_robin';
+  return { name, kind: 'endpoints', lbPolicy, endpoints };
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
