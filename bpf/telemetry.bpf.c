@@ -28,6 +28,15 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } km_conn_events SEC(".maps");
 
+/* Never written: a ring buffer has no value type, so this puts struct km_conn_event in the object's
+ * BTF for the layout test and for bpftool. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct km_conn_event);
+} km_conn_event_format SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KM_TELE_COUNTER_MAX);
