@@ -308,3 +308,43 @@ kernelTest('accelerated connections report the bytes that went through the sockm
     assert.equal(serverEnd.bytesSent, BigInt(responseSize(n)));
   }
 });
+
+kernelTest(
+  'a full ring buffer loses events without blocking connections, and the lost counter says how many',
+  async (_t, env) => {
+    const events: ConnEvent[] = [];
+    const tele = Telemetry.open({ pinDir: env.pinDir, onEvent: (e) => events.push(e) });
+    const attachment = tele.attach(env.cgroup);
+    env.defer(() => {
+      attachment.detach();
+      tele.close();
+    });
+    tele.setEnabled(true);
+    const { port } = await startServer(env, BACKEND);
+    // Nothing consumes the ring buffer meanwhile: 256 KiB holds about 1800 records, 2 per connection.
+    const n = 1200;
+    const run = await runClient(env.cgroup, BACKEND, port, Array<number>(n).fill(1));
+    assert.ok(
+      run.conns.every((c) => c.got === responseSize(1)),
+      'every connection completed',
+    );
+    const counters = tele.object.map('km_telemetry_counters');
+    const total = (i: number): bigint => {
+      const v = counters.lookup(Buffer.from([i, 0, 0, 0]));
+      let sum = 0n;
+      for (let off = 0; v && off < v.length; off += 8) sum += v.readBigUInt64LE(off);
+      return sum;
+    };
+    // closes finish asynchronously; wait until every connection has reported or been lost
+    for (let i = 0; i < 500 && total(0) + total(1) < BigInt(2 * n); i++)
+      await new Promise((r) => setTimeout(r, 10));
+    const lost = tele.lostEvents();
+    const sent = total(1);
+    assert.ok(lost > 0n, 'the ring buffer overflowed');
+    assert.equal(sent + lost, BigInt(2 * n), 'every event either delivered or counted as lost');
+    assert.equal(BigInt(tele.drain()), sent, 'what was not lost is all in the ring buffer');
+    assert.equal(events.length, Number(sent));
+    const text = await tele.registry.metrics();
+    assert.equal(sample(text, 'kernmesh_telemetry_events_lost_total', {}), Number(lost));
+  },
+);
