@@ -1,0 +1,144 @@
+// issue 3: make-before-break under churn. One process connects 20,000 times to a VIP while the
+// test rewrites the service's endpoints 50 times a second (adds, removals, priority, weight,
+// health and policy changes). No connect may fail, and each must land in the endpoint group that
+// was live at some moment during that connect.
+import assert from 'node:assert/strict';
+
+import { Dataplane } from '../src/dataplane/dataplane.js';
+import type { DesiredState, Endpoint, LbPolicy } from '../src/dataplane/model.js';
+import { kernelTest } from './support/kernel.js';
+import { Client, startBackend, type Backend } from './support/net.js';
+
+/** Deterministic pseudo-random numbers, so a failure can be replayed. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x9e3779b9) >>> 0;
+    s ^= s >>> 12;
+    return (s >>> 0) / 0x100000000;
+  };
+}
+
+interface Applied {
+  tBefore: number;
+  tAfter: number;
+  /** Backends of the lowest priority group with a selectable endpoint: where connects may go. */
+  live: Set<string>;
+}
+
+const POLICIES: LbPolicy[] = ['round_robin', 'random', 'least_request', 'maglev'];
+
+kernelTest(
+  'churn: 20,000 connects while endpoints are rewritten 50 times a second; none fails or goes astray',
+  async (t, env) => {
+    const pool: Backend[] = [];
+    for (let i = 0; i < 12; i++) {
+      const b = await startBackend(`127.0.0.${121 + i}`);
+      env.defer(() => b.close());
+      pool.push(b);
+    }
+    const dp = Dataplane.open({ pinDir: env.pinDir });
+    env.defer(() => dp.close());
+    dp.attach(env.cgroup);
+    const client = new Client(env.cgroup);
+    env.defer(() => client.exit());
+
+    const random = rng(20260101);
+    const nextState = (n: number): { state: DesiredState; live: Set<string> } => {
+      const endpoints: Endpoint[] = [];
+      for (const b of pool) {
+        if (random() < 0.45) continue;
+        const r = random();
+        endpoints.push({
+          address: b.address,
+          port: b.port,
+          weight: 1 + Math.floor(random() * 5),
+          priority: random() < 0.7 ? 0 : 1 + Math.floor(random() * 2),
+          health: r < 0.75 ? 'healthy' : r < 0.85 ? 'unknown' : r < 0.93 ? 'draining' : 'unhealthy',
+        });
+      }
+      // always one selectable endpoint somewhere, so a failed connect is a routing bug
+      const fallback = pool[n % pool.length]!;
+      if (!endpoints.some((e) => e.health === 'healthy' || e.health === 'unknown'))
+        endpoints.push({
+          address: fallback.address,
+          port: fallback.port,
+          weight: 1,
+          priority: 2,
+          health: 'healthy',
+        });
+      const selectable = endpoints.filter((e) => e.health === 'healthy' || e.health === 'unknown');
+      const top = Math.min(...selectable.map((e) => e.priority));
+      const live = new Set(selectable.filter((e) => e.priority === top).map((e) => `${e.address}|${e.port}`));
+      return {
+        state: {
+          services: [
+            {
+              name: 'churn',
+              kind: 'endpoints',
+              lbPolicy: POLICIES[Math.floor(n / 7) % POLICIES.length]!,
+              endpoints,
+            },
+          ],
+          frontends: [{ address: '127.100.11.1', port: 80, protocol: 'tcp', service: 'churn' }],
+        },
+        live,
+      };
+    };
+
+    const applied: Applied[] = [];
+    const applyNext = async (n: number): Promise<void> => {
+      const { state, live } = nextState(n);
+      const tBefore = Number(process.hrtime.bigint());
+      const r = await dp.apply(state);
+      assert.deepEqual(r.refused, []);
+      applied.push({ tBefore, tAfter: Number(process.hrtime.bigint()), live });
+    };
+    await applyNext(0);
+
+    let running = true;
+    const churn = (async () => {
+      for (let n = 1; running; n++) {
+        const started = Date.now();
+        await applyNext(n);
+        await new Promise((r) => setTimeout(r, Math.max(0, 20 - (Date.now() - started))));
+      }
+    })();
+    let results;
+    try {
+      results = await client.batch({
+        host: '127.100.11.1',
+        port: 80,
+        readId: true,
+        count: 20000,
+        concurrency: 4,
+        detail: true,
+      });
+    } finally {
+      running = false;
+      await churn;
+    }
+    t.diagnostic(`${applied.length} endpoint rewrites during ${results.length} connects`);
+    assert.ok(applied.length > 10, 'the rewrites overlapped the connects');
+
+    const failed = results.filter((r) => !r.ok);
+    assert.equal(failed.length, 0, `${failed.length} connects failed, first: ${JSON.stringify(failed[0])}`);
+    let astray = 0;
+    let example = '';
+    for (const r of results) {
+      // state k may be seen from its writes' start until the next state's writes end
+      const ok = applied.some((a, k) => {
+        const until = applied[k + 1]?.tAfter ?? Infinity;
+        return a.tBefore <= r.t1 && until >= r.t0 && a.live.has(r.backend!);
+      });
+      if (!ok) {
+        astray++;
+        example ||= JSON.stringify(r);
+      }
+    }
+    assert.equal(astray, 0, `${astray} connects reached a backend outside the live group, e.g. ${example}`);
+    const counters = dp.counters().find((c) => c.service === 'churn')!.counters;
+    assert.equal(counters.map_miss, 0n);
+    assert.equal(counters.routed, 20000n);
+  },
+);
