@@ -82,7 +82,7 @@ void test('bare --access-log means stdout; --no-waypoints turns a boolean off; m
   );
   assert.equal(c.accessLog, 'stdout');
   assert.equal(c.waypoints, false);
-  assert.deepEqual(c.mapSizes, { services: 1024, endpoints: 4096 });
+  assert.deepEqual(c.mapSizes, { services: 1024, backends: 4096 });
 });
 
 function rejects(fn: () => unknown, pattern: RegExp): void {
@@ -112,6 +112,10 @@ void test('a bad flag stops the start and names the flag', () => {
   rejects(
     () => loadConfig(['--xds-file', 'f', '--map-size', 'services=lots'], {}, noFiles),
     /flag --map-size: map size/,
+  );
+  rejects(
+    () => loadConfig(['--xds-file', 'f', '--map-size', 'routes=5'], {}, noFiles),
+    /flag --map-size: "routes" is not a capacity name/,
   );
   rejects(() => loadConfig([], {}, noFiles), /no xDS source/);
   rejects(() => loadConfig(['--xds-file', 'f', '--xds-address', 'a:1'], {}, noFiles), /exclusive/);

@@ -64,6 +64,7 @@ export class Agent implements AdminSource {
     if (this.pending) {
       this.pending = {
         resources: u.resources,
+        waypoints: u.waypoints,
         changedTypes: [...new Set([...this.pending.changedTypes, ...u.changedTypes])],
         receivedAt: this.pending.receivedAt,
       };
@@ -81,7 +82,7 @@ export class Agent implements AdminSource {
     const at = new Date().toISOString();
     let result;
     try {
-      result = translate(u.resources);
+      result = translate(u.resources, u.waypoints ?? []);
     } catch (e) {
       this.fail(`translate: ${(e as Error).message}`, e, at, u);
       return;

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import type { JsonObject, Rejection, XdsResource } from '../xds/types.js';
+import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
 import type { ConfigSource, SourceUpdate } from './ports.js';
 
 /** Parses the file's text into resources and the ones refused while reading (bad resources). */
@@ -12,7 +12,12 @@ export type FileReader = (
   path: string,
   text: string,
   version: string,
-) => { resources: XdsResource[]; rejections: (Rejection & { failed?: JsonObject })[] };
+) => {
+  resources: XdsResource[];
+  rejections: (Rejection & { failed?: JsonObject })[];
+  waypoints: ServiceWaypoint[];
+  notes: string[];
+};
 
 interface ResourceDebug {
   name: string;
@@ -95,7 +100,12 @@ export class FileSource implements ConfigSource {
       { file: this.target, version, resources: this.resources.length, refused: this.refused.length },
       'xDS file read',
     );
-    onUpdate({ resources: this.resources, changedTypes: [...changed], receivedAt });
+    onUpdate({
+      resources: this.resources,
+      waypoints: parsed.waypoints,
+      changedTypes: [...changed],
+      receivedAt,
+    });
   }
 
   async stop(): Promise<void> {

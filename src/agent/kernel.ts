@@ -1,11 +1,13 @@
 // The agent's kernel side: the routing dataplane (and acceleration when asked), loaded with maps
 // pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { enableStats, type BpfObject, type BpfProgram } from '../../native/index.js';
 import { Accelerator, watchAccelRules, type CgroupAttachment } from '../accel/accel.js';
 import type { AgentConfig } from '../config/config.js';
 import { Dataplane } from '../dataplane/dataplane.js';
+import { Telemetry } from '../telemetry/telemetry.js';
+import type { Workload } from '../telemetry/metrics.js';
+import type { Registry } from 'prom-client';
 import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
 import type { Attachment, Kernel } from './ports.js';
@@ -26,12 +28,16 @@ export function capacityFrom(mapSizes: Record<string, number>): Partial<Capacity
 export interface KernelOptions {
   /** Keep BPF run-time statistics on (per-program kernel time in /debug/bpf and metrics). */
   stats?: boolean;
+  /** Registry the Istio TCP metrics go to (the agent's, so one scrape has everything). */
+  registry?: Registry;
+  /** One JSON line per closed connection. */
+  accessLog?: Logger;
+  workload?: Workload;
 }
 
 export class AgentKernel implements Kernel {
   readonly pinDir: string;
   private readonly attached: Attachment[] = [];
-  private readonly accelAttachments: CgroupAttachment[] = [];
   private accelRulesWatch?: { close(): void };
   private readonly statsHandle?: { close(): void };
   private lastRefused: { kind: string; name: string; reason: string }[] = [];
@@ -40,6 +46,7 @@ export class AgentKernel implements Kernel {
     config: AgentConfig,
     readonly dataplane: Dataplane,
     readonly accel: Accelerator | undefined,
+    readonly telemetry: Telemetry,
     private readonly log: Logger,
     opts: KernelOptions,
   ) {
@@ -53,38 +60,46 @@ export class AgentKernel implements Kernel {
     }
   }
 
-  /** Loads and attaches everything; on failure, what was attached in this call is detached again. */
+  /** Loads and attaches everything; a failure part way leaves what was attached pinned, as SIGTERM does. */
   static open(config: AgentConfig, log: Logger, opts: KernelOptions = {}): AgentKernel {
     const dataplane = Dataplane.open({
-      pinDir: join(config.bpffs, 'route'),
+      pinDir: config.bpffs,
       capacity: capacityFrom(config.mapSizes),
       log: log.child({ stage: 'dataplane' }),
     });
     let accel: Accelerator | undefined;
+    let telemetry: Telemetry;
     try {
       if (config.accelerate)
-        accel = Accelerator.open({ pinDir: join(config.bpffs, 'accel'), log: log.child({ stage: 'accel' }) });
+        accel = Accelerator.open({ pinDir: config.bpffs, log: log.child({ stage: 'accel' }) });
+      // Telemetry shares the pin directory: it reads routing's km_sock_route and km_svc_names.
+      telemetry = Telemetry.open({
+        pinDir: config.bpffs,
+        log: log.child({ stage: 'telemetry' }),
+        ...(opts.registry ? { registry: opts.registry } : {}),
+        ...(opts.accessLog ? { accessLog: opts.accessLog } : {}),
+        ...(opts.workload ? { workload: opts.workload } : {}),
+      });
     } catch (e) {
+      accel?.close();
       void dataplane.close();
       throw e;
     }
-    const kernel = new AgentKernel(config, dataplane, accel, log, opts);
+    const kernel = new AgentKernel(config, dataplane, accel, telemetry, log, opts);
     try {
       for (const cg of config.cgroups) {
         kernel.attached.push(...dataplane.attach(cg));
-        if (accel) {
-          const a = accel.attach(cg, join(config.bpffs, 'accel'));
-          kernel.accelAttachments.push(a);
-          for (const l of a.links)
-            kernel.attached.push({
-              program: 'accel',
-              attachType: 'cgroup',
-              cgroup: cg,
-              via: l.legacy ? 'prog_attach' : 'bpf_link',
-              ...(l.pinned ? { pinned: l.pinned } : {}),
-            });
-        }
+        if (accel)
+          kernel.record(accel.attach(cg, config.bpffs), ['km_accel_sock_create', 'km_accel_sockops']);
+        kernel.record(telemetry.attach(cg, config.bpffs), [
+          'km_telemetry_sock_create',
+          'km_telemetry_sockops',
+          'km_telemetry_ingress',
+          'km_telemetry_egress',
+        ]);
       }
+      telemetry.setEnabled(true);
+      telemetry.start();
       if (accel) {
         accel.setEnabled(true);
         if (config.accelRules) kernel.accelRulesWatch = watchAccelRules(config.accelRules, accel, log);
@@ -96,6 +111,25 @@ export class AgentKernel implements Kernel {
       throw e;
     }
     return kernel;
+  }
+
+  private record(a: CgroupAttachment, programs: string[]): void {
+    a.links.forEach((l, i) => {
+      const program = programs[i] ?? 'unknown';
+      this.attached.push({
+        program,
+        attachType: this.programByName(program)?.attachType ?? 'cgroup',
+        cgroup: a.cgroup,
+        via: l.legacy ? 'prog_attach' : 'bpf_link',
+        ...(l.pinned ? { pinned: l.pinned } : {}),
+      });
+      // The link is pinned: closing our fd keeps the program attached.
+      l.close();
+    });
+  }
+
+  private programByName(name: string): BpfProgram | undefined {
+    return this.programs().find((p) => p.name === name);
   }
 
   attachments(): Attachment[] {
@@ -111,7 +145,11 @@ export class AgentKernel implements Kernel {
     // Dataplane keeps its BpfObject private and has no programs() accessor yet: read it through the
     // field until it has one (reported to the dataplane's owner).
     const routeObject = (this.dataplane as unknown as { object?: BpfObject }).object;
-    return [...(routeObject?.programs() ?? []), ...(this.accel?.object.programs() ?? [])];
+    return [
+      ...(routeObject?.programs() ?? []),
+      ...(this.accel?.object.programs() ?? []),
+      ...this.telemetry.object.programs(),
+    ];
   }
 
   readonly gauges = {
@@ -131,7 +169,6 @@ export class AgentKernel implements Kernel {
       return sum;
     },
     programs: () => this.programs().map((p) => ({ name: p.name, ...p.stats() })),
-    ringbufLost: () => 0,
   };
 
   debugMaps(): unknown {
@@ -150,6 +187,7 @@ export class AgentKernel implements Kernel {
   }
 
   async close(): Promise<void> {
+    this.telemetry.close();
     this.accelRulesWatch?.close();
     this.accel?.close();
     await this.dataplane.close();

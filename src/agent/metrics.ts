@@ -16,7 +16,6 @@ export interface KernelGauges {
   maps(): { name: string; entries: number; capacity: number }[];
   fallbacks(): Record<string, number>;
   programs(): { name: string; runTimeNs: bigint; runCount: bigint }[];
-  ringbufLost(): number;
 }
 
 export class AgentMetrics {
@@ -109,16 +108,6 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const [reason, n] of Object.entries(kernel()?.fallbacks() ?? {})) this.inc({ reason }, n);
-      },
-    });
-    new Counter({
-      name: 'kernmesh_ringbuf_lost_events_total',
-      help: 'Telemetry events dropped because the ring buffer was full',
-      registers,
-      collect() {
-        this.reset();
-        const lost = kernel()?.ringbufLost() ?? 0;
-        if (lost > 0) this.inc(lost);
       },
     });
     new Counter({

@@ -1,12 +1,14 @@
 // What the agent needs from each stage, in the agent's own terms. stages.ts adapts the real
 // xds/, translate/ and dataplane/ modules to these; the agent itself only sees plain data.
 import type { DesiredState } from '../dataplane/model.js';
-import type { JsonObject, Rejection, XdsResource } from '../xds/types.js';
+import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
 import type { KernelGauges } from './metrics.js';
 
 /** A complete view of the accepted resources after an update (xds/ keeps the state; we take snapshots). */
 export interface SourceUpdate {
   resources: XdsResource[];
+  /** Services with a waypoint (workload API), when waypoints are on. */
+  waypoints?: ServiceWaypoint[];
   /** Type URLs that changed in this update, for the push counters. */
   changedTypes: string[];
   /** process.hrtime.bigint() when the update arrived: the start of the apply-latency measurement. */
@@ -36,7 +38,7 @@ export interface TranslateResult {
   rejections: Rejection[];
 }
 
-export type Translate = (resources: XdsResource[]) => TranslateResult;
+export type Translate = (resources: XdsResource[], waypoints: ServiceWaypoint[]) => TranslateResult;
 
 export interface Attachment {
   program: string;

@@ -4,6 +4,7 @@
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
+import { DEFAULT_CAPACITY } from '../dataplane/maps.js';
 import { LineCounter, isMap, isScalar, isSeq, parseDocument, type Node as YamlNode } from 'yaml';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal';
@@ -24,6 +25,8 @@ export interface Identity {
   istioVersion: string;
   trustDomain: string;
   labels: Record<string, string>;
+  /** region/zone/subzone, as ISTIO_LOCALITY writes it. */
+  locality?: string;
   /** ISTIO_META_* environment variables, name without the prefix, as istiod expects them. */
   extraMetadata: Record<string, string>;
 }
@@ -113,6 +116,12 @@ export const OPTIONS: OptionSpec[] = [
     help: 'ISTIO_VERSION reported to istiod',
     fallbackEnv: ['ISTIO_VERSION'],
   },
+  {
+    name: 'locality',
+    kind: 'string',
+    help: "the node's locality region/zone/subzone (EDS priorities)",
+    fallbackEnv: ['ISTIO_LOCALITY'],
+  },
   { name: 'label', kind: 'map', help: 'pod label KEY=VALUE (repeatable)' },
   { name: 'cgroup', kind: 'list', help: 'cgroup v2 directory whose processes are served (repeatable)' },
   { name: 'bpffs', kind: 'string', help: 'bpffs directory for pinned maps and links' },
@@ -122,7 +131,11 @@ export const OPTIONS: OptionSpec[] = [
   { name: 'accel-rules', kind: 'string', help: 'acceleration rules file' },
   { name: 'access-log', kind: 'string', bare: 'stdout', help: 'connection access log: stdout or a file' },
   { name: 'log-level', kind: 'string', help: 'trace, debug, info, warn, error or fatal' },
-  { name: 'map-size', kind: 'map', help: 'BPF map size NAME=ENTRIES (repeatable)' },
+  {
+    name: 'map-size',
+    kind: 'map',
+    help: 'capacity NAME=N: frontends, services, backends, slots, maglev (repeatable)',
+  },
 ];
 
 const byName = new Map(OPTIONS.map((o) => [o.name, o]));
@@ -318,10 +331,12 @@ function fromYaml(spec: OptionSpec, node: YamlNode | null, source: string): RawV
   }
 }
 
-function parseHostPort(text: string, source: string): HostPort {
+/** HOST:PORT or [IPv6]:PORT; port 0 (any free port) only where anyPort says so. */
+function parseHostPort(text: string, source: string, anyPort = false): HostPort {
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port > 0 && port < 65536)) throw new ConfigError(`"${text}" is not HOST:PORT`, source);
+  if (!m || !((port > 0 || (anyPort && port === 0)) && port < 65536))
+    throw new ConfigError(`"${text}" is not HOST:PORT`, source);
   return { host: (m[1] ?? m[2])!, port };
 }
 
@@ -396,11 +411,16 @@ export function loadConfig(
   if (!LOG_LEVELS.includes(logLevel))
     throw new ConfigError(`"${logLevel}" is not a log level (${LOG_LEVELS.join(', ')})`, src('log-level'));
 
-  const admin = parseHostPort(str('admin') ?? DEFAULTS.admin, src('admin'));
+  const admin = parseHostPort(str('admin') ?? DEFAULTS.admin, src('admin'), true);
 
   const mapSizes: Record<string, number> = {};
   for (const [k, v] of Object.entries((get('map-size')?.value as Record<string, string> | undefined) ?? {})) {
     const n = Number(v);
+    if (!(k in DEFAULT_CAPACITY))
+      throw new ConfigError(
+        `"${k}" is not a capacity name (${Object.keys(DEFAULT_CAPACITY).join(', ')})`,
+        src('map-size'),
+      );
     if (!Number.isInteger(n) || n < 1 || n > 2 ** 31)
       throw new ConfigError(`map size for ${k} "${v}" is not a positive integer`, src('map-size'));
     mapSizes[k] = n;
@@ -437,6 +457,7 @@ export function loadConfig(
       meshId: str('mesh-id') ?? DEFAULTS.meshId,
       istioVersion: str('istio-version') ?? DEFAULTS.istioVersion,
       trustDomain: str('trust-domain') ?? DEFAULTS.trustDomain,
+      locality: str('locality'),
       labels: (get('label')?.value as Record<string, string> | undefined) ?? {},
       extraMetadata,
     },

@@ -1,0 +1,167 @@
+// Assembles a running agent from its configuration: the config source (istiod or a file), translate,
+// the kernel (routing, telemetry, acceleration) and the admin endpoint. Used by `kernmesh run`, the
+// demo and the end-to-end tests, so all three run the same code.
+import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import pino, { type Logger } from 'pino';
+import { startAdminServer, type AdminServer } from '../admin/server.js';
+import type { AgentConfig } from '../config/config.js';
+import { translate, validate, type TranslateResult } from '../translate/index.js';
+import { XdsClient } from '../xds/client.js';
+import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
+import { Agent } from './agent.js';
+import { readXdsFile } from './file-reader.js';
+import { FileSource } from './file-source.js';
+import { IstiodSource } from './istiod-source.js';
+import { AgentKernel } from './kernel.js';
+import { AgentMetrics } from './metrics.js';
+import type { ConfigSource, Translate } from './ports.js';
+import type { JsonObject } from '../xds/types.js';
+
+export interface RunningAgent {
+  agent: Agent;
+  admin: AdminServer;
+  kernel: AgentKernel;
+  node: NodeIdentity;
+  /** The last translation's operator views (clusters, frontends, notes), for the demo and status. */
+  lastTranslation(): TranslateResult | undefined;
+  /** Stops the source and the admin endpoint and closes fds; pinned maps and links stay. */
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Where connection access-log lines go (--access-log). */
+  accessLog?: NodeJS.WritableStream;
+}
+
+/** The node's first non-loopback address, for node.id when no --instance-ip is given. */
+function defaultInstanceIp(): string | undefined {
+  for (const list of Object.values(networkInterfaces()))
+    for (const a of list ?? []) if (!a.internal && a.family === 'IPv4') return a.address;
+  return undefined;
+}
+
+export function nodeIdentity(config: AgentConfig): NodeIdentity {
+  const id = config.identity;
+  const ips = id.instanceIps.length ? id.instanceIps : [defaultInstanceIp() ?? '127.0.0.1'];
+  const [region, zone, subZone] = (id.locality ?? '').split('/');
+  return buildNodeIdentity({
+    podName: id.podName,
+    namespace: id.podNamespace,
+    instanceIps: ips,
+    serviceAccount: id.serviceAccount,
+    nodeName: id.nodeName,
+    clusterId: id.clusterId,
+    meshId: id.meshId,
+    istioVersion: id.istioVersion,
+    labels: id.labels,
+    ...(id.locality
+      ? { locality: { region: region || undefined, zone: zone || undefined, subZone: subZone || undefined } }
+      : {}),
+  });
+}
+
+export async function startAgent(
+  config: AgentConfig,
+  log: Logger,
+  opts: StartOptions = {},
+): Promise<RunningAgent> {
+  const node = nodeIdentity(config);
+  // A file that cannot be read or parsed stops the start before anything touches the kernel.
+  if (config.xdsFile) {
+    try {
+      readXdsFile(config.xdsFile, readFileSync(config.xdsFile, 'utf8'), 'preflight');
+    } catch (e) {
+      throw new Error(`--xds-file ${config.xdsFile}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  const metrics = new AgentMetrics();
+  const accessLog = opts.accessLog ? pino({ base: { log: 'access' } }, opts.accessLog) : undefined;
+  const kernel = AgentKernel.open(config, log, {
+    registry: metrics.registry,
+    ...(accessLog ? { accessLog } : {}),
+    workload: { name: config.identity.podName, namespace: config.identity.podNamespace },
+  });
+
+  let source: ConfigSource;
+  if (config.xdsFile) {
+    source = new FileSource(
+      config.xdsFile,
+      readXdsFile,
+      node as unknown as JsonObject,
+      log.child({ stage: 'xds' }),
+    );
+  } else {
+    const address = `${config.xdsAddress!.host}:${config.xdsAddress!.port}`;
+    const client = new XdsClient({
+      address,
+      protocol: config.xdsProtocol,
+      ...(config.tls ? { tls: { rootCaFile: config.rootCa, serverName: config.serverName } } : {}),
+      ...(config.tokenFile ? { tokenFile: config.tokenFile } : {}),
+      clusterId: config.identity.clusterId,
+      node,
+      waypoints: config.waypoints,
+      validate,
+      logger: log.child({ stage: 'xds' }),
+    });
+    source = new IstiodSource(client, address, node, log.child({ stage: 'xds' }));
+  }
+
+  let last: TranslateResult | undefined;
+  const translateFn: Translate = (resources, waypoints) => {
+    last = translate({ resources, waypoints });
+    return { state: last.desired, rejections: last.rejected };
+  };
+
+  const agent = new Agent({
+    source,
+    translate: translateFn,
+    kernel,
+    log,
+    metrics,
+    commandLine: {
+      xds: source.target,
+      cgroups: config.cgroups,
+      bpffs: config.bpffs,
+      ...(config.configFile ? { config_file: config.configFile } : {}),
+    },
+  });
+
+  let admin: AdminServer;
+  try {
+    admin = await startAdminServer(agent, { host: config.admin.host, port: config.admin.port, log });
+  } catch (e) {
+    await kernel.close();
+    throw e;
+  }
+  try {
+    await agent.start();
+  } catch (e) {
+    await admin.close();
+    await kernel.close();
+    throw e;
+  }
+  metrics.xdsConnected.set(source.connected() ? 1 : 0);
+  log.info(
+    {
+      node: node.id,
+      xds: `${source.kind} ${source.target}`,
+      attached: kernel.attachments().map((a) => `${a.program} ${a.attachType} ${a.cgroup} (${a.via})`),
+      bpffs: config.bpffs,
+      admin: `http://${admin.address}`,
+    },
+    `kernmesh started: ${agent.attachmentsSummary()}; admin on http://${admin.address}`,
+  );
+  return {
+    agent,
+    admin,
+    kernel,
+    node,
+    lastTranslation: () => last,
+    stop: async () => {
+      await agent.stop();
+      await admin.close();
+    },
+  };
+}

@@ -1,0 +1,165 @@
+// `kernmesh status`: a running agent's state, read from its admin endpoint: readiness, xDS sync per
+// type, programmed services, attach points and the last errors. --json prints the raw views.
+import { typeLabel } from '../agent/metrics.js';
+import { DEFAULTS } from '../config/config.js';
+
+const HELP = `usage: kernmesh status [--admin ADDR:PORT] [--json]
+
+Reads the admin endpoint of a running agent (default ${DEFAULTS.admin}, or KERNMESH_ADMIN).
+`;
+
+interface TypeView {
+  type_url: string;
+  version?: string;
+  nonce?: string;
+  last_nack?: string | null;
+  resources: { name: string; status: string; version?: string; error?: string }[];
+}
+
+interface DebugXds {
+  source?: { kind: string; target: string; connected: boolean };
+  xds?: { types?: TypeView[]; last_error?: { message: string } | null };
+  translation_rejections?: { typeUrl: string; name: string; reason: string }[];
+  last_apply?: { at: string; seconds: number; services: number; frontends: number; error?: string } | null;
+}
+
+interface DebugBpf {
+  pin_dir?: string;
+  attachments?: { program: string; attachType: string; cgroup: string; via: string }[];
+  programs?: { name: string; runTimeNs: string; runCount: string }[];
+}
+
+export function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}
+
+async function get(base: string, path: string): Promise<{ status: number; text: string }> {
+  let r: Response;
+  try {
+    r = await fetch(`${base}${path}`);
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).message;
+    throw new Error(`no agent answers at ${base} (${cause}); is kernmesh run up, with --admin there?`);
+  }
+  return { status: r.status, text: await r.text() };
+}
+
+export function renderStatus(v: {
+  admin: string;
+  ready: { status: number; text: string };
+  serverInfo: { version?: string; uptime_current_epoch?: string };
+  xds: DebugXds;
+  bpf: DebugBpf;
+}): string {
+  const out: string[] = [];
+  const readyLine =
+    v.ready.status === 200
+      ? 'READY'
+      : `NOT READY (${v.ready.text.split('\n').slice(1).join(' ').replace(/- /g, '').trim()})`;
+  out.push(
+    `kernmesh at ${v.admin}: ${readyLine}, ${v.serverInfo.version ?? ''}, up ${v.serverInfo.uptime_current_epoch ?? '?'}`,
+  );
+  const s = v.xds.source;
+  if (s) out.push(`xDS source: ${s.kind} ${s.target} (${s.connected ? 'connected' : 'DISCONNECTED'})`);
+  const types = v.xds.xds?.types ?? [];
+  const translated = v.xds.translation_rejections ?? [];
+  out.push('');
+  out.push(
+    table([
+      ['TYPE', 'VERSION', 'RESOURCES', 'ACKED', 'NACKED', 'LAST NACK'],
+      ...types.map((t) => {
+        const nacked =
+          t.resources.filter((r) => r.status === 'NACKED').length +
+          translated.filter((r) => r.typeUrl === t.type_url).length;
+        return [
+          typeLabel(t.type_url).toUpperCase(),
+          t.version ?? '',
+          String(t.resources.length),
+          String(t.resources.filter((r) => r.status === 'ACKED').length),
+          String(nacked),
+          (t.last_nack ?? '').slice(0, 60),
+        ];
+      }),
+    ]).trimEnd(),
+  );
+  const la = v.xds.last_apply;
+  if (la)
+    out.push(
+      `\nlast apply ${la.at}: ${la.error ? `FAILED: ${la.error}` : `${la.services} services, ${la.frontends} frontends in ${(la.seconds * 1000).toFixed(1)} ms`}`,
+    );
+  out.push('\nattach points' + (v.bpf.pin_dir ? ` (pinned under ${v.bpf.pin_dir})` : ''));
+  out.push(
+    table([
+      ['PROGRAM', 'ATTACH TYPE', 'CGROUP', 'VIA'],
+      ...(v.bpf.attachments ?? []).map((a) => [a.program, a.attachType, a.cgroup, a.via]),
+    ]).trimEnd(),
+  );
+  const errors = [
+    ...types.flatMap((t) =>
+      t.resources.filter((r) => r.error).map((r) => `${typeLabel(t.type_url)} ${r.name}: ${r.error}`),
+    ),
+    ...translated.map((r) => `${typeLabel(r.typeUrl)} ${r.name}: ${r.reason}`),
+    ...(v.xds.xds?.last_error ? [v.xds.xds.last_error.message] : []),
+  ];
+  out.push(`\nlast errors${errors.length ? '' : ': none'}`);
+  for (const e of errors) out.push(`- ${e}`);
+  return out.join('\n') + '\n';
+}
+
+export async function runStatus(argv: string[], out: NodeJS.WritableStream): Promise<number> {
+  let admin = process.env.KERNMESH_ADMIN ?? DEFAULTS.admin;
+  let json = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') {
+      out.write(HELP);
+      return 0;
+    } else if (a === '--json') json = true;
+    else if (a === '--admin') admin = argv[++i] ?? '';
+    else if (a.startsWith('--admin=')) admin = a.slice(8);
+    else {
+      process.stderr.write(`kernmesh status: unknown flag ${a}\n${HELP}`);
+      return 2;
+    }
+  }
+  const base = `http://${admin}`;
+  try {
+    const [ready, serverInfo, xds, bpf] = await Promise.all([
+      get(base, '/ready'),
+      get(base, '/server_info'),
+      get(base, '/debug/xds'),
+      get(base, '/debug/bpf'),
+    ]);
+    const view = {
+      admin,
+      ready,
+      serverInfo: JSON.parse(serverInfo.text) as { version?: string; uptime_current_epoch?: string },
+      xds: JSON.parse(xds.text) as DebugXds,
+      bpf: JSON.parse(bpf.text) as DebugBpf,
+    };
+    if (json)
+      out.write(
+        JSON.stringify(
+          { ready: ready.status === 200, server_info: view.serverInfo, xds: view.xds, bpf: view.bpf },
+          null,
+          2,
+        ) + '\n',
+      );
+    else out.write(renderStatus(view));
+    return ready.status === 200 ? 0 : 1;
+  } catch (e) {
+    process.stderr.write(`kernmesh status: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
