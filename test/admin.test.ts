@@ -178,7 +178,6 @@ void test('the admin server answers Envoy routes over HTTP and stats pass promto
     maps: () => [{ name: 'services', entries: 3, capacity: 1024 }],
     fallbacks: () => ({ no_endpoint: 2 }),
     programs: () => [{ name: 'connect4', runTimeNs: 1500n, runCount: 3n }],
-    ringbufLost: () => 0,
   });
   const resources: XdsResource[] = [
     {
