@@ -169,4 +169,129 @@ describe('SotW ADS', () => {
       client.stop();
     }
   });
+
+  test('a bad resource is NACKed with its path and reason while the good ones of the response apply; ERROR in proxy-status', async () => {
+    cp.setResources(TYPE.cluster, [cluster('good-1'), cluster('bad', { lb_policy: 'MAGLEV' })], {
+      version: 'c1',
+    });
+    cp.setResources(TYPE.endpoint, [cla('good-1'), cla('bad')], { version: 'e1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    const from = cp.requests.length;
+    const client = makeClient(cp, { protocol: 'sotw', validate: refuseMaglev });
+    const rejected: string[] = [];
+    client.on('rejected', (e) => rejected.push(...e.rejections.map((r) => r.name)));
+    client.start();
+    try {
+      const nack = await cp.waitForNack(TYPE.cluster, { from });
+      // No version accepted yet: version_info is empty, so proto3 leaves it out.
+      assert.deepStrictEqual(nack.json, {
+        type_url: TYPE.cluster,
+        response_nonce: nack.json['response_nonce'],
+        error_detail: {
+          code: 3,
+          message: 'bad: lb_policy: MAGLEV needs a hash policy the kernel cannot see',
+        },
+      });
+      await cp.waitForAck(TYPE.endpoint, { from });
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['good-1'],
+      );
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.endpoint).map((r) => r.name),
+        ['good-1'],
+        'only the accepted cluster is subscribed',
+      );
+      assert.deepStrictEqual(cp.proxyStatus(nack.stream)['Cluster'], {
+        status: 'ERROR',
+        error: 'bad: lb_policy: MAGLEV needs a hash policy the kernel cannot see',
+      });
+      assert.deepStrictEqual(rejected, ['bad']);
+      const cds = client.status().types.find((t) => t.typeUrl === TYPE.cluster)!;
+      assert.equal(cds.status, 'NACKED');
+      assert.match(cds.lastError ?? '', /MAGLEV/);
+      assert.equal(cds.resources.find((r) => r.name === 'bad')?.status, 'NACKED');
+      assert.equal(cds.resources.find((r) => r.name === 'good-1')?.status, 'ACKED');
+      // The operator fixes the config: the next push is ACKed with its version, ERROR clears.
+      const fix = cp.requests.length;
+      cp.setResources(TYPE.cluster, [cluster('good-1'), cluster('bad', { lb_policy: 'RANDOM' })], {
+        version: 'c2',
+      });
+      const ack = await cp.waitForAck(TYPE.cluster, { from: fix });
+      assert.equal(ack.json['version_info'], 'c2');
+      await cp.waitForAck(TYPE.endpoint, { from: fix });
+      assert.equal(cp.proxyStatus(nack.stream)['Cluster']?.status, 'SYNCED');
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['bad', 'good-1'],
+      );
+    } finally {
+      client.stop();
+    }
+  });
+
+  test('EDS follows CDS (added, removed, renamed) with the latest nonce; partial EDS pushes; empty CDS deletes all', async () => {
+    cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
+    cp.setResources(TYPE.endpoint, [cla('a'), cla('b'), cla('c'), cla('b2')], { version: 'e1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    const from = cp.requests.length;
+    const client = makeClient(cp, { protocol: 'sotw' });
+    const updates = collect(client);
+    client.start();
+    try {
+      await cp.waitForAck(TYPE.endpoint, { from });
+      // Add c, rename b → b2.
+      let mark = cp.requests.length;
+      cp.setResources(TYPE.cluster, [cluster('a'), cluster('b2'), cluster('c')], { version: 'c2' });
+      const sub = await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'subscription', {
+        from: mark,
+      });
+      assert.deepStrictEqual(sub.json['resource_names'], ['a', 'b2', 'c']);
+      assert.equal(sub.json['version_info'], 'e1', 'the last accepted EDS version');
+      assert.equal(
+        cp.responses.filter((r) => r.typeUrl === TYPE.endpoint && r.stream === sub.stream).at(-2)?.nonce,
+        sub.json['response_nonce'],
+        'the latest EDS nonce',
+      );
+      await cp.waitForAck(TYPE.endpoint, { from: cp.requests.indexOf(sub) + 1 });
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.endpoint).map((r) => r.name),
+        ['a', 'b2', 'c'],
+      );
+      // Remove c.
+      mark = cp.requests.length;
+      cp.setResources(TYPE.cluster, [cluster('a'), cluster('b2')], { version: 'c3' });
+      const sub2 = await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'subscription', {
+        from: mark,
+      });
+      assert.deepStrictEqual(sub2.json['resource_names'], ['a', 'b2']);
+      await cp.waitForAck(TYPE.endpoint, { from: cp.requests.indexOf(sub2) + 1 });
+      // A partial EDS push carries only b2: a is unchanged.
+      mark = cp.requests.length;
+      const before = client.snapshot(TYPE.endpoint).find((r) => r.name === 'a');
+      cp.updateResources(TYPE.endpoint, [cla('b2', '127.0.0.9', 9090)], { version: 'e2' });
+      await cp.waitForAck(TYPE.endpoint, { from: mark });
+      assert.deepStrictEqual(cp.responses.at(-1)?.names, ['b2']);
+      const snap = client.snapshot(TYPE.endpoint);
+      assert.deepStrictEqual(
+        snap.find((r) => r.name === 'a'),
+        before,
+        'a untouched by the partial push',
+      );
+      assert.equal(snap.find((r) => r.name === 'b2')?.version, 'e2');
+      assert.deepStrictEqual(snap.find((r) => r.name === 'b2')?.resource, cla('b2', '127.0.0.9', 9090));
+      // An empty CDS response deletes every cluster and the endpoint subscriptions with them.
+      mark = cp.requests.length;
+      const n = updates.length;
+      cp.setResources(TYPE.cluster, [], { version: 'c4' });
+      const ack = await cp.waitForAck(TYPE.cluster, { from: mark });
+      assert.equal(ack.json['version_info'], 'c4');
+      await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'subscription', { from: mark });
+      assert.deepStrictEqual(client.snapshot(TYPE.cluster), []);
+      assert.deepStrictEqual(client.snapshot(TYPE.endpoint), []);
+      assert.ok(updates.slice(n).some((u) => u.typeUrl === TYPE.cluster && u.resources.length === 0));
+    } finally {
+      client.stop();
+    }
+  });
 });

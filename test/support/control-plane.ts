@@ -302,9 +302,7 @@ export class TestControlPlane {
   waitForAck(typeUrl: string, opts: { from?: number; nonce?: string } = {}): Promise<RecordedRequest> {
     return this.waitFor(
       (r) =>
-        r.typeUrl === typeUrl &&
-        (r.kind === 'ack' || r.kind === 'subscription') &&
-        (!opts.nonce || r.json['response_nonce'] === opts.nonce),
+        r.typeUrl === typeUrl && r.kind === 'ack' && (!opts.nonce || r.json['response_nonce'] === opts.nonce),
       opts,
     );
   }
