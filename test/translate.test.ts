@@ -167,8 +167,8 @@ function threeServices(): XdsResource[] {
   ];
 }
 
-describe('translate', () => {
-  it('programs a TCP service and an HTTP service with a plain route, and refuses the header-match route', () => {
+void describe('translate', () => {
+  void it('programs a TCP service and an HTTP service with a plain route, and refuses the header-match route', () => {
     const r = translate({ resources: threeServices() });
     assert.deepEqual(r.desired.frontends, [
       { address: '127.100.0.1', port: 5000, protocol: 'tcp', service: A },
@@ -214,14 +214,14 @@ describe('translate', () => {
     );
   });
 
-  it('accepts a narrow route that leads to the same cluster as the catch-all', () => {
+  void it('accepts a narrow route that leads to the same cluster as the catch-all', () => {
     const rc = routeConfig('80', [
       vhost('x', ['127.100.0.3'], [toCluster(C, { path: '/health' }), toCluster(C, { prefix: '/' })]),
     ]);
     assert.deepEqual(validate(TYPE.route, [rc]), []);
   });
 
-  it('refuses a virtual host that only serves some paths', () => {
+  void it('refuses a virtual host that only serves some paths', () => {
     const rc = routeConfig('80', [vhost('x', ['127.100.0.3'], [toCluster(C, { prefix: '/api' })])]);
     const [rej] = validate(TYPE.route, [rc]);
     assert.match(
@@ -230,19 +230,19 @@ describe('translate', () => {
     );
   });
 
-  it('does not use an EDS cluster before its first ClusterLoadAssignment (warming)', () => {
+  void it('does not use an EDS cluster before its first ClusterLoadAssignment (warming)', () => {
     const r = translate({ resources: [edsCluster(A), tcpListener('127.100.0.1', 5000, A)] });
     assert.deepEqual(r.desired.frontends, []);
     assert.match(r.frontends[0]?.pending ?? '', /waiting for its ClusterLoadAssignment/);
   });
 
-  it('leaves a frontend whose cluster is unknown unprogrammed, with the reason', () => {
+  void it('leaves a frontend whose cluster is unknown unprogrammed, with the reason', () => {
     const r = translate({ resources: [tcpListener('127.100.0.1', 5000, 'outbound|1||nope')] });
     assert.deepEqual(r.desired, { services: [], frontends: [] });
     assert.equal(r.frontends[0]?.pending, 'cluster outbound|1||nope is not among the accepted clusters');
   });
 
-  it('maps lb_policy to the kernel policy', () => {
+  void it('maps lb_policy to the kernel policy', () => {
     const cases: [string | undefined, string][] = [
       [undefined, 'round_robin'],
       ['ROUND_ROBIN', 'round_robin'],
@@ -265,7 +265,7 @@ describe('translate', () => {
     assert.match(bad[0]?.reason ?? '', /^lb_policy: CLUSTER_PROVIDED is not a policy the kernel implements/);
   });
 
-  it('takes max_connections from the DEFAULT threshold, and Envoy’s 1024 when there is none', () => {
+  void it('takes max_connections from the DEFAULT threshold, and Envoy’s 1024 when there is none', () => {
     const r = translate({
       resources: [
         edsCluster(A, {
@@ -284,7 +284,7 @@ describe('translate', () => {
     assert.equal(r.desired.services.find((s) => s.name === B)?.maxConnections, 1024);
   });
 
-  it('carries priorities, localities, weights and health from EDS', () => {
+  void it('carries priorities, localities, weights and health from EDS', () => {
     const load = res(TYPE.endpoint, A, {
       cluster_name: A,
       endpoints: [
@@ -352,7 +352,7 @@ describe('translate', () => {
     ]);
   });
 
-  it('weights localities when locality_weighted_lb_config is set', () => {
+  void it('weights localities when locality_weighted_lb_config is set', () => {
     const load = res(TYPE.endpoint, A, {
       cluster_name: A,
       endpoints: [
@@ -386,7 +386,7 @@ describe('translate', () => {
     );
   });
 
-  it('refuses a cluster whose endpoints need Istio mTLS, and takes the plaintext match for unlabelled endpoints', () => {
+  void it('refuses a cluster whose endpoints need Istio mTLS, and takes the plaintext match for unlabelled endpoints', () => {
     const mtls = {
       name: 'envoy.transport_sockets.tls',
       typed_config: {
@@ -395,7 +395,7 @@ describe('translate', () => {
         sni: `outbound_.80_._.${A}`,
       },
     };
-    const matches = {
+    const matches: JsonObject = {
       transport_socket_matches: [
         { name: 'tlsMode-istio', match: { tlsMode: 'istio' }, transport_socket: mtls },
         {
@@ -435,7 +435,7 @@ describe('translate', () => {
     assert.match(always[0]?.reason ?? '', /^transport_socket: transport_socket requires Istio mTLS/);
   });
 
-  it('refuses HBONE (internal address) endpoints with the reason', () => {
+  void it('refuses HBONE (internal address) endpoints with the reason', () => {
     const load = res(TYPE.endpoint, A, {
       cluster_name: A,
       endpoints: [
@@ -463,7 +463,7 @@ describe('translate', () => {
     assert.deepEqual(r.desired.frontends, []);
   });
 
-  it('splits dual-stack endpoints by the frontend’s address family', () => {
+  void it('splits dual-stack endpoints by the frontend’s address family', () => {
     const load = cla(A, [['127.0.0.11', 7001, {}]]);
     const lb = ((load.resource.endpoints as JsonObject[])[0]?.lb_endpoints as JsonObject[])[0] as JsonObject;
     (lb.endpoint as JsonObject).additional_addresses = [
@@ -487,7 +487,7 @@ describe('translate', () => {
     );
   });
 
-  it('flattens weighted clusters into one service keeping each cluster’s share', () => {
+  void it('flattens weighted clusters into one service keeping each cluster’s share', () => {
     const rc = routeConfig('80', [
       vhost(
         'reviews',
@@ -534,7 +534,7 @@ describe('translate', () => {
     );
   });
 
-  it('sends a service VIP with a waypoint to the waypoint instead of its endpoints', () => {
+  void it('sends a service VIP with a waypoint to the waypoint instead of its endpoints', () => {
     const waypoints: ServiceWaypoint[] = [
       {
         namespace: 'default',
@@ -564,7 +564,7 @@ describe('translate', () => {
     assert.deepEqual(r.clusters.find((c) => c.name === A)?.waypoint, { address: '127.0.0.50', port: 15008 });
   });
 
-  it('finds a waypoint named by hostname through its own outbound listener', () => {
+  void it('finds a waypoint named by hostname through its own outbound listener', () => {
     const W = 'outbound|15008||waypoint.default.svc.cluster.local';
     const waypoints: ServiceWaypoint[] = [
       {
@@ -588,7 +588,7 @@ describe('translate', () => {
     assert.deepEqual(r.desired.frontends[0]?.service, 'waypoint|127.100.0.9|15008');
   });
 
-  it('programs ORIGINAL_DST as passthrough and BlackHoleCluster as blackhole', () => {
+  void it('programs ORIGINAL_DST as passthrough and BlackHoleCluster as blackhole', () => {
     const r = translate({
       resources: [
         res(TYPE.cluster, 'PassthroughCluster', {
@@ -611,7 +611,7 @@ describe('translate', () => {
     );
   });
 
-  it('reads STATIC clusters’ inline endpoints and asks for DNS names of STRICT_DNS clusters', () => {
+  void it('reads STATIC clusters’ inline endpoints and asks for DNS names of STRICT_DNS clusters', () => {
     const stat = res(TYPE.cluster, A, {
       name: A,
       type: 'STATIC',
@@ -665,7 +665,7 @@ describe('translate', () => {
     );
   });
 
-  it('takes the catch-all policy from virtualOutbound and recognises inbound and internal listeners', () => {
+  void it('takes the catch-all policy from virtualOutbound and recognises inbound and internal listeners', () => {
     const vo = res(TYPE.listener, 'virtualOutbound', {
       name: 'virtualOutbound',
       address: { socket_address: { address: '0.0.0.0', port_value: 15001 } },
@@ -721,13 +721,13 @@ describe('translate', () => {
     ]);
   });
 
-  it('prefers a <VIP>_<port> listener over a VIP learnt from a wildcard listener’s routes', () => {
+  void it('prefers a <VIP>_<port> listener over a VIP learnt from a wildcard listener’s routes', () => {
     const resources = [...threeServices(), tcpListener('127.100.0.2', 80, A)];
     const r = translate({ resources });
     assert.equal(r.desired.frontends.find((f) => f.address === '127.100.0.2')?.service, A);
   });
 
-  it('matches chains by prefix_ranges and destination_port', () => {
+  void it('matches chains by prefix_ranges and destination_port', () => {
     const l = res(TYPE.listener, '0.0.0.0_5000', {
       name: '0.0.0.0_5000',
       address: { socket_address: { address: '0.0.0.0', port_value: 5000 } },
@@ -755,7 +755,7 @@ describe('translate', () => {
     assert.match(validate(TYPE.listener, [cidr])[0]?.reason ?? '', /10\.0\.0\.0\/8 is a range/);
   });
 
-  it('refuses chains that send the same address to different clusters by their first bytes', () => {
+  void it('refuses chains that send the same address to different clusters by their first bytes', () => {
     const l = res(TYPE.listener, '127.100.0.1_443', {
       name: '127.100.0.1_443',
       address: { socket_address: { address: '127.100.0.1', port_value: 443 } },
@@ -768,7 +768,7 @@ describe('translate', () => {
     assert.match(validate(TYPE.listener, [l])[0]?.reason ?? '', /depending on their first bytes/);
   });
 
-  it('refuses outbound authorization that the kernel cannot enforce (never fails open)', () => {
+  void it('refuses outbound authorization that the kernel cannot enforce (never fails open)', () => {
     const l = httpListener(80, [
       { name: 'envoy.filters.http.rbac', typed_config: { rules: { policies: { p: {} } } } },
     ]);
@@ -782,7 +782,7 @@ describe('translate', () => {
     assert.deepEqual(validate(TYPE.listener, [shadow]), []);
   });
 
-  it('is pure: the same input gives the same output and the input is not modified', () => {
+  void it('is pure: the same input gives the same output and the input is not modified', () => {
     const input = threeServices();
     const copy = JSON.parse(JSON.stringify(input)) as XdsResource[];
     const a = translate({ resources: input });

@@ -1,7 +1,7 @@
 // Real sockets for routing tests: backend servers in the test process (outside the test cgroup)
 // that greet each connection with their own identity, and one long-lived client process inside
 // the cgroup that makes many connects per request and answers in JSON lines.
-import { type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 
@@ -244,4 +244,130 @@ export function tally(values: (string | undefined)[]): Map<string, number> {
   const m = new Map<string, number>();
   for (const v of values) m.set(v ?? '(none)', (m.get(v ?? '(none)') ?? 0) + 1);
   return m;
+}
+
+/** Server program for `ip netns exec`: listens on the given addresses, reports JSON lines. */
+const SERVER_JS = String.raw`
+const net = require('net');
+const crypto = require('crypto');
+const specs = JSON.parse(process.argv[1]);
+const ready = [];
+let pending = specs.length;
+for (const spec of specs) {
+  let id = '';
+  const server = net.createServer((sock) => {
+    const peer = sock.remoteAddress + '|' + sock.remotePort;
+    if (!spec.silent) sock.write(id + '\n');
+    const chunks = [];
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('error', () => {});
+    sock.on('end', () => {
+      const all = Buffer.concat(chunks);
+      const line = { event: 'conn', server: id, peer, length: all.length, head: all.subarray(0, 64).toString('hex'),
+        sha256: crypto.createHash('sha256').update(all).digest('hex') };
+      process.stdout.write(JSON.stringify(line) + '\n');
+      sock.end();
+    });
+  });
+  server.listen({ host: spec.address, port: 0 }, () => {
+    id = spec.address + '|' + server.address().port;
+    ready.push({ address: spec.address, port: server.address().port, id });
+    if (--pending === 0) process.stdout.write(JSON.stringify({ event: 'ready', servers: ready }) + '\n');
+  });
+}
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+`;
+
+export interface NetnsServer {
+  address: string;
+  port: number;
+  id: string;
+}
+
+export interface NetnsConnection {
+  server: string;
+  peer: string;
+  length: number;
+  /** First 64 bytes in hex. */
+  head: string;
+  sha256: string;
+}
+
+/** Servers running inside a network namespace (a child process), reporting every connection. */
+export class NetnsBackends {
+  readonly servers: NetnsServer[] = [];
+  readonly connections: NetnsConnection[] = [];
+  private readonly child: ChildProcess;
+  private readonly ready: Promise<void>;
+
+  constructor(netns: string, specs: { address: string; silent?: boolean }[]) {
+    this.child = spawn(
+      'ip',
+      ['netns', 'exec', netns, process.execPath, '-e', SERVER_JS, JSON.stringify(specs)],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let stderr = '';
+    this.child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    this.ready = new Promise((resolve, reject) => {
+      this.child.on('exit', (code) => reject(new Error(`netns servers exited ${code}: ${stderr}`)));
+      createInterface({ input: this.child.stdout! }).on('line', (line) => {
+        const m = JSON.parse(line) as { event: string; servers?: NetnsServer[] } & NetnsConnection;
+        if (m.event === 'ready') {
+          this.servers.push(...(m.servers ?? []));
+          resolve();
+        } else this.connections.push(m);
+      });
+    });
+  }
+
+  async start(): Promise<this> {
+    await this.ready;
+    return this;
+  }
+
+  server(address: string): NetnsServer {
+    const s = this.servers.find((x) => x.address === address);
+    if (!s) throw new Error(`no server on ${address}`);
+    return s;
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null) return;
+    const done = new Promise((r) => this.child.once('exit', r));
+    this.child.stdin!.end();
+    await done;
+  }
+}
+
+/** Creates a network namespace with lo up and the given addresses on lo; returns its name and a remover. */
+export function createNetns(label: string, addresses: string[]): { name: string; remove(): void } {
+  const name = `kmt-${label}-${process.pid}-${Math.floor(Math.random() * 1e6)}`;
+  execFileSync('ip', ['netns', 'add', name]);
+  const remove = (): void => {
+    execFileSync('ip', ['netns', 'del', name]);
+  };
+  try {
+    execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+    for (const a of addresses) {
+      const v6 = a.includes(':');
+      execFileSync('ip', [
+        '-n',
+        name,
+        ...(v6 ? ['-6'] : []),
+        'addr',
+        'add',
+        `${a}/${v6 ? 128 : 32}`,
+        'dev',
+        'lo',
+        ...(v6 ? ['nodad'] : []),
+      ]);
+    }
+  } catch (e) {
+    remove();
+    throw e;
+  }
+  return { name, remove };
 }
