@@ -4,6 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { XdsClient, type XdsClientOptions, type XdsUpdate } from '../src/xds/client.js';
 import { buildNodeIdentity } from '../src/xds/identity.js';
+import type { ConnectionStatus } from '../src/xds/connection.js';
 import type { Validator } from '../src/xds/state.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 import { FakeClock } from './support/control-plane-clock.js';
@@ -295,3 +296,303 @@ describe('SotW ADS', () => {
     }
   });
 });
+
+describe('Delta ADS', () => {
+  let cp: TestControlPlane;
+  before(async () => {
+    cp = await TestControlPlane.start();
+  });
+  after(async () => {
+    await cp.stop();
+  });
+
+  test('subscribe/unsubscribe in their own requests, ACKs without names, removed resources, NACK detail, SYNCED', async () => {
+    cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
+    cp.setResources(TYPE.endpoint, [cla('a'), cla('b')], { version: 'e1' });
+    cp.setResources(TYPE.listener, [listener('0.0.0.0_80', '80')], { version: 'l1' });
+    cp.setResources(TYPE.route, [route('80', 'a')], { version: 'r1' });
+    const from = cp.requests.length;
+    const client = makeClient(cp, { validate: refuseMaglev });
+    client.start();
+    try {
+      await cp.waitFor((r) => r.typeUrl === TYPE.route && r.kind === 'ack', { from });
+      await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'ack', { from });
+      const mine = cp.requests.slice(from);
+      assert.equal(mine[0]!.mode, 'delta');
+      assert.deepStrictEqual(mine[0]!.json, { node: mine[0]!.json['node'], type_url: TYPE.cluster });
+      assert.deepStrictEqual(mine[1]!.json, { type_url: TYPE.listener });
+      const cdsAck = mine.find((r) => r.typeUrl === TYPE.cluster && r.kind === 'ack')!;
+      assert.deepStrictEqual(cdsAck.json, {
+        type_url: TYPE.cluster,
+        response_nonce: cdsAck.json['response_nonce'],
+      });
+      const edsSub = mine.find((r) => r.typeUrl === TYPE.endpoint)!;
+      assert.deepStrictEqual(edsSub.json, { type_url: TYPE.endpoint, resource_names_subscribe: ['a', 'b'] });
+      assert.deepStrictEqual(cp.proxyStatus(mine[0]!.stream), {
+        Cluster: { status: 'SYNCED' },
+        Listener: { status: 'SYNCED' },
+        ClusterLoadAssignment: { status: 'SYNCED' },
+        RouteConfiguration: { status: 'SYNCED' },
+      });
+      // Cluster b goes away: CDS removal, then an EDS unsubscribe in a request of its own.
+      let mark = cp.requests.length;
+      cp.setResources(TYPE.cluster, [cluster('a'), cluster('c')], { version: 'c2' });
+      cp.setResources(TYPE.endpoint, [cla('a'), cla('c')], { version: 'e2' });
+      const sub = await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'subscription', {
+        from: mark,
+      });
+      assert.deepStrictEqual(sub.json, {
+        type_url: TYPE.endpoint,
+        resource_names_subscribe: ['c'],
+        resource_names_unsubscribe: ['b'],
+      });
+      const ackAfter = await cp.waitForAck(TYPE.endpoint, { from: cp.requests.indexOf(sub) + 1 });
+      assert.deepStrictEqual(Object.keys(ackAfter.json).sort(), ['response_nonce', 'type_url']);
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['a', 'c'],
+      );
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.endpoint).map((r) => r.name),
+        ['a', 'c'],
+      );
+      // A bad cluster: NACK with the error detail, the good change applies.
+      mark = cp.requests.length;
+      cp.setResources(
+        TYPE.cluster,
+        [cluster('a', { lb_policy: 'RANDOM' }), cluster('c', { lb_policy: 'MAGLEV' })],
+        { version: 'c3' },
+      );
+      const nack = await cp.waitForNack(TYPE.cluster, { from: mark });
+      assert.deepStrictEqual(nack.json, {
+        type_url: TYPE.cluster,
+        response_nonce: nack.json['response_nonce'],
+        error_detail: { code: 3, message: 'c: lb_policy: MAGLEV needs a hash policy the kernel cannot see' },
+      });
+      assert.equal(
+        client.snapshot(TYPE.cluster).find((r) => r.name === 'a')?.resource['lb_policy'],
+        'RANDOM',
+      );
+      assert.equal(
+        client.snapshot(TYPE.cluster).find((r) => r.name === 'c')?.resource['lb_policy'],
+        undefined,
+      );
+      assert.equal(cp.proxyStatus(nack.stream)['Cluster']?.status, 'ERROR');
+    } finally {
+      client.stop();
+    }
+  });
+
+  test('waypoints: istio.workload.Address over Delta tells which service uses which waypoint', async () => {
+    const address = (ns: string, host: string, vip: number[], wp?: JsonObject): JsonObject => ({
+      '@type': TYPE.address,
+      service: {
+        name: host.split('.')[0]!,
+        namespace: ns,
+        hostname: host,
+        addresses: [{ network: '', address: Buffer.from(vip).toString('base64') }],
+        ports: [{ service_port: 80, target_port: 8080 }],
+        ...(wp ? { waypoint: wp } : {}),
+      },
+    });
+    cp.setResources(TYPE.cluster, [], { version: 'c1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    cp.setResources(TYPE.address, [
+      {
+        typeUrl: TYPE.address,
+        name: 'demo/reviews.demo.svc.cluster.local',
+        version: '1',
+        resource: address('demo', 'reviews.demo.svc.cluster.local', [127, 100, 0, 10], {
+          address: { network: '', address: Buffer.from([127, 100, 0, 200]).toString('base64') },
+          hbone_mtls_port: 15008,
+        }),
+      },
+      {
+        typeUrl: TYPE.address,
+        name: 'demo/ratings.demo.svc.cluster.local',
+        version: '1',
+        resource: address('demo', 'ratings.demo.svc.cluster.local', [127, 100, 0, 11], {
+          hostname: { namespace: 'demo', hostname: 'waypoint.demo.svc.cluster.local' },
+          hbone_mtls_port: 15008,
+        }),
+      },
+      {
+        typeUrl: TYPE.address,
+        name: 'demo/plain.demo.svc.cluster.local',
+        version: '1',
+        resource: address('demo', 'plain.demo.svc.cluster.local', [127, 100, 0, 12]),
+      },
+    ]);
+    const from = cp.requests.length;
+    const client = makeClient(cp, { protocol: 'sotw', waypoints: true });
+    const seen: unknown[] = [];
+    client.on('waypoints', (w) => seen.push(w));
+    client.start();
+    try {
+      const ack = await cp.waitForAck(TYPE.address, { from });
+      assert.equal(ack.mode, 'delta', 'the workload API goes over Delta even when Envoy types use SotW');
+      assert.deepStrictEqual(client.waypoints(), [
+        {
+          namespace: 'demo',
+          hostname: 'ratings.demo.svc.cluster.local',
+          vips: ['127.100.0.11'],
+          ports: [{ servicePort: 80, targetPort: 8080 }],
+          waypoint: {
+            port: 15008,
+            hostname: { namespace: 'demo', hostname: 'waypoint.demo.svc.cluster.local' },
+          },
+        },
+        {
+          namespace: 'demo',
+          hostname: 'reviews.demo.svc.cluster.local',
+          vips: ['127.100.0.10'],
+          ports: [{ servicePort: 80, targetPort: 8080 }],
+          waypoint: { port: 15008, address: '127.100.0.200' },
+        },
+      ]);
+      assert.equal(seen.length, 1);
+      assert.equal(cp.proxyStatus(ack.stream)['Address']?.status, 'SYNCED');
+    } finally {
+      client.stop();
+    }
+  });
+});
+
+function nextState(client: XdsClient, state: ConnectionStatus['state']): Promise<ConnectionStatus> {
+  return new Promise((resolve) => {
+    const on = (s: ConnectionStatus): void => {
+      if (s.state !== state) return;
+      client.off('connection', on);
+      resolve(s);
+    };
+    client.on('connection', on);
+  });
+}
+
+describe('disconnects', () => {
+  let cp: TestControlPlane;
+  before(async () => {
+    cp = await TestControlPlane.start();
+  });
+  after(async () => {
+    await cp.stop();
+  });
+
+  for (const protocol of ['sotw', 'delta'] as const) {
+    test(`${protocol}: config is kept, the reconnect waits the backoff, versions are resent, nothing is applied twice`, async () => {
+      cp.respond = true;
+      cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
+      cp.setResources(TYPE.endpoint, [cla('a'), cla('b')], { version: 'e1' });
+      cp.setResources(TYPE.listener, [listener('0.0.0.0_80', '80')], { version: 'l1' });
+      cp.setResources(TYPE.route, [route('80', 'a')], { version: 'r1' });
+      const clock = new FakeClock();
+      const from = cp.requests.length;
+      const client = makeClient(cp, { protocol, clock });
+      const updates = collect(client);
+      client.start();
+      try {
+        await cp.waitFor((r) => r.typeUrl === TYPE.route && r.kind === 'ack', { from });
+        await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'ack', { from });
+        const firstStream = cp.requests[from]!.stream;
+        const applied = updates.length;
+        const before = TYPE_LIST.map((t) => client.snapshot(t));
+
+        const backoff = nextState(client, 'BACKOFF');
+        cp.disconnectAll();
+        const st = await backoff;
+        assert.equal(st.retryInMs, 500, 'first retry after 0.5 s (jitter source fixed at the middle)');
+        assert.deepStrictEqual(clock.pending(), [500]);
+        assert.deepStrictEqual(
+          TYPE_LIST.map((t) => client.snapshot(t)),
+          before,
+          'config kept while disconnected',
+        );
+        assert.equal(client.status().connection.state, 'BACKOFF');
+
+        const mark = cp.requests.length;
+        clock.advance(499);
+        assert.equal(cp.requests.length, mark, 'no reconnect before the backoff elapsed');
+        clock.advance(1);
+        await cp.waitFor((r) => r.typeUrl === TYPE.route && r.kind === 'ack', { from: mark });
+        await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'ack', { from: mark });
+        const again = cp.requests.slice(mark).filter((r) => r.kind === 'initial');
+        assert.ok(again[0]!.stream > firstStream);
+        const byType = new Map(again.map((r) => [r.typeUrl, r.json]));
+        if (protocol === 'sotw') {
+          assert.equal(byType.get(TYPE.cluster)?.['version_info'], 'c1');
+          assert.equal(byType.get(TYPE.listener)?.['version_info'], 'l1');
+          assert.deepStrictEqual(byType.get(TYPE.endpoint), {
+            version_info: 'e1',
+            resource_names: ['a', 'b'],
+            type_url: TYPE.endpoint,
+          });
+          assert.deepStrictEqual(byType.get(TYPE.route), {
+            version_info: 'r1',
+            resource_names: ['80'],
+            type_url: TYPE.route,
+          });
+        } else {
+          const versions = (t: string): string[] =>
+            Object.keys(
+              (byType.get(t)?.['initial_resource_versions'] as JsonObject | undefined) ?? {},
+            ).sort();
+          assert.deepStrictEqual(versions(TYPE.cluster), ['a', 'b']);
+          assert.deepStrictEqual(versions(TYPE.endpoint), ['a', 'b']);
+          assert.deepStrictEqual(byType.get(TYPE.endpoint)?.['resource_names_subscribe'], ['a', 'b']);
+          assert.deepStrictEqual(versions(TYPE.route), ['80']);
+        }
+        assert.ok(
+          (byType.get(TYPE.cluster)?.['node'] as JsonObject | undefined)?.['id'],
+          "the node goes on the new stream's first request",
+        );
+        assert.equal(updates.length, applied, 'the same config resent is not applied again');
+        assert.deepStrictEqual(
+          Object.values(cp.proxyStatus()).map((x) => x.status),
+          ['SYNCED', 'SYNCED', 'SYNCED', 'SYNCED'],
+        );
+      } finally {
+        client.stop();
+      }
+    });
+  }
+
+  test('backoff grows 0.5 s → 1 → 2 → 4 s while streams fail without config, and resets after a healthy one', async () => {
+    cp.setResources(TYPE.cluster, [cluster('a')], { version: 'c1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    const clock = new FakeClock();
+    const client = makeClient(cp, { protocol: 'sotw', clock });
+    cp.respond = false;
+    let mark = cp.requests.length;
+    client.start();
+    try {
+      const delays: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        await cp.waitFor((r) => r.typeUrl === TYPE.listener && r.kind === 'initial', { from: mark });
+        const backoff = nextState(client, 'BACKOFF');
+        cp.disconnectAll();
+        delays.push((await backoff).retryInMs ?? -1);
+        mark = cp.requests.length;
+        clock.advance(delays[i]!);
+      }
+      assert.deepStrictEqual(delays, [500, 1000, 2000, 4000]);
+      cp.respond = true;
+      await cp.waitFor((r) => r.typeUrl === TYPE.listener && r.kind === 'initial', { from: mark });
+      // The stream is answered: healthy. Its next failure starts again at 0.5 s.
+      mark = cp.requests.length;
+      cp.push(TYPE.cluster);
+      await cp.waitForAck(TYPE.cluster, { from: mark });
+      const backoff = nextState(client, 'BACKOFF');
+      cp.disconnectAll();
+      assert.equal((await backoff).retryInMs, 500);
+      assert.match(
+        client.status().connection.lastError ?? '',
+        /UNAVAILABLE test control plane closed the stream/,
+      );
+    } finally {
+      cp.respond = true;
+      client.stop();
+    }
+  });
+});
+
+const TYPE_LIST = [TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route];
