@@ -1,11 +1,14 @@
 // Acceleration in the real kernel: both ends of loopback connections run in a test cgroup, the
 // sockmap carries the bytes, and the counters and the bytes themselves say what happened.
 import assert from 'node:assert/strict';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
 
+import { Registry } from 'prom-client';
+
 import { Accelerator } from '../src/accel/accel.js';
+import { registerAccelMetrics } from '../src/accel/metrics.js';
 import { parseAccelRules } from '../src/accel/rules.js';
 import { kernelTest, spawnInCgroup, type KernelEnv } from './support/kernel.js';
 
@@ -134,6 +137,14 @@ kernelTest(
     // Every byte went through the sockmap, client to server and echoed back.
     assert.equal(after.bytesRedirected - before.bytesRedirected, 2n * total);
     assert.ok(after.messagesRedirected - before.messagesRedirected >= (2n * 6n * 40n) / 2n);
+
+    const registry = new Registry();
+    registerAccelMetrics(registry, () => accel.counters());
+    const text = await registry.metrics();
+    const check = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
+    assert.equal(check.status, 0, check.stdout + check.stderr);
+    assert.match(text, new RegExp(`^kernmesh_accel_redirected_bytes_total ${after.bytesRedirected}$`, 'm'));
+    assert.match(text, /^kernmesh_accel_redirect_failures_total 0$/m);
   },
 );
 
@@ -341,3 +352,51 @@ kernelTest('acceleration rules file is re-read when it changes', async (_t, env)
     'bad file: rules kept',
   );
 });
+
+kernelTest(
+  'pinned links and maps keep acceleration working while the agent is down, and a restart reuses them',
+  async (_t, env) => {
+    const first = Accelerator.open({ pinDir: env.pinDir });
+    first.attach(env.cgroup, env.pinDir).links.forEach((l) => l.close());
+    // listeners are known from their creation on: the server starts after the programs are attached
+    const port = await startEchoServer(env, env.cgroup, '127.0.0.1');
+    first.setEnabled(true);
+    first.setRules(parseAccelRules(`chain --port ${port} -j ACCEPT`));
+    first.close();
+
+    // Agent down: programs stay attached through the pinned links, state through the pinned maps.
+    const results = await runClients(env.cgroup, {
+      host: '127.0.0.1',
+      port,
+      connections: 2,
+      chunks: 8,
+      maxChunk: 65536,
+    });
+    assertIntact(results);
+
+    const second = Accelerator.open({ pinDir: env.pinDir });
+    const attachment = second.attach(env.cgroup, env.pinDir);
+    env.defer(() => {
+      attachment.detach();
+      second.close();
+    });
+    assert.equal(second.config().enabled, true, 'the switch survived');
+    assert.equal(second.counters().socketsInserted, 4n, 'inserted while the agent was down');
+    assert.equal(second.counters().redirectFailures, 0n);
+    assert.equal(await accelerated(second, env.cgroup, { host: '127.0.0.1', port }), true, 'rules survived');
+    assert.equal(
+      await accelerated(second, env.cgroup, {
+        host: '127.0.0.2',
+        port: await startEchoServer(env, env.cgroup, '127.0.0.2'),
+      }),
+      false,
+      'other port: no ACCEPT match',
+    );
+    attachment.detach();
+    assert.equal(
+      await accelerated(second, env.cgroup, { host: '127.0.0.1', port }),
+      false,
+      'detached: normal path',
+    );
+  },
+);

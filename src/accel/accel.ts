@@ -1,11 +1,11 @@
 // Same-node acceleration in the kernel (bpf/accel.bpf.c): loads the object with its maps pinned,
 // attaches it to cgroups, writes the rules, turns it on and off, and reads its counters.
-import { existsSync, readFileSync, watch, type FSWatcher } from 'node:fs';
+import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 
-import { BpfObject, type BpfLink, type BpfMap } from '../../native/index.js';
+import { BpfLink, BpfObject, type BpfMap } from '../../native/index.js';
 import {
   ACCEL_COUNTER_SLOTS,
   ACCEL_COUNTERS,
@@ -39,11 +39,54 @@ export interface AcceleratorOptions {
 
 export type AccelCounters = Record<AccelCounterName, bigint>;
 
+/** cgroup programs of bpf/accel.bpf.o, in attach order (CgroupAttachment.links follows it). */
+export const ACCEL_CGROUP_PROGRAMS = ['km_accel_sock_create', 'km_accel_sockops'] as const;
+
 /** The programs attached to one cgroup; detach() stops them for new and open sockets alike. */
 export interface CgroupAttachment {
   cgroup: string;
   links: BpfLink[];
   detach(): void;
+}
+
+/**
+ * Attaches programs of an object to a cgroup with bpf_links, pinned under linkPinDir when given as
+ * link_<cgroup inode>_<program>. A link already pinned there (a previous run) is reused as is.
+ */
+export function attachPrograms(
+  object: BpfObject,
+  programs: readonly string[],
+  cgroup: string,
+  linkPinDir?: string,
+): CgroupAttachment {
+  const links: BpfLink[] = [];
+  try {
+    for (const name of programs) {
+      const pinPath = linkPinDir ? join(linkPinDir, `link_${statSync(cgroup).ino}_${name}`) : undefined;
+      if (pinPath && existsSync(pinPath)) links.push(BpfLink.openPinned(pinPath));
+      else links.push(object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
+    }
+  } catch (e) {
+    for (const l of links) {
+      if (l.pinned) l.unpin();
+      l.detach();
+      l.close();
+    }
+    throw new Error(`attach ${programs.join(', ')} to cgroup ${cgroup}: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  return {
+    cgroup,
+    links,
+    detach: () => {
+      for (const l of links) {
+        if (l.pinned) l.unpin();
+        l.detach();
+        l.close();
+      }
+    },
+  };
 }
 
 export class Accelerator {
@@ -79,27 +122,7 @@ export class Accelerator {
    * other program of the same hook. With linkPinDir, the links stay after this process exits.
    */
   attach(cgroup: string, linkPinDir?: string): CgroupAttachment {
-    const links: BpfLink[] = [];
-    try {
-      for (const name of ['km_accel_sock_create', 'km_accel_sockops']) {
-        const pinPath = linkPinDir ? join(linkPinDir, `${name}-${basename(cgroup)}`) : undefined;
-        links.push(this.object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
-      }
-    } catch (e) {
-      for (const l of links) l.detach();
-      throw new Error(`attach acceleration to cgroup ${cgroup}: ${(e as Error).message}`, { cause: e });
-    }
-    return {
-      cgroup,
-      links,
-      detach: () => {
-        for (const l of links) {
-          if (l.pinned) l.unpin();
-          l.detach();
-          l.close();
-        }
-      },
-    };
+    return attachPrograms(this.object, ACCEL_CGROUP_PROGRAMS, cgroup, linkPinDir);
   }
 
   config(): AccelConfig {

@@ -1,12 +1,12 @@
 // Kernel telemetry (bpf/telemetry.bpf.c): loads and attaches it, consumes the connection events
 // from the ring buffer into Istio's TCP metrics and optional access-log lines, and exports the
 // lost-event count and the per-service packet/byte counters at scrape time.
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { Counter, Registry } from 'prom-client';
 import type { Logger } from 'pino';
 
-import { BpfMap, BpfObject, RingBuffer, type BpfLink } from '../../native/index.js';
-import { bpfObjectPath, type CgroupAttachment } from '../accel/accel.js';
+import { BpfMap, BpfObject, RingBuffer } from '../../native/index.js';
+import { attachPrograms, bpfObjectPath, type CgroupAttachment } from '../accel/accel.js';
 import { sumPerCpuU64, u32Key } from '../accel/codec.js';
 import {
   decodeConnEvent,
@@ -50,6 +50,14 @@ function pinnedServiceNames(pinDir: string): (id: number) => string | undefined 
     return v.subarray(0, end < 0 ? v.length : end).toString('utf8');
   };
 }
+
+/** cgroup programs of bpf/telemetry.bpf.o, in attach order (CgroupAttachment.links follows it). */
+export const TELEMETRY_CGROUP_PROGRAMS = [
+  'km_telemetry_sock_create',
+  'km_telemetry_sockops',
+  'km_telemetry_ingress',
+  'km_telemetry_egress',
+] as const;
 
 export class Telemetry {
   readonly registry: Registry;
@@ -147,32 +155,7 @@ export class Telemetry {
 
   /** Attaches socket creation, sockops and cgroup_skb ingress/egress to a cgroup through bpf_link. */
   attach(cgroup: string, linkPinDir?: string): CgroupAttachment {
-    const links: BpfLink[] = [];
-    try {
-      for (const name of [
-        'km_telemetry_sock_create',
-        'km_telemetry_sockops',
-        'km_telemetry_ingress',
-        'km_telemetry_egress',
-      ]) {
-        const pinPath = linkPinDir ? join(linkPinDir, `${name}-${basename(cgroup)}`) : undefined;
-        links.push(this.object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
-      }
-    } catch (e) {
-      for (const l of links) l.detach();
-      throw new Error(`attach telemetry to cgroup ${cgroup}: ${(e as Error).message}`, { cause: e });
-    }
-    return {
-      cgroup,
-      links,
-      detach: () => {
-        for (const l of links) {
-          if (l.pinned) l.unpin();
-          l.detach();
-          l.close();
-        }
-      },
-    };
+    return attachPrograms(this.object, TELEMETRY_CGROUP_PROGRAMS, cgroup, linkPinDir);
   }
 
   /** Off: no events and no counting; open connections are untouched. */
