@@ -1,0 +1,331 @@
+// Unit tests of the dataplane writer and its pure layout functions, without a kernel: the maps are
+// in-memory stand-ins with the kernel's update-flag and size semantics, and after EVERY single map
+// operation a reader walks the maps as connect4 does, so a half-written service would be seen.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  backendCodec,
+  frontendCodec,
+  frontendKeyCodec,
+  serviceCodec,
+  slotCodec,
+  slotKeyCodec,
+  u32,
+} from '../src/dataplane/codec.js';
+import { maglevSize, maglevTable, normalizeWeights, smoothWeightedOrder } from '../src/dataplane/layout.js';
+import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import type { DesiredState, Endpoint, Service } from '../src/dataplane/model.js';
+import { RouteWriter } from '../src/dataplane/writer.js';
+
+class MemMap implements MapHandle {
+  readonly data = new Map<string, Buffer>();
+  constructor(
+    readonly name: string,
+    readonly maxEntries: number,
+    readonly keySize: number,
+    readonly valueSize: number,
+    private readonly afterWrite: () => void,
+  ) {}
+  lookup(key: Buffer): Buffer | undefined {
+    return this.data.get(key.toString('hex'));
+  }
+  update(key: Buffer, value: Buffer, flag: 'any' | 'noexist' | 'exist' = 'any'): void {
+    const k = key.toString('hex');
+    const has = this.data.has(k);
+    if (flag === 'noexist' && has) throw Object.assign(new Error(`${this.name}: EEXIST`), { code: 'EEXIST' });
+    if (flag === 'exist' && !has) throw Object.assign(new Error(`${this.name}: ENOENT`), { code: 'ENOENT' });
+    if (!has && this.data.size >= this.maxEntries)
+      throw Object.assign(new Error(`${this.name}: E2BIG`), { code: 'E2BIG' });
+    this.data.set(k, Buffer.from(value));
+    this.afterWrite();
+  }
+  delete(key: Buffer): boolean {
+    const had = this.data.delete(key.toString('hex'));
+    this.afterWrite();
+    return had;
+  }
+  keys(): Buffer[] {
+    return [...this.data.keys()].map((k) => Buffer.from(k, 'hex'));
+  }
+  entries(): [Buffer, Buffer][] {
+    return [...this.data].map(([k, v]) => [Buffer.from(k, 'hex'), v]);
+  }
+}
+
+function memMaps(sizes: Partial<Record<string, number>> = {}, afterWrite: () => void = () => {}): RouteMaps {
+  return Object.fromEntries(
+    ROUTE_MAPS.map((n) => [n, new MemMap(n, sizes[n] ?? 10000, 0, 0, () => afterWrite())]),
+  ) as unknown as RouteMaps;
+}
+
+/** What connect4 could pick for a frontend right now: every slot of the lowest non-empty group. */
+function reachable(
+  maps: RouteMaps,
+  address: string,
+  port: number,
+): { ok: boolean; backends: Set<string>; why?: string } {
+  const fe = maps.km_frontends.lookup(frontendKeyCodec.encode({ address, port, protocol: 'tcp' }));
+  if (!fe) return { ok: false, backends: new Set(), why: 'no frontend' };
+  const id = frontendCodec.decode(fe).serviceId;
+  const sv = maps.km_services.lookup(u32(id));
+  if (!sv) return { ok: false, backends: new Set(), why: `service ${id} missing` };
+  const svc = serviceCodec.decode(sv);
+  const prio = svc.slotCount.findIndex((c) => c > 0);
+  const backends = new Set<string>();
+  if (prio < 0) return { ok: true, backends };
+  for (let index = 0; index < svc.slotCount[prio]!; index++) {
+    const s = maps.km_slots.lookup(
+      slotKeyCodec.encode({ serviceId: id, index, priority: prio, generation: svc.generation }),
+    );
+    if (!s)
+      return { ok: false, backends, why: `slot ${index} of priority ${prio} gen ${svc.generation} missing` };
+    const b = maps.km_backends.lookup(u32(slotCodec.decode(s).backendId));
+    if (!b) return { ok: false, backends, why: `backend ${slotCodec.decode(s).backendId} missing` };
+    const v = backendCodec.decode(b);
+    backends.add(`${v.address}:${v.port}`);
+  }
+  if (svc.lbPolicy === 'maglev') {
+    for (let index = 0; index < svc.maglevSize; index++) {
+      const s = maps.km_maglev.lookup(
+        slotKeyCodec.encode({ serviceId: id, index, priority: prio, generation: svc.generation }),
+      );
+      if (!s) return { ok: false, backends, why: `maglev entry ${index} missing` };
+      const b = maps.km_backends.lookup(u32(slotCodec.decode(s).backendId));
+      if (!b) return { ok: false, backends, why: 'maglev backend missing' };
+    }
+  }
+  return { ok: true, backends };
+}
+
+const ep = (n: number, extra: Partial<Endpoint> = {}): Endpoint => ({
+  address: `127.0.0.${n}`,
+  port: 8000 + n,
+  weight: 1,
+  priority: 0,
+  health: 'healthy',
+  ...extra,
+});
+const state = (services: Service[], vip = '127.100.0.1'): DesiredState => ({
+  services,
+  frontends: services.map((s, i) => ({
+    address: vip.replace(/\d+$/, String(i + 1)),
+    port: 80,
+    protocol: 'tcp',
+    service: s.name,
+  })),
+});
+const live = (eps: Endpoint[]): Set<string> => {
+  const sel = eps.filter((e) => e.health === 'healthy' || e.health === 'unknown');
+  const top = Math.min(...sel.map((e) => e.priority));
+  return new Set(sel.filter((e) => e.priority === top).map((e) => `${e.address}:${e.port}`));
+};
+
+void test('layout: weights normalised by gcd and capped, smooth order, Maglev sizes', () => {
+  assert.deepEqual(normalizeWeights([10, 30], 1024), [1, 3]);
+  assert.deepEqual(normalizeWeights([1, 1, 1], 1024), [1, 1, 1]);
+  const capped = normalizeWeights([1, 1000, 5000], 100);
+  assert.ok(
+    capped.reduce((a, b) => a + b) <= 100 && capped[0] === 1 && capped[2]! > capped[1]!,
+    String(capped),
+  );
+  assert.deepEqual(
+    smoothWeightedOrder([
+      { key: 'a', weight: 1 },
+      { key: 'b', weight: 3 },
+    ]),
+    ['b', 'a', 'b', 'b'],
+  );
+  assert.equal(maglevSize(10), 1021);
+  assert.equal(maglevSize(50), 8191);
+});
+
+void test('maglev table: weights respected, removing one of 10 moves about a tenth', () => {
+  const keys = Array.from({ length: 10 }, (_, i) => `10.0.0.${i}|80`);
+  const table = maglevTable(
+    keys.map((key) => ({ key, weight: 1 })),
+    1021,
+    (k) => k,
+  );
+  const counts = new Map<string, number>();
+  for (const k of table) counts.set(k, (counts.get(k) ?? 0) + 1);
+  assert.equal(counts.size, 10);
+  for (const c of counts.values()) assert.ok(c >= 100 && c <= 105, `entries per backend ${c}`);
+  const fewer = maglevTable(
+    keys.filter((k) => k !== keys[3]).map((key) => ({ key, weight: 1 })),
+    1021,
+    (k) => k,
+  );
+  const moved = table.filter((k, i) => k !== keys[3] && fewer[i] !== k).length;
+  assert.ok(moved < 1021 * 0.05, `${moved} entries of surviving backends moved`);
+  const weighted = maglevTable(
+    [
+      { key: 'a', weight: 1 },
+      { key: 'b', weight: 3 },
+    ],
+    1021,
+    (k) => k,
+  );
+  const a = weighted.filter((k) => k === 'a').length;
+  assert.ok(Math.abs(a - 1021 / 4) < 3, `a has ${a} entries`);
+});
+
+void test('every intermediate map state is routable: make-before-break across adds, removals, priorities, policies', () => {
+  let checking: { vip: string; allowed: Set<string> }[] = [];
+  const violations: string[] = [];
+  const maps: RouteMaps = memMaps({}, () => {
+    for (const c of checking) {
+      const r = reachable(maps, c.vip, 80);
+      if (!r.ok) violations.push(`${c.vip}: ${r.why}`);
+      for (const b of r.backends)
+        if (!c.allowed.has(b)) violations.push(`${c.vip}: ${b} outside old and new groups`);
+    }
+  });
+  const w = RouteWriter.recover(maps);
+  const sequence: Endpoint[][] = [
+    [ep(1), ep(2)],
+    [ep(1), ep(2), ep(3, { weight: 3 })],
+    [ep(2), ep(3, { priority: 1 }), ep(4, { health: 'draining' })],
+    [ep(5, { priority: 1 }), ep(6, { priority: 2 })],
+    [ep(1, { weight: 7 }), ep(6, { health: 'unknown' })],
+  ];
+  let prev: Endpoint[] | undefined;
+  for (const [i, eps] of sequence.entries()) {
+    const policy = (['random', 'maglev', 'round_robin', 'least_request', 'maglev'] as const)[i]!;
+    checking = prev ? [{ vip: '127.100.0.1', allowed: new Set([...live(prev), ...live(eps)]) }] : [];
+    const r = w.apply(state([{ name: 'svc', kind: 'endpoints', lbPolicy: policy, endpoints: eps }]));
+    assert.deepEqual(r.refused, []);
+    checking = [];
+    assert.deepEqual(reachable(maps, '127.100.0.1', 80).backends, live(eps), `step ${i}`);
+    prev = eps;
+  }
+  assert.deepEqual(violations, []);
+  // only the live generation remains, and unused backends are gone
+  const svc = serviceCodec.decode(maps.km_services.lookup(u32(w.serviceId('svc')!))!);
+  assert.ok(
+    [...(maps.km_slots as MemMap).data.keys()].every(
+      (k) => slotKeyCodec.decode(Buffer.from(k, 'hex')).generation === svc.generation,
+    ),
+  );
+  assert.equal((maps.km_backends as MemMap).data.size, 2);
+});
+
+void test('ids are stable across updates and recovered after a restart; an unchanged state costs no operation', () => {
+  const maps = memMaps();
+  const first = RouteWriter.recover(maps);
+  const s = state([
+    { name: 'a', kind: 'endpoints', lbPolicy: 'random', endpoints: [ep(1), ep(2)] },
+    { name: 'b', kind: 'endpoints', lbPolicy: 'maglev', endpoints: [ep(2), ep(3)] },
+    {
+      name: 'c',
+      kind: 'waypoint',
+      lbPolicy: 'random',
+      endpoints: [],
+      waypoint: { address: 'fd00::1', port: 15008 },
+    },
+  ]);
+  assert.ok(first.apply(s).ops.length > 0);
+  const ids = ['a', 'b', 'c'].map((n) => first.serviceId(n));
+  const backendIds = [1, 2, 3].map((n) => first.backendId(`127.0.0.${n}`, 8000 + n));
+  assert.deepEqual(first.apply(s).ops, []);
+
+  const restarted = RouteWriter.recover(maps);
+  assert.deepEqual(
+    ['a', 'b', 'c'].map((n) => restarted.serviceId(n)),
+    ids,
+  );
+  assert.deepEqual(
+    [1, 2, 3].map((n) => restarted.backendId(`127.0.0.${n}`, 8000 + n)),
+    backendIds,
+  );
+  assert.deepEqual(restarted.apply(s).ops, []);
+
+  // removing 'a' and changing 'b' keeps the others' ids; a new service does not take a's id at once
+  const r = restarted.apply(
+    state([
+      { name: 'd', kind: 'passthrough', lbPolicy: 'random', endpoints: [] },
+      { name: 'b', kind: 'endpoints', lbPolicy: 'maglev', endpoints: [ep(3)] },
+      {
+        name: 'c',
+        kind: 'waypoint',
+        lbPolicy: 'random',
+        endpoints: [],
+        waypoint: { address: 'fd00::1', port: 15008 },
+      },
+    ]),
+  );
+  assert.deepEqual(r.refused, []);
+  assert.equal(restarted.serviceId('b'), ids[1]);
+  assert.equal(restarted.serviceId('c'), ids[2]);
+  assert.equal(restarted.serviceId('a'), undefined);
+  assert.notEqual(restarted.serviceId('d'), ids[0]);
+  assert.equal(restarted.backendId('127.0.0.3', 8003), backendIds[2]);
+  assert.equal(restarted.backendId('127.0.0.1', 8001), undefined);
+});
+
+void test('capacity: what does not fit is refused with a reason, live entries are never dropped', () => {
+  const maps = memMaps({ km_slots: 8, km_backends: 4, km_services: 3 });
+  const w = RouteWriter.recover(maps);
+  const small = {
+    name: 'small',
+    kind: 'endpoints' as const,
+    lbPolicy: 'random' as const,
+    endpoints: [ep(1), ep(2)],
+  };
+  assert.deepEqual(w.apply(state([small])).refused, []);
+
+  // needs 5 slots while 2 are live of 8: the new generation cannot be written next to the old one... it can (2+5 <= 8)
+  const grown = { ...small, endpoints: [ep(1), ep(2), ep(3, { weight: 4 })] };
+  const r1 = w.apply(state([grown]));
+  assert.deepEqual(r1.refused, []);
+  // 6 live slots + 6 more would exceed 8: refused, and the service keeps routing as before
+  const regrown = { ...small, endpoints: [ep(1, { weight: 2 }), ep(2), ep(3, { weight: 3 })] };
+  const r2 = w.apply(state([regrown]));
+  assert.equal(r2.refused.length, 1);
+  assert.match(r2.refused[0]!.reason, /km_slots full: needs 6 slots, 2 free/);
+  assert.deepEqual(reachable(maps, '127.100.0.1', 80).backends, live(grown.endpoints));
+
+  // backends: 3 ids (1..3) exist and are used; a service needing a 4th new one is refused whole
+  const other = {
+    name: 'other',
+    kind: 'endpoints' as const,
+    lbPolicy: 'random' as const,
+    endpoints: [ep(9)],
+  };
+  const r3 = w.apply(state([grown, other]));
+  assert.deepEqual(
+    r3.refused.map((x) => [x.kind, x.name]),
+    [
+      ['service', 'other'],
+      ['frontend', '127.100.0.2:80/tcp'],
+    ],
+  );
+  assert.match(r3.refused[0]!.reason, /km_backends full/);
+  assert.equal(reachable(maps, '127.100.0.2', 80).why, 'no frontend');
+  assert.deepEqual(reachable(maps, '127.100.0.1', 80).backends, live(grown.endpoints));
+});
+
+void test('invalid services are refused with the reason; the rest still applies', () => {
+  const w = RouteWriter.recover(memMaps());
+  const r = w.apply(
+    state([
+      { name: 'bad-port', kind: 'endpoints', lbPolicy: 'random', endpoints: [ep(1, { port: 70000 })] },
+      {
+        name: 'bad-address',
+        kind: 'endpoints',
+        lbPolicy: 'random',
+        endpoints: [ep(1, { address: 'reviews' })],
+      },
+      { name: 'no-waypoint', kind: 'waypoint', lbPolicy: 'random', endpoints: [] },
+      { name: 'good', kind: 'endpoints', lbPolicy: 'random', endpoints: [ep(1)] },
+    ]),
+  );
+  const reasons = Object.fromEntries(
+    r.refused.filter((x) => x.kind === 'service').map((x) => [x.name, x.reason]),
+  );
+  assert.match(reasons['bad-port']!, /port 70000 out of range/);
+  assert.match(reasons['bad-address']!, /not an IP address/);
+  assert.match(reasons['no-waypoint']!, /without a waypoint/);
+  assert.equal(reasons.good, undefined);
+  assert.ok(w.serviceId('good'));
+});
