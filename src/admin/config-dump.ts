@@ -45,7 +45,9 @@ function errorState(
   typeUrl: string,
   now: string,
 ): JsonObject {
-  const state: JsonObject = { details: rej.reason, last_update_attempt: rej.at ?? now };
+  // Without the failed resource the entry has no name of its own: the details carry it.
+  const details = rej.failed ? rej.reason : `${rej.name}: ${rej.reason}`;
+  const state: JsonObject = { details, last_update_attempt: rej.at ?? now };
   if (rej.failed) state.failed_configuration = withType(rej.failed, typeUrl);
   if (rej.version) state.version_info = rej.version;
   return state;
@@ -80,9 +82,9 @@ export function buildConfigDump(input: ConfigDumpInput, opts: ConfigDumpOptions 
       }),
       // A cluster refused before it was ever accepted still shows, with its error, as Envoy does.
       ...rejected(TYPE.cluster)
-        .filter((x) => !clusterNames.has(x.name) && x.failed)
+        .filter((x) => !clusterNames.has(x.name))
         .map((x) => ({
-          cluster: withType(x.failed!, TYPE.cluster),
+          ...(x.failed ? { cluster: withType(x.failed, TYPE.cluster) } : {}),
           error_state: errorState(x, TYPE.cluster, now),
           client_status: 'NACKED',
           last_updated: x.at ?? now,

@@ -42,6 +42,7 @@ export class Agent implements AdminSource {
   private lastApply?: ApplyRecord;
   private lastError?: string;
   private pending?: SourceUpdate;
+  private seenRejections = new Set<string>();
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -87,13 +88,17 @@ export class Agent implements AdminSource {
       this.fail(`translate: ${(e as Error).message}`, e, at, u);
       return;
     }
-    const before = new Set(this.translateRejections.map((r) => `${r.typeUrl} ${r.name} ${r.reason}`));
     this.translateRejections = result.rejections.map((r) => ({ ...r, at }));
-    for (const r of result.rejections) {
-      if (before.has(`${r.typeUrl} ${r.name} ${r.reason}`)) continue;
+    // Count each refusal once, whether the source (NACK) or translation refused it.
+    const now = new Set<string>();
+    for (const r of this.rejections()) {
+      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
+      now.add(key);
+      if (this.seenRejections.has(key)) continue;
       this.metrics.rejections.inc({ type: typeLabel(r.typeUrl) });
       log.warn({ type: typeLabel(r.typeUrl), resource: r.name, reason: r.reason }, 'resource refused');
     }
+    this.seenRejections = now;
     try {
       await kernel.apply(result.state);
     } catch (e) {

@@ -22,11 +22,11 @@ export const readXdsFile: FileReader = (path, text, fileVersion) => {
       normalizeJson(r.typeUrl.slice(r.typeUrl.lastIndexOf('/') + 1), fields);
     } catch (e) {
       const short = r.typeUrl.slice(r.typeUrl.lastIndexOf('.') + 1);
+      // No `failed` copy: what does not decode cannot be shown as an Any in /config_dump.
       rejections.push({
         typeUrl: r.typeUrl,
         name: r.name,
         reason: `not a valid ${short}: ${(e as Error).message}`,
-        failed: r.resource,
       });
       continue;
     }

@@ -1,0 +1,309 @@
+// `kernmesh run` end to end on the real kernel: the agent runs as its own process (the CLI), programs
+// the test's cgroup, and a client in that cgroup connects to VIPs. Nothing is stubbed: the xDS file
+// goes through xds/, translate/, dataplane/ and native/ into the maps the kernel routes with.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { kernelTest } from './support/kernel.js';
+import { Client, startBackend, type Backend } from './support/net.js';
+import { encodeFromJson } from '../src/xds/json.js';
+import { TYPE, type JsonObject } from '../src/xds/types.js';
+
+/** promtool (Debian package prometheus) is the reference checker of the exposition format. */
+function promtoolCheck(text: string): void {
+  try {
+    execFileSync('promtool', ['check', 'metrics'], { input: text, stdio: ['pipe', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as { stderr?: Buffer; stdout?: Buffer };
+    throw new Error(
+      `promtool check metrics failed:\n${err.stdout?.toString() ?? ''}${err.stderr?.toString() ?? ''}`,
+    );
+  }
+}
+
+const ROOT = join(import.meta.dirname, '..');
+const MAIN = join(ROOT, 'src', 'cli', 'main.ts');
+
+/** Runs the CLI as operators do (through tsx here), capturing its JSON log lines. */
+export function cli(args: string[]): ChildProcess & { lines: JsonObject[]; stderrText: () => string } {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  }) as ChildProcess & { lines: JsonObject[]; stderrText: () => string };
+  child.lines = [];
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stderrText = () => stderr;
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      child.lines.push(JSON.parse(line) as JsonObject);
+    } catch {
+      child.lines.push({ text: line });
+    }
+  });
+  return child;
+}
+
+export async function runCli(
+  args: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  return { code, stdout, stderr };
+}
+
+/** Waits for the startup line and returns the admin address it names (the agent listens on port 0). */
+export async function adminAddress(child: ReturnType<typeof cli>): Promise<string> {
+  for (let i = 0; i < 600; i++) {
+    const started = child.lines.find(
+      (l) => typeof l.msg === 'string' && l.msg.startsWith('kernmesh started'),
+    );
+    if (started) return (started.admin as string).replace('http://', '');
+    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${child.stderrText()}`);
+    await sleep(50);
+  }
+  throw new Error(`agent did not start: ${child.stderrText()} ${JSON.stringify(child.lines.slice(-5))}`);
+}
+
+export async function get(admin: string, path: string): Promise<{ status: number; text: string }> {
+  const r = await fetch(`http://${admin}${path}`);
+  return { status: r.status, text: await r.text() };
+}
+
+/** Polls until check() holds; the bound is on attempts, the assertion is on state, never on time. */
+export async function eventually(what: string, check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (await check()) return;
+    await sleep(50);
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+async function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill(signal);
+  return done;
+}
+
+const cluster = (name: string, lb = 'ROUND_ROBIN', extra: JsonObject = {}): JsonObject => ({
+  '@type': TYPE.cluster,
+  name,
+  type: 'EDS',
+  eds_cluster_config: { eds_config: { ads: {}, resource_api_version: 'V3' }, service_name: name },
+  connect_timeout: '1s',
+  lb_policy: lb,
+  ...extra,
+});
+
+const assignment = (name: string, backends: Backend[]): JsonObject => ({
+  '@type': TYPE.endpoint,
+  cluster_name: name,
+  endpoints: [
+    {
+      lb_endpoints: backends.map((b) => ({
+        endpoint: { address: { socket_address: { address: b.address, port_value: b.port } } },
+        health_status: 'HEALTHY',
+      })),
+    },
+  ],
+});
+
+const tcpListener = (vip: string, port: number, clusterName: string): JsonObject => ({
+  '@type': TYPE.listener,
+  name: `${vip}_${port}`,
+  address: { socket_address: { address: vip, port_value: port } },
+  traffic_direction: 'OUTBOUND',
+  bind_to_port: false,
+  filter_chains: [
+    {
+      filters: [
+        {
+          name: 'envoy.filters.network.tcp_proxy',
+          typed_config: {
+            '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+            stat_prefix: clusterName,
+            cluster: clusterName,
+          },
+        },
+      ],
+    },
+  ],
+});
+
+const VIP = '127.100.78.1';
+const BAD_VIP = '127.100.78.2';
+const VIP_PORT = 8078;
+const GOOD = 'outbound|8078||echo.test.svc.cluster.local';
+const BAD = 'outbound|8078||broken.test.svc.cluster.local';
+
+function resourcesFile(backends: Backend[]): string {
+  return JSON.stringify({
+    resources: [
+      cluster(GOOD),
+      assignment(GOOD, backends),
+      tcpListener(VIP, VIP_PORT, GOOD),
+      // A misspelt field: refused like a NACK, the rest of the file still applies.
+      cluster(BAD, 'ROUND_ROBIN', { connect_timout: '1s' }),
+      tcpListener(BAD_VIP, VIP_PORT, BAD),
+    ],
+  });
+}
+
+kernelTest(
+  'kernmesh run --xds-file programs the kernel; admin views; a bad resource is refused; SIGTERM keeps routing; cleanup removes it',
+  async (_t, env) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kernmesh-agent-'));
+    env.defer(() => rmSync(dir, { recursive: true, force: true }));
+    const b1 = await startBackend('127.78.0.1');
+    const b2 = await startBackend('127.78.0.2');
+    env.defer(() => b1.close());
+    env.defer(() => b2.close());
+    const file = join(dir, 'resources.json');
+    writeFileSync(file, resourcesFile([b1, b2]));
+    const bpffs = join(env.pinDir, 'agent');
+
+    const agent = cli([
+      'run',
+      '--xds-file',
+      file,
+      '--cgroup',
+      env.cgroup,
+      '--bpffs',
+      bpffs,
+      '--admin',
+      '127.0.0.1:0',
+      '--log-level',
+      'debug',
+    ]);
+    env.defer(async () => void (await stop(agent, 'SIGKILL')));
+    const admin = await adminAddress(agent);
+    const client = new Client(env.cgroup);
+    env.defer(() => client.exit());
+
+    await eventually('/ready is 200', async () => (await get(admin, '/ready')).status === 200);
+    // Ready means programmed: the very next connects are routed.
+    const landed = new Set<string>();
+    for (let i = 0; i < 4; i++) {
+      const r = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
+      assert.ok(r.ok, `connect to ${VIP}:${VIP_PORT}: ${r.err}`);
+      assert.equal(r.peer, `${VIP}|${VIP_PORT}`, 'getpeername shows the VIP');
+      landed.add(r.backend!);
+    }
+    assert.deepEqual([...landed].sort(), [b1.id, b2.id].sort(), 'round robin reaches both endpoints');
+    const refused = await client.connect({ host: BAD_VIP, port: VIP_PORT, readId: true });
+    assert.equal(
+      refused.ok,
+      false,
+      'the VIP of the refused cluster is not rewritten (nothing listens there)',
+    );
+
+    // /debug/xds names the refused resource and why.
+    const debug = JSON.parse((await get(admin, '/debug/xds')).text) as {
+      xds: { types: { type_url: string; resources: { name: string; status: string; error?: string }[] }[] };
+    };
+    const cds = debug.xds.types.find((t) => t.type_url === TYPE.cluster)!;
+    const bad = cds.resources.find((r) => r.name === BAD)!;
+    assert.equal(bad.status, 'NACKED');
+    assert.match(bad.error!, /connect_timout/);
+    assert.equal(cds.resources.find((r) => r.name === GOOD)!.status, 'ACKED');
+
+    // /config_dump is envoy.admin.v3.ConfigDump; clusters with versions; include_eds adds endpoints.
+    const dump = JSON.parse((await get(admin, '/config_dump')).text) as JsonObject;
+    encodeFromJson('envoy.admin.v3.ConfigDump', dump);
+    const configs = dump.configs as JsonObject[];
+    const clusters = configs.find(
+      (c) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.ClustersConfigDump',
+    )!;
+    const active = clusters.dynamic_active_clusters as JsonObject[];
+    const good = active.find((c) => (c.cluster as JsonObject | undefined)?.name === GOOD)!;
+    assert.ok(typeof good.version_info === 'string' && good.version_info.length > 0);
+    const badEntry = active.find((c) => c.client_status === 'NACKED');
+    assert.ok(badEntry, 'the refused cluster shows with its error_state');
+    const details = (badEntry.error_state as JsonObject).details as string;
+    assert.ok(details.startsWith(`${BAD}: `) && details.includes('connect_timout'), details);
+    assert.equal(
+      configs.some((c) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.EndpointsConfigDump'),
+      false,
+    );
+    const withEds = JSON.parse((await get(admin, '/config_dump?include_eds')).text) as JsonObject;
+    encodeFromJson('envoy.admin.v3.ConfigDump', withEds);
+    const eds = (withEds.configs as JsonObject[]).find(
+      (c) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.EndpointsConfigDump',
+    )!;
+    assert.deepEqual(
+      (eds.dynamic_endpoint_configs as JsonObject[]).map(
+        (e) => (e.endpoint_config as JsonObject).cluster_name,
+      ),
+      [GOOD],
+    );
+    const clustersJson = JSON.parse((await get(admin, '/clusters?format=json')).text) as JsonObject;
+    encodeFromJson('envoy.admin.v3.Clusters', clustersJson);
+    const hosts = (
+      (clustersJson.cluster_statuses as JsonObject[]).find((c) => c.name === GOOD)!
+        .host_statuses as JsonObject[]
+    ).map((h) => ((h.address as JsonObject).socket_address as JsonObject).address);
+    assert.deepEqual(hosts.sort(), ['127.78.0.1', '127.78.0.2']);
+
+    // Metrics: promtool accepts them; the apply histogram and kernel counters are there.
+    const stats = (await get(admin, '/stats/prometheus')).text;
+    promtoolCheck(stats);
+    assert.match(stats, /kernmesh_apply_duration_seconds_count [1-9]/);
+    assert.match(stats, /kernmesh_fallback_total\{reason="routed"\} [1-9]/);
+    assert.match(stats, /kernmesh_xds_rejected_resources_total\{type="cds"\} 1/);
+    const maps = JSON.parse((await get(admin, '/debug/maps')).text) as {
+      frontends: { address: string; service?: string }[];
+    };
+    assert.ok(maps.frontends.some((f) => f.address === VIP && f.service === GOOD));
+    const bpf = JSON.parse((await get(admin, '/debug/bpf')).text) as {
+      attachments: { program: string; cgroup: string }[];
+      programs: { name: string }[];
+    };
+    assert.ok(bpf.attachments.some((a) => a.program === 'km_connect4' && a.cgroup === env.cgroup));
+    assert.ok(bpf.programs.some((p) => p.name === 'km_connect4'));
+
+    // The file changes: the agent re-applies it (only b2 left).
+    writeFileSync(file, resourcesFile([b2]));
+    await eventually('connects land only on b2 after the file changed', async () => {
+      const rs = await Promise.all(
+        [0, 1, 2].map(() => client.connect({ host: VIP, port: VIP_PORT, readId: true })),
+      );
+      return rs.every((r) => r.backend === b2.id);
+    });
+
+    // SIGTERM: the agent exits and leaves the programming in the kernel.
+    assert.equal(await stop(agent), 0);
+    assert.match(agent.lines.map((l) => l.msg).join('\n'), /stopped: programs stay attached/);
+    for (let i = 0; i < 3; i++) {
+      const r = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
+      assert.equal(r.backend, b2.id, 'routing survives the agent');
+    }
+
+    // kernmesh maps reads the pinned maps with the agent down.
+    const mapsOut = await runCli(['maps', '--bpffs', bpffs]);
+    assert.equal(mapsOut.code, 0, mapsOut.stderr);
+    assert.match(
+      mapsOut.stdout,
+      new RegExp(`${VIP.replace(/\./g, '\\.')}:${VIP_PORT}/tcp\\s+${GOOD.replace(/\|/g, '\\|')}`),
+    );
+    assert.match(mapsOut.stdout, /127\.78\.0\.2:/);
+
+    // kernmesh cleanup detaches and unpins: the VIP is no longer rewritten.
+    const cleanup = await runCli(['cleanup', '--bpffs', bpffs]);
+    assert.equal(cleanup.code, 0, cleanup.stderr);
+    assert.equal(existsSync(bpffs), false);
+    const after = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
+    assert.equal(after.ok, false, 'after cleanup the connect goes to the VIP itself, where nothing listens');
+  },
+);
