@@ -218,3 +218,47 @@ kernelTest('least request sends new connections away from a backend holding open
   assert.ok(toBusy < 75, `busy backend got ${toBusy} of 300: ${JSON.stringify([...counts])}`);
   assert.equal((counts.get(idle1.id) ?? 0) + (counts.get(idle2.id) ?? 0) + toBusy, 300);
 });
+
+kernelTest(
+  'map sizes come from the capacity; what does not fit is refused and the live service keeps routing',
+  async (_t, env) => {
+    const backends = await Promise.all(
+      ['127.0.0.61', '127.0.0.62', '127.0.0.63'].map((a) => startBackend(a)),
+    );
+    for (const b of backends) env.defer(() => b.close());
+    const [b1, b2, b3] = backends as [Backend, Backend, Backend];
+    const dp = Dataplane.open({ pinDir: env.pinDir, capacity: { slots: 4, services: 8, frontends: 16 } });
+    env.defer(() => dp.close());
+    dp.attach(env.cgroup);
+    assert.equal(dp.map('km_slots').maxEntries, 4);
+    assert.equal(dp.map('km_counters').maxEntries, 8 * 8);
+    const client = new Client(env.cgroup);
+    env.defer(() => client.exit());
+    const fe = [{ address: '127.100.6.1', port: 80, protocol: 'tcp' as const, service: 'fits' }];
+
+    assert.deepEqual(
+      (await dp.apply({ services: [svc('fits', 'round_robin', [ep(b1), ep(b2)])], frontends: fe })).refused,
+      [],
+    );
+    const grown = await dp.apply({
+      services: [svc('fits', 'round_robin', [ep(b1), ep(b2), ep(b3, { weight: 2 })])],
+      frontends: fe,
+    });
+    assert.equal(grown.refused.length, 1);
+    assert.match(grown.refused[0]!.reason, /km_slots full: needs 4 slots, 2 free/);
+    const landed = new Set(
+      (await client.batch({ host: '127.100.6.1', port: 80, readId: true, count: 10 })).map((r) => r.backend),
+    );
+    assert.deepEqual(landed, new Set([b1.id, b2.id]));
+
+    const actual = dp.readActual();
+    assert.deepEqual(
+      actual.services.map((s) => [s.name, s.slots.map((x) => x.backend)]),
+      [['fits', [`${b1.address}:${b1.port}`, `${b2.address}:${b2.port}`]]],
+    );
+    assert.deepEqual(
+      actual.frontends.map((f) => [f.address, f.port, f.protocol, f.service]),
+      [['127.100.6.1', 80, 'tcp', 'fits']],
+    );
+  },
+);
