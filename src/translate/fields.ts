@@ -100,10 +100,12 @@ export const CLA_FIELDS: FieldTable = {
 
 export const LISTENER_FIELDS: FieldTable = {
   name: acc('listener name', 'x'),
-  address: acc('the VIP and port', {}),
+  address: acc('the VIP and port', { socket_address: { address: '127.100.0.1', port_value: 80 } }),
   additional_addresses: acc('more VIPs (dual stack) for the same chains', []),
   filter_chains: acc('where connections go', []),
-  default_filter_chain: acc('non-HTTP traffic of a sniffed port', {}),
+  default_filter_chain: acc('non-HTTP traffic of a sniffed port', {
+    filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: { cluster: 'x' } }],
+  }),
   traffic_direction: acc('INBOUND listeners are not on the outbound path', 'OUTBOUND'),
   bind_to_port: acc('false for per-service outbound listeners', false),
   use_original_dst: acc('marks the virtualOutbound catch-all', false),
@@ -128,7 +130,9 @@ export const LISTENER_FIELDS: FieldTable = {
 export const FILTER_CHAIN_FIELDS: FieldTable = {
   name: ign('name', 'x'),
   filter_chain_match: acc('destination address and port; see the match table', {}),
-  filters: acc('tcp_proxy or http_connection_manager', []),
+  filters: acc('tcp_proxy or http_connection_manager', [
+    { name: 'envoy.filters.network.tcp_proxy', typed_config: { cluster: 'x' } },
+  ]),
   transport_socket: ref('TLS termination needs a proxy', { name: 'envoy.transport_sockets.tls' }),
   metadata: ign('bookkeeping', {}),
   transport_socket_connect_timeout: ne('no TLS handshake', '10s'),
@@ -169,7 +173,7 @@ export const TCP_PROXY_FIELDS: FieldTable = {
 };
 
 export const HCM_FIELDS: FieldTable = {
-  rds: acc('route configuration by name', {}),
+  rds: acc('route configuration by name', { route_config_name: '80' }),
   route_config: acc('inline route configuration', {}),
   http_filters: acc('every filter checked: see the HTTP filter table', []),
   stat_prefix: ign('stats', 'x'),
@@ -222,7 +226,9 @@ export const ROUTE_CONFIG_FIELDS: FieldTable = {
 export const VHOST_FIELDS: FieldTable = {
   name: ign('name', 'x'),
   domains: acc('IP literals (and IP:port) are the frontends', []),
-  routes: acc('must send every request to one destination', []),
+  routes: acc('must send every request to one destination', [
+    { match: { prefix: '/' }, route: { cluster: 'x' } },
+  ]),
   include_request_attempt_count: ign('retry header', true),
   include_attempt_count_in_response: ign('retry header', true),
   retry_policy: ne('no request retries in the kernel', { num_retries: 2 }),
@@ -246,8 +252,8 @@ export const VHOST_FIELDS: FieldTable = {
 
 export const ROUTE_FIELDS: FieldTable = {
   name: ign('name (quoted in reasons)', 'x'),
-  match: acc('see the route match table', {}),
-  route: acc('see the route action table', {}),
+  match: acc('see the route match table', { prefix: '/' }),
+  route: acc('see the route action table', { cluster: 'x' }),
   decorator: ign('tracing span name', { operation: 'x' }),
   metadata: ign('Istio object (quoted in reasons)', {}),
   tracing: ign('tracing', {}),
@@ -267,19 +273,35 @@ export const ROUTE_FIELDS: FieldTable = {
 };
 
 export const ROUTE_MATCH_FIELDS: FieldTable = {
-  prefix: acc('"/" matches every request; anything narrower is path routing', '/'),
-  path: acc('matches one path: path routing', '/x'),
-  safe_regex: acc('".*" matches every request; anything narrower is path routing', { regex: '.*' }),
-  path_separated_prefix: acc('"/" matches every request', '/x'),
+  prefix: acc(
+    '"/" makes the catch-all route; a narrower prefix is L7 unless it leads where the catch-all does',
+    '/',
+  ),
+  path: ref('one path only: L7 unless the route leads where the catch-all route does', '/x'),
+  safe_regex: acc(
+    '".*" makes the catch-all route; a narrower regex is L7 unless it leads where the catch-all does',
+    {
+      regex: '.*',
+    },
+  ),
+  path_separated_prefix: ref('a path prefix: L7 unless the route leads where the catch-all route does', '/x'),
   connect_matcher: acc('CONNECT requests (HBONE)', {}),
-  path_match_policy: ref('path template match', {}),
+  path_match_policy: ref('path template: L7 unless the route leads where the catch-all route does', {}),
   case_sensitive: ign('only matters for narrower paths', true),
-  headers: ref('header match is L7', [{ name: 'end-user', string_match: { exact: 'jason' } }]),
-  query_parameters: ref('query match is L7', [{ name: 'x', string_match: { exact: 'y' } }]),
-  grpc: ref('gRPC match is L7', {}),
-  runtime_fraction: ref('per-request traffic split', { default_value: { numerator: 50 } }),
-  tls_context: ref('TLS context match', { presented: true }),
-  dynamic_metadata: ref('metadata match', [{}]),
+  headers: ref('header match: L7 unless the route leads where the catch-all route does', [
+    { name: 'end-user', string_match: { exact: 'jason' } },
+  ]),
+  query_parameters: ref('query match: L7 unless the route leads where the catch-all route does', [
+    { name: 'x', string_match: { exact: 'y' } },
+  ]),
+  grpc: ref('gRPC match: L7 unless the route leads where the catch-all route does', {}),
+  runtime_fraction: ref('per-request split: L7 unless the route leads where the catch-all route does', {
+    default_value: { numerator: 50 },
+  }),
+  tls_context: ref('TLS context match: L7 unless the route leads where the catch-all route does', {
+    presented: true,
+  }),
+  dynamic_metadata: ref('metadata match: L7 unless the route leads where the catch-all route does', [{}]),
 };
 
 export const ROUTE_ACTION_FIELDS: FieldTable = {
@@ -338,8 +360,12 @@ export const HTTP_FILTERS: FieldTable = {
 
 /** Network filters by name, for outbound listeners. */
 export const NETWORK_FILTERS: FieldTable = {
-  'envoy.filters.network.tcp_proxy': acc('forwards the connection: see the tcp_proxy table', {}),
-  'envoy.filters.network.http_connection_manager': acc('HTTP: see the HTTP connection manager table', {}),
+  'envoy.filters.network.tcp_proxy': acc('forwards the connection: see the tcp_proxy table', {
+    cluster: 'x',
+  }),
+  'envoy.filters.network.http_connection_manager': acc('HTTP: see the HTTP connection manager table', {
+    rds: { route_config_name: '80' },
+  }),
   'istio.stats': ign('telemetry', {}),
   'istio.metadata_exchange': ign('telemetry', {}),
   'envoy.filters.network.mongo_proxy': ign('protocol stats', {}),
