@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { TestControlPlane } from './support/control-plane.js';
 import { kernelTest } from './support/kernel.js';
 import { Client, startBackend, type Backend } from './support/net.js';
 import { encodeFromJson } from '../src/xds/json.js';
@@ -305,5 +306,148 @@ kernelTest(
     assert.equal(existsSync(bpffs), false);
     const after = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
     assert.equal(after.ok, false, 'after cleanup the connect goes to the VIP itself, where nothing listens');
+  },
+);
+
+kernelTest(
+  'kernmesh run against an xDS control plane: /ready only once programmed, an L7 route NACKed, routing follows pushes',
+  async (_t, env) => {
+    const cp = await TestControlPlane.start();
+    env.defer(() => cp.stop());
+    const b1 = await startBackend('127.78.1.1');
+    const b2 = await startBackend('127.78.1.2');
+    env.defer(() => b1.close());
+    env.defer(() => b2.close());
+    const vip = '127.100.78.11';
+
+    const agent = cli([
+      'run',
+      '--xds-address',
+      cp.address,
+      '--xds-protocol',
+      'delta',
+      '--cgroup',
+      env.cgroup,
+      '--bpffs',
+      join(env.pinDir, 'agent'),
+      '--admin',
+      '127.0.0.1:0',
+      '--pod-name',
+      'kernmesh-test',
+      '--pod-namespace',
+      'istio-system',
+      '--instance-ip',
+      '10.1.2.3',
+    ]);
+    env.defer(async () => void (await stop(agent, 'SIGKILL')));
+    const admin = await adminAddress(agent);
+    const client = new Client(env.cgroup);
+    env.defer(() => client.exit());
+
+    // Connected, nothing sent yet: not ready, and the reason says so.
+    await eventually('the agent opens its ADS stream', async () =>
+      Promise.resolve(cp.lastStream() !== undefined),
+    );
+    const node = cp.lastStream()!.node!;
+    assert.equal(node.id, 'sidecar~10.1.2.3~kernmesh-test.istio-system~istio-system.svc.cluster.local');
+    assert.deepEqual((node.metadata as JsonObject).PROXY_CONFIG, {});
+    let ready = await get(admin, '/ready');
+    assert.equal(ready.status, 503);
+    assert.match(ready.text, /waiting for the first config|not connected/);
+
+    // Clusters and endpoints first: still not ready, no listener yet.
+    cp.setResources(TYPE.cluster, [cluster(GOOD)]);
+    cp.setResources(TYPE.endpoint, [assignment(GOOD, [b1])]);
+    await cp.waitForAck(TYPE.endpoint);
+    await eventually('CDS and EDS applied', async () => {
+      const x = JSON.parse((await get(admin, '/debug/xds')).text) as { applied_updates: number };
+      return x.applied_updates > 0;
+    });
+    ready = await get(admin, '/ready');
+    assert.equal(ready.status, 503, 'no listeners yet: not ready');
+    assert.match(ready.text, /listeners \(LDS\)/);
+
+    // The listener arrives: ready, and ready means the VIP already routes.
+    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD)]);
+    await eventually('/ready is 200', async () => (await get(admin, '/ready')).status === 200);
+    const first = await client.connect({ host: vip, port: VIP_PORT, readId: true });
+    assert.equal(first.backend, b1.id);
+
+    // An EDS push moves the traffic.
+    cp.setResources(TYPE.endpoint, [assignment(GOOD, [b2])]);
+    await eventually(
+      'connects follow the EDS push',
+      async () => (await client.connect({ host: vip, port: VIP_PORT, readId: true })).backend === b2.id,
+    );
+
+    // A route with header matching is L7: NACKed to the control plane, shown in /debug/xds.
+    const httpListener: JsonObject = {
+      '@type': TYPE.listener,
+      name: '0.0.0.0_8079',
+      address: { socket_address: { address: '0.0.0.0', port_value: 8079 } },
+      traffic_direction: 'OUTBOUND',
+      bind_to_port: false,
+      filter_chains: [
+        {
+          filters: [
+            {
+              name: 'envoy.filters.network.http_connection_manager',
+              typed_config: {
+                '@type':
+                  'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+                stat_prefix: 'outbound_0.0.0.0_8079',
+                rds: { config_source: { ads: {}, resource_api_version: 'V3' }, route_config_name: '8079' },
+                http_filters: [
+                  {
+                    name: 'envoy.filters.http.router',
+                    typed_config: {
+                      '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+                    },
+                  },
+                ],
+              },
+            },
+          ],
+        },
+      ],
+    };
+    const l7Route: JsonObject = {
+      '@type': TYPE.route,
+      name: '8079',
+      virtual_hosts: [
+        {
+          name: 'echo:8079',
+          domains: ['127.100.78.12', '127.100.78.12:8079'],
+          routes: [
+            {
+              match: { prefix: '/', headers: [{ name: 'x-canary', string_match: { exact: 'true' } }] },
+              route: { cluster: BAD },
+            },
+            { match: { prefix: '/' }, route: { cluster: GOOD } },
+          ],
+        },
+      ],
+    };
+    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD), httpListener]);
+    cp.setResources(TYPE.route, [l7Route]);
+    const nack = await cp.waitForNack(TYPE.route);
+    assert.match(JSON.stringify(nack.json), /header/);
+    await eventually('/debug/xds shows the route NACKED', async () => {
+      const x = JSON.parse((await get(admin, '/debug/xds')).text) as {
+        xds: { types: { type_url: string; resources: { name: string; status: string; error?: string }[] }[] };
+      };
+      const r = x.xds.types.find((t) => t.type_url === TYPE.route)?.resources.find((n) => n.name === '8079');
+      return r?.status === 'NACKED' && /header/.test(r.error ?? '');
+    });
+    // The rest keeps working.
+    assert.equal((await client.connect({ host: vip, port: VIP_PORT, readId: true })).backend, b2.id);
+
+    const status = await runCli(['status', '--admin', admin]);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /READY/);
+    assert.match(status.stdout, /RDS\s+\S+\s+1\s+0\s+1/);
+    assert.match(status.stdout, /km_connect4\s+cgroup_inet4_connect/);
+
+    assert.equal(await stop(agent), 0);
   },
 );

@@ -43,6 +43,8 @@ export class Agent implements AdminSource {
   private lastError?: string;
   private pending?: SourceUpdate;
   private seenRejections = new Set<string>();
+  /** Types that have been part of an applied update: istiod readiness needs CDS and LDS. */
+  private readonly appliedTypes = new Set<string>();
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -108,6 +110,8 @@ export class Agent implements AdminSource {
     this.resources = u.resources;
     this.state = result.state;
     this.applied++;
+    for (const r of u.resources) this.appliedTypes.add(r.typeUrl);
+    for (const t of u.changedTypes) this.appliedTypes.add(t);
     const seconds = Number(process.hrtime.bigint() - u.receivedAt) / 1e9;
     this.metrics.applyDuration.observe(seconds);
     this.metrics.services.set(result.state.services.length);
@@ -220,6 +224,13 @@ export class Agent implements AdminSource {
       else if (this.deps.source.kind === 'istiod' && !this.deps.source.connected())
         reasons.push(`not connected to istiod at ${this.deps.source.target}`);
       else reasons.push('waiting for the first config');
+    } else if (this.deps.source.kind === 'istiod') {
+      // As Envoy's initial fetch: ready once both wildcard types (clusters, listeners) are programmed.
+      for (const [t, what] of [
+        [TYPE.cluster, 'clusters (CDS)'],
+        [TYPE.listener, 'listeners (LDS)'],
+      ] as const)
+        if (!this.appliedTypes.has(t)) reasons.push(`waiting for ${what} from istiod`);
     }
     return { ready: reasons.length === 0, reasons };
   }

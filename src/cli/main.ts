@@ -11,7 +11,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   },
   check: {
     summary: 'analyse a config dump or resources file offline: what kernmesh accepts and refuses',
-    load: async () => (await import('./check-command.js')).runCheckCommand,
+    load: async () => (await import('./check.js')).runCheck,
   },
   status: {
     summary: "a running agent's xDS sync, services, attach points and last errors (via its admin endpoint)",
