@@ -62,7 +62,8 @@ async function main(): Promise<void> {
   let detach: (() => void) | undefined;
   try {
     accel = Accelerator.open({ pinDir });
-    detach = accel.attach(cgroup).detach;
+    const attachment = accel.attach(cgroup);
+    detach = () => attachment.detach();
     accel.setRules([]);
     server = inCgroup(cgroup, [peer, 'server', HOST, PORT]);
     await once(server.stdout!, 'data');
