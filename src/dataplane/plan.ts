@@ -102,10 +102,12 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
       opts.maxSlotsPerPriority,
     );
     const items = keys.map((key, i) => ({ key, weight: weights[i]! }));
-    smoothWeightedOrder(items).forEach((backend, index) => {
-      plan.slots.push({ priority, index, backend, weight: weights[keys.indexOf(backend)]! });
-    });
-    plan.value.slotCount[priority] = plan.slots.filter((x) => x.priority === priority).length;
+    const weightOf = new Map(items.map((i) => [i.key, i.weight]));
+    const order = smoothWeightedOrder(items);
+    order.forEach((backend, index) =>
+      plan.slots.push({ priority, index, backend, weight: weightOf.get(backend)! }),
+    );
+    plan.value.slotCount[priority] = order.length;
     keys.forEach((k) => plan.backends.add(k));
     if (s.lbPolicy === 'maglev') {
       const size = maglevSize(keys.length, opts.maxMaglevSize);
