@@ -285,7 +285,10 @@ kernelTest(
 
     // SIGTERM: the agent exits and leaves the programming in the kernel.
     assert.equal(await stop(agent), 0);
-    assert.match(agent.lines.map((l) => l.msg).join('\n'), /stopped: programs stay attached/);
+    assert.match(
+      agent.lines.map((l) => String(l.msg as string)).join('\n'),
+      /stopped: programs stay attached/,
+    );
     for (let i = 0; i < 3; i++) {
       const r = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
       assert.equal(r.backend, b2.id, 'routing survives the agent');
