@@ -93,6 +93,7 @@ export function translate(input: TranslateInput): TranslateResult {
     // EDS without CDS (an endpoints-only dump): shown so the operator sees them, never programmed.
     const res = findings.forResource(TYPE.endpoint, name);
     const parsed = analyseAssignment(cla, res, '', false);
+    for (const s of parsed.skipped) res.note(`${s}: not reachable by a connect() rewrite, skipped`);
     for (const e of parsed.endpoints) {
       if (e.internal) {
         res.note(

@@ -1,0 +1,166 @@
+// The file source reader: config dumps (JSON, YAML), resources files, ztunnel dumps, and errors
+// that name the file and the line.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { XdsFileError, parseXdsFile, readXdsFile } from '../src/xds/file.js';
+import { TYPE } from '../src/xds/types.js';
+
+const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/istio/', import.meta.url));
+
+function fixture(name: string): string {
+  const path = FIXTURES + name;
+  assert.ok(
+    existsSync(path),
+    `fixture ${path} is missing: these tests need ../shared/fixtures/istio/ beside the checkout`,
+  );
+  return path;
+}
+
+void describe('readXdsFile', () => {
+  void it('reads the YAML listeners dump: 27 dynamic and 2 static listeners', async () => {
+    const { resources } = await readXdsFile(fixture('sidecar-listeners.configdump.yaml'));
+    assert.equal(resources.length, 29);
+    assert.ok(resources.every((r) => r.typeUrl === TYPE.listener));
+    const vo = resources.find((r) => r.name === 'virtualOutbound');
+    // Its own active_state.version_info (line 3892), not the section's (2023-06-20T09:08:58Z/4).
+    assert.equal(vo?.version, '2023-06-20T09:07:41Z/3');
+    assert.equal(vo?.resource['@type'], TYPE.listener);
+    // The two static listeners have no name: Envoy names them by address.
+    assert.deepEqual(
+      resources.slice(0, 2).map((r) => r.name),
+      ['0.0.0.0_15090', '0.0.0.0_15021'],
+    );
+  });
+
+  void it('reads every section of a full config dump and skips the ones kernmesh does not use', async () => {
+    const { resources, notes } = await readXdsFile(fixture('waypoint-full.configdump.json'));
+    const count = (t: string) => resources.filter((r) => r.typeUrl === t).length;
+    assert.deepEqual(
+      [count(TYPE.cluster), count(TYPE.endpoint), count(TYPE.listener), count(TYPE.route)],
+      [3, 2, 2, 1],
+    );
+    assert.equal(notes.length, 3);
+    const cla = resources.find((r) => r.typeUrl === TYPE.endpoint && r.name.startsWith('inbound-vip'));
+    assert.equal(cla?.name, 'inbound-vip|8100|http|httpbin.default.svc.cluster.local');
+    assert.equal(
+      resources.find((r) => r.name === 'agent' && r.typeUrl === TYPE.cluster)?.lastUpdated,
+      '2023-12-26T05:57:09.898Z',
+    );
+  });
+
+  void it('names the file and the line of a YAML syntax error', () => {
+    assert.throws(
+      () => parseXdsFile('configs:\n  - "@type": x\n    key: [1, 2\n', 'dump.yaml'),
+      (err: Error) => err instanceof XdsFileError && /^dump\.yaml: line \d+: invalid YAML/.test(err.message),
+    );
+  });
+
+  void it('names the file and the line of a JSON syntax error', () => {
+    assert.throws(
+      () => parseXdsFile('{\n  "configs": [\n    {"a": 1,}\n  ]\n}\n', 'dump.json'),
+      (err: Error) => err instanceof XdsFileError && /^dump\.json: line 3: invalid JSON/.test(err.message),
+    );
+  });
+
+  void it('keeps the cause of an unreadable file', async () => {
+    await assert.rejects(readXdsFile('/nonexistent/kernmesh.json'), (err: Error) => {
+      assert.ok(err instanceof XdsFileError);
+      assert.match(err.message, /^\/nonexistent\/kernmesh\.json: cannot read: ENOENT/);
+      assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOENT');
+      return true;
+    });
+  });
+
+  void it('refuses a document that is none of the known layouts', () => {
+    assert.throws(
+      () => parseXdsFile('{"clusters": []}', 'x.json'),
+      /^XdsFileError: x\.json: not a config dump/,
+    );
+    assert.throws(
+      () => parseXdsFile('{"resources": [{"name": "a"}]}', 'x.json'),
+      /resources\[0\]: no "@type"/,
+    );
+  });
+
+  void it('reads a resources file, Delta-style wrappers, and waypoints from workload API Addresses', () => {
+    const text = JSON.stringify({
+      version_info: 'v7',
+      resources: [
+        { '@type': 'type.googleapis.com/envoy.config.cluster.v3.Cluster', name: 'a', type: 'STATIC' },
+        {
+          name: 'b',
+          version: 'v9',
+          resource: {
+            '@type': 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment',
+            cluster_name: 'b',
+          },
+        },
+        {
+          '@type': 'type.googleapis.com/istio.workload.Address',
+          service: {
+            name: 'reviews',
+            namespace: 'default',
+            hostname: 'reviews.default.svc.cluster.local',
+            addresses: [{ network: '', address: Buffer.from([127, 100, 0, 3]).toString('base64') }],
+            ports: [{ service_port: 9080, target_port: 9080 }],
+            waypoint: {
+              address: { network: '', address: Buffer.from([127, 0, 0, 50]).toString('base64') },
+              hbone_mtls_port: 15008,
+            },
+          },
+        },
+      ],
+    });
+    const { resources, waypoints } = parseXdsFile(text, 'r.json');
+    assert.deepEqual(
+      resources.map((r) => [r.typeUrl, r.name, r.version]),
+      [
+        [TYPE.cluster, 'a', 'v7'],
+        [TYPE.endpoint, 'b', 'v9'],
+        [TYPE.address, 'default/reviews.default.svc.cluster.local', 'v7'],
+      ],
+    );
+    assert.deepEqual(waypoints, [
+      {
+        namespace: 'default',
+        hostname: 'reviews.default.svc.cluster.local',
+        vips: ['127.100.0.3'],
+        ports: [{ servicePort: 9080, targetPort: 9080 }],
+        waypoint: { address: '127.0.0.50', port: 15008 },
+      },
+    ]);
+  });
+
+  void it('reads ztunnel’s dump: service waypoints, and notes for workload waypoints', async () => {
+    const { resources, waypoints, notes } = await readXdsFile(fixture('ztunnel-wds.dump.json'));
+    assert.deepEqual([resources, waypoints], [[], []]);
+    assert.equal(notes.filter((n) => n.includes('has waypoint')).length, 6);
+    const withWaypoint = parseXdsFile(
+      JSON.stringify({
+        workloads: {},
+        services: {
+          'default/web': {
+            name: 'web',
+            namespace: 'default',
+            hostname: 'web.default.svc.cluster.local',
+            vips: ['/127.100.0.2'],
+            ports: { '80': 8080 },
+            waypoint: { destination: '/127.0.0.50', port: 15008 },
+          },
+        },
+      }),
+      'z.json',
+    );
+    assert.deepEqual(withWaypoint.waypoints, [
+      {
+        namespace: 'default',
+        hostname: 'web.default.svc.cluster.local',
+        vips: ['127.100.0.2'],
+        ports: [{ servicePort: 80, targetPort: 8080 }],
+        waypoint: { address: '127.0.0.50', port: 15008 },
+      },
+    ]);
+  });
+});
