@@ -43,6 +43,8 @@ export class Agent implements AdminSource {
   private lastError?: string;
   private pending?: SourceUpdate;
   private seenRejections = new Set<string>();
+  private notes: { typeUrl: string; name: string; note: string }[] = [];
+  private notEnforced: { typeUrl: string; name: string; field: string }[] = [];
   /** Types that have been part of an applied update: istiod readiness needs CDS and LDS. */
   private readonly appliedTypes = new Set<string>();
   private stopped = false;
@@ -91,6 +93,8 @@ export class Agent implements AdminSource {
       return;
     }
     this.translateRejections = result.rejections.map((r) => ({ ...r, at }));
+    this.notes = result.notes ?? [];
+    this.notEnforced = result.notEnforced ?? [];
     // Count each refusal once, whether the source (NACK) or translation refused it.
     const now = new Set<string>();
     for (const r of this.rejections()) {
@@ -171,6 +175,9 @@ export class Agent implements AdminSource {
       const k = `${r.typeUrl} ${r.name}`;
       refused.set(k, [...(refused.get(k) ?? []), r.reason]);
     }
+    const notes = new Map<string, string[]>();
+    for (const n of this.notes)
+      notes.set(`${n.typeUrl} ${n.name}`, [...(notes.get(`${n.typeUrl} ${n.name}`) ?? []), n.note]);
     const out = this.resources.map((r) => {
       const reasons = refused.get(`${r.typeUrl} ${r.name}`);
       refused.delete(`${r.typeUrl} ${r.name}`);
@@ -179,7 +186,11 @@ export class Agent implements AdminSource {
         name: r.name,
         version: r.version,
         status: reasons ? 'NACKED' : 'ACKED',
-        ...(reasons ? { detail: reasons.join('; ') } : {}),
+        ...(reasons
+          ? { detail: reasons.join('; ') }
+          : notes.has(`${r.typeUrl} ${r.name}`)
+            ? { detail: notes.get(`${r.typeUrl} ${r.name}`)!.join('; ') }
+            : {}),
       };
     });
     for (const [k, reasons] of refused) {
@@ -276,6 +287,8 @@ export class Agent implements AdminSource {
       xds: this.deps.source.debug(),
       // Refused by translation (what the kernel cannot express), on top of the source's own validation.
       translation_rejections: this.translateRejections,
+      notes: this.notes,
+      not_enforced: this.notEnforced,
       last_apply: this.lastApply ?? null,
       applied_updates: this.applied,
     };

@@ -36,6 +36,10 @@ export interface ConfigSource {
 export interface TranslateResult {
   state: DesiredState;
   rejections: Rejection[];
+  /** Per-resource remarks in the operator's words ("waiting for RDS 8080"). */
+  notes?: { typeUrl: string; name: string; note: string }[];
+  /** Fields accepted but not acted on by the kernel (outlier detection, idle timeouts...). */
+  notEnforced?: { typeUrl: string; name: string; field: string }[];
 }
 
 export type Translate = (resources: XdsResource[], waypoints: ServiceWaypoint[]) => TranslateResult;

@@ -111,7 +111,12 @@ export async function startAgent(
   let last: TranslateResult | undefined;
   const translateFn: Translate = (resources, waypoints) => {
     last = translate({ resources, waypoints });
-    return { state: last.desired, rejections: last.rejected };
+    return {
+      state: last.desired,
+      rejections: last.rejected,
+      notes: last.status,
+      notEnforced: last.notEnforced,
+    };
   };
 
   const agent = new Agent({
