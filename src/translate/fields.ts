@@ -55,7 +55,7 @@ export const CLUSTER_FIELDS: FieldTable = {
   common_lb_config: acc('locality_weighted_lb_config weights localities; the rest not enforced', {}),
   dns_lookup_family: acc('which families of resolved addresses are kept', 'V4_ONLY'),
   dns_refresh_rate: acc('how often the agent re-resolves', '10s'),
-  respect_dns_ttl: acc('re-resolve on the record TTL', true),
+  respect_dns_ttl: ne('the agent re-resolves on dns_refresh_rate; record TTLs are not read', true),
   connect_timeout: ne('the kernel does not time connects out', '10s'),
   outlier_detection: ne('no passive ejection in the kernel', { consecutive_5xx: 5 }),
   health_checks: ne('no active health checking; EDS health is honoured', [{ timeout: '1s' }]),
