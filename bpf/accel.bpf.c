@@ -175,61 +175,91 @@ static __always_inline int ip_in_prefix(const __u32 *ip, const struct km_accel_r
 	return 1;
 }
 
-static __always_inline int owner_matches(const struct km_accel_rule *r, const struct km_sock_owner *o)
+/* One rule scan, by value: bpf_loop's callback is verified once, whatever the number of rules. */
+struct rule_scan {
+	struct km_sock_key k;
+	struct km_sock_owner owner[2]; /* the two ends */
+	__u32 known[2];                /* whether each owner is known */
+	__u32 bank;
+	__u32 accepted;
+	__u32 has_accept;
+	__u32 returned;
+};
+
+static __always_inline int owner_matches(const struct km_accel_rule *r, const struct rule_scan *s, int end)
 {
-	if (!o)
+	if (!s->known[end])
 		return 0;
-	if ((r->matches & KM_ACCEL_MATCH_UID) && o->uid != r->uid)
+	if ((r->matches & KM_ACCEL_MATCH_UID) && s->owner[end].uid != r->uid)
 		return 0;
-	if ((r->matches & KM_ACCEL_MATCH_GID) && o->gid != r->gid)
+	if ((r->matches & KM_ACCEL_MATCH_GID) && s->owner[end].gid != r->gid)
 		return 0;
 	return 1;
 }
 
-static __always_inline int rule_matches(const struct km_accel_rule *r, const struct km_sock_key *k,
-					const struct km_sock_owner *a, const struct km_sock_owner *b)
+static __always_inline int rule_matches(const struct km_accel_rule *r, const struct rule_scan *s)
 {
 	if (r->matches & KM_ACCEL_MATCH_IP) {
-		if (r->family != k->family)
+		if (r->family != s->k.family)
 			return 0;
-		if (!ip_in_prefix(k->local_ip, r) && !ip_in_prefix(k->remote_ip, r))
+		if (!ip_in_prefix(s->k.local_ip, r) && !ip_in_prefix(s->k.remote_ip, r))
 			return 0;
 	}
-	if ((r->matches & KM_ACCEL_MATCH_PORT) && r->port != k->local_port && r->port != k->remote_port)
+	if ((r->matches & KM_ACCEL_MATCH_PORT) && r->port != s->k.local_port && r->port != s->k.remote_port)
 		return 0;
 	/* uid and gid must hold for the same end: "a process with uid U and gid G" is one process. */
 	if (r->matches & (KM_ACCEL_MATCH_UID | KM_ACCEL_MATCH_GID))
-		return owner_matches(r, a) || owner_matches(r, b);
+		return owner_matches(r, s, 0) || owner_matches(r, s, 1);
 	return 1;
 }
 
-/* RETURN beats ACCEPT; no rules means every local connection is accelerated. */
+static long scan_rule(__u32 i, void *ctx)
+{
+	struct rule_scan *s = ctx;
+	__u32 idx = (s->bank & 1) * KM_ACCEL_MAX_RULES + (i & (KM_ACCEL_MAX_RULES - 1));
+	struct km_accel_rule *r = bpf_map_lookup_elem(&km_accel_rules, &idx);
+
+	if (!r)
+		return 1;
+	if (r->action == KM_ACCEL_ACCEPT)
+		s->has_accept = 1;
+	if (!rule_matches(r, s))
+		return 0;
+	if (r->action == KM_ACCEL_RETURN) {
+		s->returned = 1;
+		return 1;
+	}
+	s->accepted = 1;
+	return 0;
+}
+
+/* RETURN beats ACCEPT. Without any ACCEPT rule (no rules at all, or only RETURN rules) every local
+ * connection not RETURNed is accelerated; with ACCEPT rules, only what one of them matches. */
 static __always_inline int rules_allow(const struct km_accel_config *cfg, const struct km_sock_key *k,
 				       const struct km_sock_owner *a, const struct km_sock_owner *b)
 {
-	__u32 bank = cfg->rule_bank & 1;
-	__u32 n = cfg->rule_count[bank];
-	int accepted = 0;
-	__u32 i;
+	struct rule_scan s = {};
+	__u32 n;
 
+	s.bank = cfg->rule_bank & 1;
+	n = cfg->rule_count[s.bank];
 	if (n == 0)
 		return 1;
-	for (i = 0; i < KM_ACCEL_MAX_RULES; i++) {
-		__u32 idx = bank * KM_ACCEL_MAX_RULES + i;
-		struct km_accel_rule *r;
-
-		if (i >= n)
-			break;
-		r = bpf_map_lookup_elem(&km_accel_rules, &idx);
-		if (!r)
-			break;
-		if (!rule_matches(r, k, a, b))
-			continue;
-		if (r->action == KM_ACCEL_RETURN)
-			return 0;
-		accepted = 1;
+	if (n > KM_ACCEL_MAX_RULES)
+		n = KM_ACCEL_MAX_RULES;
+	s.k = *k;
+	if (a) {
+		s.owner[0] = *a;
+		s.known[0] = 1;
 	}
-	return accepted;
+	if (b) {
+		s.owner[1] = *b;
+		s.known[1] = 1;
+	}
+	bpf_loop(n, scan_rule, &s, 0);
+	if (s.returned)
+		return 0;
+	return s.accepted || !s.has_accept;
 }
 
 static __always_inline struct km_accel_sock *sock_state(struct bpf_sock_ops *skops)

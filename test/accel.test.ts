@@ -216,8 +216,8 @@ kernelTest(
     );
     assert.equal(
       await accelerated(accel, env.cgroup, { host: '127.0.0.1', port: portB }),
-      false,
-      'only RETURN rules',
+      true,
+      'only RETURN rules: everything else is accelerated',
     );
 
     accel.setRules(parseAccelRules(`chain --ip 127.0.0.0/8 -j ACCEPT\nchain --port ${portB} -j RETURN`));
@@ -316,10 +316,10 @@ kernelTest('acceleration rules file is re-read when it changes', async (_t, env)
   const dir = mkdtempSync(join(tmpdir(), 'kernmesh-accel-rules-'));
   env.defer(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'accel.rules');
-  writeFileSync(file, 'chain --port 1 -j RETURN\n');
   const accel = openAccel(env);
   accel.setEnabled(true);
   const port = await startEchoServer(env, env.cgroup, '127.0.0.1');
+  writeFileSync(file, `chain --port ${port} -j RETURN\n`);
   const applied: (string | number)[] = [];
   let wake: () => void = () => {};
   const watcher = watchAccelRules(file, accel, undefined, (r) => {
@@ -332,7 +332,7 @@ kernelTest('acceleration rules file is re-read when it changes', async (_t, env)
   assert.equal(
     await accelerated(accel, env.cgroup, { host: '127.0.0.1', port }),
     false,
-    'only a RETURN rule',
+    'RETURN rule for the port',
   );
 
   let changed = next();
@@ -397,6 +397,36 @@ kernelTest(
       await accelerated(second, env.cgroup, { host: '127.0.0.1', port }),
       false,
       'detached: normal path',
+    );
+  },
+);
+
+kernelTest(
+  'IPv6 loopback and dual-stack (IPv4 client, IPv6 wildcard server) connections are accelerated intact',
+  async (_t, env) => {
+    const accel = openAccel(env);
+    accel.setEnabled(true);
+    const v6 = await startEchoServer(env, env.cgroup, '::1');
+    const dual = await startEchoServer(env, env.cgroup, '::');
+    for (const [host, port] of [
+      ['::1', v6],
+      ['127.0.0.1', dual],
+    ] as const) {
+      const before = accel.counters();
+      assertIntact(
+        await runClients(env.cgroup, { host, port, connections: 2, chunks: 20, maxChunk: 1 << 20 }),
+      );
+      const after = accel.counters();
+      assert.equal(after.socketsInserted - before.socketsInserted, 4n, `${host}: both ends inserted`);
+      assert.equal(after.redirectFailures - before.redirectFailures, 0n, `${host}: no redirect failures`);
+      assert.ok(after.bytesRedirected > before.bytesRedirected, `${host}: bytes went through the sockmap`);
+    }
+    accel.setRules(parseAccelRules('chain --ip ::1/128 -j RETURN'));
+    assert.equal(await accelerated(accel, env.cgroup, { host: '::1', port: v6 }), false, 'IPv6 RETURN rule');
+    assert.equal(
+      await accelerated(accel, env.cgroup, { host: '127.0.0.1', port: dual }),
+      true,
+      'IPv4 unaffected',
     );
   },
 );
