@@ -149,9 +149,34 @@ const VIP_PORT = 8078;
 const GOOD = 'outbound|8078||echo.test.svc.cluster.local';
 const BAD = 'outbound|8078||broken.test.svc.cluster.local';
 
-function resourcesFile(backends: Backend[]): string {
+const DNS_VIP = '127.100.78.3';
+const DNS = 'outbound|8078||localhost.test.svc.cluster.local';
+
+/** A STRICT_DNS cluster: the agent resolves `localhost` for translate and programs the answer. */
+const dnsCluster = (port: number): JsonObject => ({
+  '@type': TYPE.cluster,
+  name: DNS,
+  type: 'STRICT_DNS',
+  connect_timeout: '1s',
+  lb_policy: 'ROUND_ROBIN',
+  dns_lookup_family: 'V4_ONLY',
+  load_assignment: {
+    cluster_name: DNS,
+    endpoints: [
+      {
+        lb_endpoints: [
+          { endpoint: { address: { socket_address: { address: 'localhost', port_value: port } } } },
+        ],
+      },
+    ],
+  },
+});
+
+function resourcesFile(backends: Backend[], dnsPort: number): string {
   return JSON.stringify({
     resources: [
+      dnsCluster(dnsPort),
+      tcpListener(DNS_VIP, VIP_PORT, DNS),
       cluster(GOOD),
       assignment(GOOD, backends),
       tcpListener(VIP, VIP_PORT, GOOD),
@@ -172,7 +197,9 @@ kernelTest(
     env.defer(() => b1.close());
     env.defer(() => b2.close());
     const file = join(dir, 'resources.json');
-    writeFileSync(file, resourcesFile([b1, b2]));
+    const b3 = await startBackend('127.0.0.1');
+    env.defer(() => b3.close());
+    writeFileSync(file, resourcesFile([b1, b2], b3.port));
     const bpffs = join(env.pinDir, 'agent');
 
     const agent = cli([
@@ -209,6 +236,11 @@ kernelTest(
       false,
       'the VIP of the refused cluster is not rewritten (nothing listens there)',
     );
+
+    await eventually('the STRICT_DNS cluster routes once localhost is resolved', async () => {
+      const r = await client.connect({ host: DNS_VIP, port: VIP_PORT, readId: true });
+      return r.backend === b3.id;
+    });
 
     // /debug/xds names the refused resource and why.
     const debug = JSON.parse((await get(admin, '/debug/xds')).text) as {
@@ -275,7 +307,7 @@ kernelTest(
     assert.ok(bpf.programs.some((p) => p.name === 'km_connect4'));
 
     // The file changes: the agent re-applies it (only b2 left).
-    writeFileSync(file, resourcesFile([b2]));
+    writeFileSync(file, resourcesFile([b2], b3.port));
     await eventually('connects land only on b2 after the file changed', async () => {
       const rs = await Promise.all(
         [0, 1, 2].map(() => client.connect({ host: VIP, port: VIP_PORT, readId: true })),

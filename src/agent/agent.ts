@@ -6,7 +6,13 @@ import type { Logger } from 'pino';
 import type { AdminSource, Readiness } from '../admin/server.js';
 import type { ConfigDumpInput } from '../admin/config-dump.js';
 import type { DesiredState } from '../dataplane/model.js';
-import { TYPE, type JsonObject, type Rejection, type XdsResource } from '../xds/types.js';
+import {
+  TYPE,
+  type JsonObject,
+  type Rejection,
+  type ServiceWaypoint,
+  type XdsResource,
+} from '../xds/types.js';
 import { AgentMetrics, typeLabel } from './metrics.js';
 import type { ConfigSource, Kernel, SourceUpdate, Translate } from './ports.js';
 
@@ -36,6 +42,7 @@ export class Agent implements AdminSource {
   private readonly queue = new PQueue({ concurrency: 1 });
   private readonly startedAt = new Date();
   private resources: XdsResource[] = [];
+  private waypoints: ServiceWaypoint[] = [];
   private translateRejections: (Rejection & { at: string })[] = [];
   private state: DesiredState = { services: [], frontends: [] };
   private applied = 0;
@@ -112,6 +119,7 @@ export class Agent implements AdminSource {
       return;
     }
     this.resources = u.resources;
+    this.waypoints = u.waypoints ?? [];
     this.state = result.state;
     this.applied++;
     for (const r of u.resources) this.appliedTypes.add(r.typeUrl);
@@ -146,6 +154,17 @@ export class Agent implements AdminSource {
     // The resources are still what istiod sent; the kernel keeps the previous state.
     this.resources = u.resources;
     this.deps.log.error({ err: cause }, `config not applied, kernel keeps the previous state: ${message}`);
+  }
+
+  /** Re-programs the current resources (an input outside xDS changed, e.g. a DNS answer). */
+  reapply(): void {
+    if (this.applied === 0 && !this.lastError) return;
+    this.onUpdate({
+      resources: this.resources,
+      waypoints: this.waypoints,
+      changedTypes: [],
+      receivedAt: process.hrtime.bigint(),
+    });
   }
 
   /** Resolves when every update received so far has been applied (tests and the demo wait on it). */

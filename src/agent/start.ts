@@ -10,6 +10,7 @@ import { translate, validate, type TranslateResult } from '../translate/index.js
 import { XdsClient } from '../xds/client.js';
 import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
+import { DnsCache } from './dns.js';
 import { readXdsFile } from './file-reader.js';
 import { FileSource } from './file-source.js';
 import { IstiodSource } from './istiod-source.js';
@@ -109,8 +110,12 @@ export async function startAgent(
   }
 
   let last: TranslateResult | undefined;
+  // DNS answers arrive after the agent exists; the callback reaches it through this holder.
+  const holder: { agent?: Agent } = {};
+  const dns = new DnsCache(() => holder.agent?.reapply(), log.child({ stage: 'dns' }));
   const translateFn: Translate = (resources, waypoints) => {
-    last = translate({ resources, waypoints });
+    last = translate({ resources, waypoints, dns: dns.map });
+    dns.want(last.dnsQueries);
     return {
       state: last.desired,
       rejections: last.rejected,
@@ -132,6 +137,8 @@ export async function startAgent(
       ...(config.configFile ? { config_file: config.configFile } : {}),
     },
   });
+
+  holder.agent = agent;
 
   let admin: AdminServer;
   try {
@@ -165,6 +172,7 @@ export async function startAgent(
     node,
     lastTranslation: () => last,
     stop: async () => {
+      dns.stop();
       await agent.stop();
       await admin.close();
     },
