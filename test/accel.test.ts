@@ -430,3 +430,48 @@ kernelTest(
     );
   },
 );
+
+kernelTest(
+  'a connection to a service VIP that routing rewrites to a local backend is accelerated',
+  async (_t, env) => {
+    const { Dataplane } = await import('../src/dataplane/dataplane.js');
+    const dp = Dataplane.open({ pinDir: env.pinDir });
+    env.defer(() => dp.close());
+    dp.attach(env.cgroup);
+    const accel = openAccel(env);
+    accel.setEnabled(true);
+    const port = await startEchoServer(env, env.cgroup, '127.0.0.41');
+    await dp.apply({
+      services: [
+        {
+          name: 'outbound|80||echo.default.svc.cluster.local',
+          kind: 'endpoints',
+          lbPolicy: 'random',
+          endpoints: [{ address: '127.0.0.41', port, weight: 1, priority: 0, health: 'healthy' }],
+        },
+      ],
+      frontends: [
+        {
+          address: '127.100.7.1',
+          port: 80,
+          protocol: 'tcp',
+          service: 'outbound|80||echo.default.svc.cluster.local',
+        },
+      ],
+    });
+    const before = accel.counters();
+    assertIntact(
+      await runClients(env.cgroup, {
+        host: '127.100.7.1',
+        port: 80,
+        connections: 3,
+        chunks: 10,
+        maxChunk: 1 << 20,
+      }),
+    );
+    const after = accel.counters();
+    assert.equal(after.socketsInserted - before.socketsInserted, 6n);
+    assert.equal(after.redirectFailures - before.redirectFailures, 0n);
+    assert.ok(after.bytesRedirected > before.bytesRedirected);
+  },
+);
