@@ -782,6 +782,40 @@ void describe('translate', () => {
     assert.deepEqual(validate(TYPE.listener, [shadow]), []);
   });
 
+  void it('keeps the last accepted entries of a service that is now refused, and does not rewrite a new one', () => {
+    const before = translate({ resources: threeServices() });
+    // The web service's route now matches on a header that leads elsewhere: refused.
+    const changed = threeServices().map((r) => {
+      if (r.typeUrl !== TYPE.route) return r;
+      const copy = JSON.parse(JSON.stringify(r)) as XdsResource;
+      const vh = (copy.resource.virtual_hosts as JsonObject[])[0] as JsonObject;
+      vh.routes = [
+        toCluster(C2, { prefix: '/', headers: [{ name: 'x-canary', present_match: true }] }),
+        toCluster(B),
+      ];
+      return copy;
+    });
+    const after = translate({ resources: changed, previous: before.desired });
+    assert.equal(after.rejected.length, 2);
+    assert.deepEqual(after.desired.frontends, before.desired.frontends);
+    assert.deepEqual(
+      after.desired.services.find((s) => s.name === B),
+      before.desired.services.find((s) => s.name === B),
+    );
+    assert.ok(
+      after.status.some(
+        (n) =>
+          n.note.startsWith('127.100.0.2:80: virtual host') &&
+          n.note.includes('keeps its last accepted entries'),
+      ),
+    );
+    // Without a previous state, the refused VIPs are simply not rewritten.
+    assert.deepEqual(
+      translate({ resources: changed }).desired.frontends.map((f) => f.address),
+      ['127.100.0.1'],
+    );
+  });
+
   void it('is pure: the same input gives the same output and the input is not modified', () => {
     const input = threeServices();
     const copy = JSON.parse(JSON.stringify(input)) as XdsResource[];

@@ -39,6 +39,8 @@ interface FrontendEntry {
   listener: string;
   destination?: Destination;
   pending?: string;
+  /** The pending reason is a refusal (not a wait): the last accepted entries stay. */
+  refused?: boolean;
 }
 
 export function translate(input: TranslateInput): TranslateResult {
@@ -52,14 +54,20 @@ export function translate(input: TranslateInput): TranslateResult {
   const dnsQueries = new Map<string, DnsQuery>();
   const clusters = new Map<string, ClusterState>();
   const usedClas = new Set<string>();
+  const refusedClusters = new Set<string>();
   for (const r of byType.get(TYPE.cluster) ?? []) {
     const res = findings.forResource(TYPE.cluster, r.name);
     const parsed = analyseCluster(r.resource, res);
-    if (!parsed || res.refused) continue;
-    if (parsed.edsName) usedClas.add(parsed.edsName);
-    const state = buildCluster(parsed, claByName, input.dns, dnsQueries, findings, res);
-    if (res.refused) continue;
-    clusters.set(parsed.name, state);
+    if (parsed?.edsName) usedClas.add(parsed.edsName);
+    const state =
+      parsed && !res.refused
+        ? buildCluster(parsed, claByName, input.dns, dnsQueries, findings, res)
+        : undefined;
+    if (!state || res.refused) {
+      refusedClusters.add(parsed?.name ?? r.name);
+      continue;
+    }
+    clusters.set(state.parsed.name, state);
   }
 
   const routes = new Map<string, RouteConfigResult>();
@@ -85,7 +93,12 @@ export function translate(input: TranslateInput): TranslateResult {
 
   const chosen = chooseFrontends(entries, findings);
   const waypointFor = waypointIndex(input.waypoints ?? [], clusters, chosen);
-  const model = buildModel(chosen, clusters, waypointFor, findings);
+  const model = buildModel(
+    chosen,
+    { clusters, refusedClusters, previous: input.previous },
+    waypointFor,
+    findings,
+  );
 
   const views = [...clusters.values()].map((c) => c.view);
   for (const [name, cla] of claByName) {
@@ -335,7 +348,13 @@ function listenerEntries(
       if (!vh) {
         res.note(`${c.path}: route "${routeName}" has no virtual host for ${where}`);
       } else if (!vh.destination) {
-        out.push({ ...base, address: c.address, source, pending: `route "${routeName}" was refused` });
+        out.push({
+          ...base,
+          address: c.address,
+          source,
+          pending: `route "${routeName}" was refused`,
+          refused: true,
+        });
       } else {
         noteFallback(c.tcpFallback, vh.destination, c.path, where, res);
         out.push({ ...base, address: c.address, source, destination: vh.destination });
@@ -348,7 +367,13 @@ function listenerEntries(
         if (!ip) continue;
         const entry = { ...base, address: ip, rank: 2, source: `${source} virtual host "${vh.name}"` };
         if (vh.destination) out.push({ ...entry, destination: vh.destination });
-        else out.push({ ...entry, pending: `virtual host "${vh.name}" of route "${routeName}" was refused` });
+        else {
+          out.push({
+            ...entry,
+            pending: `virtual host "${vh.name}" of route "${routeName}" was refused`,
+            refused: true,
+          });
+        }
       }
     }
   }
@@ -441,9 +466,15 @@ interface Model {
   clusterWaypoints: Map<string, Waypoint>;
 }
 
+interface ClusterIndex {
+  clusters: Map<string, ClusterState>;
+  refusedClusters: Set<string>;
+  previous: DesiredState | undefined;
+}
+
 function buildModel(
   chosen: FrontendEntry[],
-  clusters: Map<string, ClusterState>,
+  index: ClusterIndex,
   waypointFor: (address: string, port: number) => Waypoint | string | undefined,
   findings: Findings,
 ): Model {
@@ -451,6 +482,7 @@ function buildModel(
   const frontends: Frontend[] = [];
   const views: FrontendView[] = [];
   const clusterWaypoints = new Map<string, Waypoint>();
+  const kept: { entry: FrontendEntry; view: FrontendView; why: string }[] = [];
 
   // A destination used from both address families becomes two services, each with its family's endpoints.
   const families = new Map<string, Set<number>>();
@@ -471,7 +503,7 @@ function buildModel(
     views.push(view);
     if (!e.destination) {
       view.pending = e.pending ?? 'no destination';
-      if (e.source.includes('→ route')) view.cluster = '';
+      if (e.refused) kept.push({ entry: e, view, why: view.pending });
       continue;
     }
     const family = isIP(e.address);
@@ -481,7 +513,7 @@ function buildModel(
       findings.forResource(TYPE.address, `${e.address}:${e.port}`).note(wp);
       continue;
     }
-    let service: Service | string;
+    let service: Service | { pending: string; refused: boolean };
     if (wp) {
       service = {
         name: `waypoint|${wp.address}|${wp.port}`,
@@ -493,15 +525,34 @@ function buildModel(
       if (e.destination.kind === 'cluster') clusterWaypoints.set(e.destination.cluster, wp);
     } else {
       const both = (families.get(destinationName(e.destination))?.size ?? 0) > 1;
-      service = serviceFor(e.destination, clusters, family, both);
+      service = serviceFor(e.destination, index, family, both);
     }
-    if (typeof service === 'string') {
-      view.pending = service;
+    if ('pending' in service) {
+      view.pending = service.pending;
+      if (service.refused) kept.push({ entry: e, view, why: service.pending });
       continue;
     }
     if (!services.has(service.name)) services.set(service.name, service);
     frontends.push({ address: e.address, port: e.port, protocol: 'tcp', service: service.name });
   }
+  // A refused service keeps its last accepted entries; one that never had any is not rewritten.
+  for (const { entry, view, why } of kept) {
+    const before = index.previous?.frontends.find(
+      (f) => f.address === entry.address && f.port === entry.port,
+    );
+    const service = index.previous?.services.find((s) => s.name === before?.service);
+    if (!before || !service) continue;
+    if (!services.has(service.name)) services.set(service.name, service);
+    frontends.push(before);
+    view.cluster = service.name;
+    delete view.pending;
+    findings
+      .forResource(TYPE.listener, entry.listener)
+      .note(
+        `${entry.address}:${entry.port}: ${why}; it keeps its last accepted entries (service ${service.name})`,
+      );
+  }
+  frontends.sort((a, b) => cmp(a.address, b.address) || a.port - b.port);
   return {
     desired: { services: [...services.values()].sort((a, b) => cmp(a.name, b.name)), frontends },
     views,
@@ -512,10 +563,10 @@ function buildModel(
 /** The kernel service for a destination and address family, or why there is none yet. */
 function serviceFor(
   d: Destination,
-  clusters: Map<string, ClusterState>,
+  { clusters, refusedClusters }: ClusterIndex,
   family: number,
   splitFamilies: boolean,
-): Service | string {
+): Service | { pending: string; refused: boolean } {
   const name = splitFamilies && family === 6 ? `${destinationName(d)}|ipv6` : destinationName(d);
   const members = d.kind === 'cluster' ? [{ cluster: d.cluster, weight: 1 }] : d.members;
   const states: ClusterState[] = [];
@@ -528,9 +579,11 @@ function serviceFor(
       if (d.kind === 'cluster' && m.cluster === 'BlackHoleCluster') {
         return { name: m.cluster, kind: 'blackhole', lbPolicy: 'random', endpoints: [] };
       }
-      return `cluster ${m.cluster} is not among the accepted clusters`;
+      if (refusedClusters.has(m.cluster))
+        return { pending: `cluster ${m.cluster} was refused`, refused: true };
+      return { pending: `cluster ${m.cluster} is not among the accepted clusters`, refused: false };
     }
-    if (c.pending) return `cluster ${m.cluster}: ${c.pending}`;
+    if (c.pending) return { pending: `cluster ${m.cluster}: ${c.pending}`, refused: false };
     states.push(c);
   }
   const only = states[0];
@@ -546,7 +599,10 @@ function serviceFor(
     return s;
   }
   if (states.some((s) => s.parsed.kind !== 'endpoints')) {
-    return 'weighted clusters mixing passthrough or blackhole clusters cannot be chosen per connection';
+    return {
+      pending: 'weighted clusters mixing passthrough or blackhole clusters cannot be chosen per connection',
+      refused: false,
+    };
   }
   // Weighted clusters, chosen per connection: one service whose endpoint weights keep each member's share.
   const endpoints: Endpoint[] = [];

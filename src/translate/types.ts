@@ -64,6 +64,8 @@ export interface TranslateInput {
   waypoints?: ServiceWaypoint[];
   /** Resolved addresses of DNS cluster hostnames (from `dnsQueries` of an earlier translate). */
   dns?: ReadonlyMap<string, readonly string[]>;
+  /** The last desired state: a service refused now keeps the entries it had there (DESIGN: never worse than before). */
+  previous?: DesiredState;
 }
 
 export interface TranslateResult {
