@@ -5,6 +5,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { statSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
+
+import { pino, type Logger } from 'pino';
 
 import { Accelerator } from '../src/accel/accel.js';
 import { Dataplane } from '../src/dataplane/dataplane.js';
@@ -75,12 +78,13 @@ async function until(tele: Telemetry, cond: () => boolean, what: string): Promis
   assert.fail(`never happened: ${what}`);
 }
 
-function setup(env: KernelEnv): { tele: Telemetry; events: ConnEvent[] } {
+function setup(env: KernelEnv, accessLog?: Logger): { tele: Telemetry; events: ConnEvent[] } {
   const events: ConnEvent[] = [];
   const tele = Telemetry.open({
     pinDir: env.pinDir,
     workload: { name: 'productpage-v1', namespace: 'default' },
     onEvent: (e) => events.push(e),
+    ...(accessLog ? { accessLog } : {}),
   });
   const attachment = tele.attach(env.cgroup);
   env.defer(() => {
@@ -190,7 +194,14 @@ kernelTest(
 );
 
 kernelTest('inbound connections are reported by the destination with the bytes each way', async (_t, env) => {
-  const { tele, events } = setup(env);
+  const logLines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      logLines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+      done();
+    },
+  });
+  const { tele, events } = setup(env, pino({ base: null }, sink));
   // the server runs in the cgroup; the client (this process) does not
   const server = await runServerInCgroup(env);
   const sizes = [5, 70000];
@@ -217,6 +228,14 @@ kernelTest('inbound connections are reported by the destination with the bytes e
     assert.equal(e.pid, server.pid, 'accepted sockets carry the listening process');
     assert.equal(e.originalAddress, undefined);
   });
+  // one access-log line per closed connection
+  await until(tele, () => logLines.length === sizes.length, 'access log lines');
+  assert.deepEqual(
+    logLines.map((l) => [l.msg, l.direction, l.bytes_received, l.bytes_sent, l.end, l.destination]).sort(),
+    sizes
+      .map((n) => ['connection closed', 'inbound', n, responseSize(n), 'closed', `127.0.0.31:${server.port}`])
+      .sort(),
+  );
   const text = await tele.registry.metrics();
   assert.equal(
     sample(text, 'istio_tcp_received_bytes_total', {
