@@ -367,3 +367,58 @@ kernelTest(
     assert.equal(sample(text, 'kernmesh_telemetry_events_lost_total', {}), Number(lost));
   },
 );
+
+/** Client that sends `first` bytes, waits for one byte from the server, sends `second`, then ends. */
+const TWO_PHASE = String.raw`
+const net = require('node:net');
+const [host, port, first, second] = JSON.parse(process.argv[1]);
+let got = 0, phase = 0, localPort;
+const s = net.connect({ host, port }, () => { localPort = s.localPort; s.write(Buffer.alloc(first, 1)); });
+s.on('data', (d) => {
+  got += d.length;
+  if (phase++ === 0) s.end(Buffer.alloc(second, 2));
+});
+s.on('close', () => console.log(JSON.stringify({ localPort, got, pid: process.pid })));
+`;
+
+kernelTest(
+  'telemetry switched off and on while a connection is open: the connection is intact and its counts exact',
+  async (_t, env) => {
+    const { tele, events } = setup(env);
+    const first = 5000;
+    const second = 300000;
+    const server = createServer((s: Socket) => {
+      let n = 0;
+      let signalled = false;
+      s.on('data', (d: Buffer) => {
+        n += d.length;
+        if (!signalled && n >= first) {
+          signalled = true;
+          tele.setEnabled(false); // mid-connection: off while the second phase flows
+          s.write('g');
+        }
+        if (n === first + second) tele.setEnabled(true);
+      });
+      s.on('end', () => s.end(Buffer.alloc(responseSize(n))));
+      s.on('error', () => {});
+    });
+    server.listen(0, BACKEND);
+    await once(server, 'listening');
+    env.defer(() => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as { port: number }).port;
+    const r = await runInCgroup(env.cgroup, process.execPath, [
+      '-e',
+      TWO_PHASE,
+      JSON.stringify([BACKEND, port, first, second]),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const run = JSON.parse(r.stdout) as { localPort: number; got: number; pid: number };
+    assert.equal(run.got, 1 + responseSize(first + second), 'the connection completed intact');
+    await until(tele, () => events.some((e) => e.type === 'close' && e.pid === run.pid), 'close event');
+    const close = events.find((e) => e.type === 'close' && e.pid === run.pid)!;
+    assert.equal(close.localPort, run.localPort);
+    assert.equal(close.bytesSent, BigInt(first + second));
+    assert.equal(close.bytesReceived, BigInt(1 + responseSize(first + second)));
+    assert.equal(tele.enabled(), true);
+  },
+);
