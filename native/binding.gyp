@@ -4,6 +4,7 @@
       "target_name": "kernmesh_native",
       "sources": [
         "src/addon.cc",
+        "src/btf.cc",
         "src/errors.cc",
         "src/log.cc",
         "src/object.cc",

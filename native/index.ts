@@ -33,6 +33,13 @@ export interface OpenOptions {
   log?: Logger;
 }
 
+/** A struct as the compiler laid it out, from an object's BTF. Offsets and sizes in bytes. */
+export interface BtfStruct {
+  name: string;
+  size: number;
+  members: { name: string; offset: number; bitOffset: number; bitSize: number; size: number | null }[];
+}
+
 // ---- the addon's raw surface ----
 
 interface NativeMapHandle {
@@ -96,6 +103,7 @@ interface Addon {
   closeFd(fd: number): void;
   possibleCpus(): number;
   detachCgroupAll(cgroupPath: string, attachType: string): number;
+  btfStruct(objectPath: string, name: string): BtfStruct;
 }
 
 const ADDON = join('native', 'build', 'Release', 'kernmesh_native.node');
@@ -387,4 +395,9 @@ export function detachCgroupAll(cgroupPath: string, attachType: string): number 
 export function setLibbpfLogger(log: Logger | undefined): void {
   defaultSink = log ? sinkFor(log) : undefined;
   addon.setLogSink(defaultSink);
+}
+
+/** Reads a struct's layout from a BPF object's BTF, to check user-space codecs against the C side. */
+export function btfStruct(objectPath: string, name: string): BtfStruct {
+  return addon.btfStruct(objectPath, name);
 }

@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer, connect, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 
@@ -12,6 +13,7 @@ import {
   BpfMap,
   BpfObject,
   RingBuffer,
+  btfStruct,
   detachCgroupAll,
   enableStats,
   isBpfError,
@@ -465,4 +467,23 @@ kernelTest('enableStats lets program.stats() count the runs of a program', async
   } finally {
     stats.close();
   }
+});
+
+// No privileges needed: BTF is read from the ELF file.
+void test('btfStruct reads a struct layout from the object and names what is missing', () => {
+  const event = btfStruct(OBJECT, 'test_connect_event');
+  assert.equal(event.size, 16);
+  assert.deepEqual(
+    event.members.map((m) => [m.name, m.offset, m.size]),
+    [
+      ['pid', 0, 4],
+      ['dst_ip4', 4, 4],
+      ['dst_port', 8, 2],
+      ['family', 10, 2],
+      ['seq', 12, 4],
+    ],
+  );
+  const missing = bpfErrorOf(() => btfStruct(OBJECT, 'no_such_struct'));
+  assert.deepEqual([missing.code, missing.object], ['ENOENT', 'native_test.bpf.o']);
+  assert.match(missing.message, /no struct no_such_struct/);
 });

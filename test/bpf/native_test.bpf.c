@@ -47,6 +47,9 @@ struct {
 	__uint(max_entries, 64);
 } km_test_sockhash SEC(".maps");
 
+/* Only here so the struct's layout is in the object's BTF, where the btfStruct test reads it. */
+struct test_connect_event test_connect_event_layout;
+
 static __always_inline __u64 count(__u32 slot)
 {
 	__u64 *c = bpf_map_lookup_elem(&km_test_counters, &slot);
