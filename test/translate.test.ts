@@ -1,7 +1,7 @@
 // translate(): behaviour over small, hand-written sets of resources shaped like istiod's.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { translate, validate } from '../src/translate/index.js';
+import { concernsOneVirtualHost, translate, validate } from '../src/translate/index.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../src/xds/types.js';
 
 function res(typeUrl: string, name: string, body: JsonObject): XdsResource {
@@ -212,6 +212,20 @@ void describe('translate', () => {
       ),
       [],
     );
+  });
+
+  void it('tells a refusal of one virtual host from a refusal of the whole route configuration', () => {
+    const [vhostOnly] = translate({ resources: threeServices() }).rejected;
+    assert.ok(vhostOnly && concernsOneVirtualHost(vhostOnly));
+    const rewrite = routeConfig('80', [vhost('web', ['127.100.0.2'], [toCluster(B)])]);
+    rewrite.resource.request_headers_to_add = [{ header: { key: 'x', value: 'y' } }];
+    const r = translate({
+      resources: [edsCluster(B), cla(B, [['127.0.0.12', 7002]]), httpListener(80), rewrite],
+    });
+    assert.equal(r.rejected.length, 1);
+    assert.ok(r.rejected[0] && !concernsOneVirtualHost(r.rejected[0]));
+    // Every virtual host of a configuration refused as a whole is left unprogrammed.
+    assert.deepEqual(r.desired.frontends, []);
   });
 
   void it('accepts a narrow route that leads to the same cluster as the catch-all', () => {

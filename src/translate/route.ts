@@ -62,10 +62,14 @@ export function routeSuffix(route: JsonObject | undefined, extra?: string): stri
 
 export function analyseRouteConfig(rc: JsonObject, res: ResourceFindings, base = ''): RouteConfigResult {
   const at = (p: string) => (base ? `${base}.${p}` : p);
+  const before = res.refusalCount;
   checkFields(rc, base, ROUTE_CONFIG_FIELDS, res);
+  const wholeConfigRefused = res.refusalCount > before;
   const virtualHosts = objs(rc.virtual_hosts).map((vh, i) =>
     analyseVirtualHost(vh, i, at(`virtual_hosts[${i}]`), res),
   );
+  // A refusal outside the virtual hosts (a header rewrite for all of them) refuses every one.
+  if (wholeConfigRefused) for (const vh of virtualHosts) delete vh.destination;
   return { name: str(rc.name) ?? '', virtualHosts };
 }
 
