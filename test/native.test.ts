@@ -220,6 +220,14 @@ kernelTest('batch update, lookup and delete on a hash map; unsupported maps say 
     const gone = bpfErrorOf(() => m.deleteBatch([u32(100)]));
     assert.deepEqual([gone.code, gone.map], ['ENOENT', 'km_test_hash']);
 
+    // Arrays batch too (the kernel's generic implementation), per-CPU values included.
+    assert.equal(obj.map('km_test_counters').lookupBatch().length, 4);
+    const percpu = obj.map('km_test_percpu').lookupBatch();
+    assert.deepEqual(
+      percpu.map(([, v]) => v.length),
+      [possibleCpus() * 8],
+    );
+
     const sockhash = obj.map('km_test_sockhash');
     assert.equal(sockhash.supportsBatch, false);
     const unsupported = bpfErrorOf(() => sockhash.lookupBatch());
