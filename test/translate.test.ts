@@ -679,6 +679,29 @@ void describe('translate', () => {
     );
   });
 
+  void it('validates a STATIC cluster’s inline endpoints at CDS time', () => {
+    const bad = res(TYPE.cluster, A, {
+      name: A,
+      type: 'STATIC',
+      load_assignment: {
+        cluster_name: A,
+        endpoints: [
+          {
+            lb_endpoints: [
+              { endpoint: { address: { socket_address: { address: 'db.internal', port_value: 1 } } } },
+            ],
+          },
+        ],
+      },
+    });
+    assert.deepEqual(
+      validate(TYPE.cluster, [bad]).map((r) => r.reason),
+      [
+        'load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address: "db.internal" is not an IP address',
+      ],
+    );
+  });
+
   void it('takes the catch-all policy from virtualOutbound and recognises inbound and internal listeners', () => {
     const vo = res(TYPE.listener, 'virtualOutbound', {
       name: 'virtualOutbound',

@@ -170,7 +170,7 @@ function renderText(file: string, r: CheckReport): string {
   const programmed = r.frontends.filter((f) => !f.pending);
   lines.push(`Frontends: ${programmed.length} programmed, ${r.frontends.length - programmed.length} not yet`);
   for (const f of r.frontends) {
-    const dest = f.cluster || '(route pending)';
+    const dest = f.cluster || '(no cluster yet)';
     lines.push(
       `  ${f.address}:${f.port}/${f.protocol} → ${dest}${f.pending ? `   [not programmed: ${f.pending}]` : ''}`,
     );

@@ -4,7 +4,8 @@ import type { LbPolicy, ServiceKind } from '../dataplane/model.js';
 import type { JsonObject, JsonValue } from '../xds/types.js';
 import { CLUSTER_FIELDS, checkFields } from './fields.js';
 import { anyType, bool, durationMs, num, obj, objs, str } from './json.js';
-import type { DnsQuery, ResourceFindings } from './types.js';
+import { analyseAssignment } from './endpoints.js';
+import { type DnsQuery, ResourceFindings } from './types.js';
 
 /** What a transport socket asks of a connection. */
 export type TransportKind = 'plaintext' | 'istio-mtls' | 'tls' | 'unsupported';
@@ -147,7 +148,13 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
     parsed.edsName = str(obj(c.eds_cluster_config)?.service_name) ?? name;
   } else if (type === 'STATIC' || type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
     const la = obj(c.load_assignment);
-    if (la) parsed.loadAssignment = la;
+    if (la) {
+      parsed.loadAssignment = la;
+      // Refusals only: translate() reads the endpoints again and lists the rest there.
+      const { findings, res: scratch } = ResourceFindings.scratch(res.typeUrl, res.name);
+      analyseAssignment(la, scratch, 'load_assignment', type !== 'STATIC');
+      for (const r of findings.rejected) res.refuse('', r.reason);
+    }
   }
   if (type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
     parsed.dns = {
