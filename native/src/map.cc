@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 
 #include "common.h"
 
@@ -157,13 +158,20 @@ class NativeMap : public Napi::ObjectWrap<NativeMap> {
     int fd = Fd(env, sc);
     Napi::Array out = Napi::Array::New(env);
     std::vector<uint8_t> prev(m_.key_size), next(m_.key_size);
+    // A hash map restarts from its first key when ours was deleted under us: skip repeats, and give
+    // up rather than spin when the map keeps changing faster than we can walk it.
+    std::set<std::string> seen;
+    uint64_t budget = 4ull * std::max<uint32_t>(m_.max_entries, 1) + 16;
     uint32_t n = 0;
     for (const void* cur = nullptr;; cur = prev.data()) {
       if (bpf_map_get_next_key(fd, cur, next.data())) {
         if (errno == ENOENT) break;
         throw BpfError(env, errno, sc, MapSubject(m_.name));
       }
-      out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, next.data(), next.size()));
+      if (budget-- == 0) throw BpfError(env, EAGAIN, sc, MapSubject(m_.name), "map kept changing during iteration");
+      if (seen.emplace(reinterpret_cast<const char*>(next.data()), next.size()).second) {
+        out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, next.data(), next.size()));
+      }
       prev.swap(next);
     }
     return out;
