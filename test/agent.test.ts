@@ -373,6 +373,7 @@ kernelTest(
       'istio-system',
       '--instance-ip',
       '10.1.2.3',
+      '--accelerate',
     ]);
     env.defer(async () => void (await stop(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
@@ -482,6 +483,12 @@ kernelTest(
     assert.match(status.stdout, /READY/);
     assert.match(status.stdout, /RDS\s+\S+\s+1\s+0\s+1/);
     assert.match(status.stdout, /km_connect4\s+cgroup_inet4_connect/);
+    assert.match(status.stdout, /km_accel_sockops\s+cgroup_sock_ops/);
+    const stats = (await get(admin, '/stats/prometheus')).text;
+    promtoolCheck(stats);
+    assert.match(stats, /kernmesh_xds_connected 1/);
+    assert.match(stats, /kernmesh_xds_rejected_resources_total\{type="rds"\} 1/);
+    assert.match(stats, /kernmesh_accel_sockets_inserted_total/);
 
     assert.equal(await stop(agent), 0);
   },

@@ -59,12 +59,15 @@ export class Agent implements AdminSource {
   constructor(private readonly deps: AgentDeps) {
     this.metrics = deps.metrics ?? new AgentMetrics();
     this.metrics.setKernel(deps.kernel.gauges);
-    this.metrics.xdsConnected.set(0);
+    this.metrics.connected = () => deps.source.connected();
   }
 
   async start(): Promise<void> {
     const { source, log } = this.deps;
-    await source.start((u) => this.onUpdate(u));
+    await source.start(
+      (u) => this.onUpdate(u),
+      (r) => this.countRejections(r),
+    );
     log.info({ source: source.kind, target: source.target }, 'config source started');
   }
 
@@ -103,15 +106,7 @@ export class Agent implements AdminSource {
     this.notes = result.notes ?? [];
     this.notEnforced = result.notEnforced ?? [];
     // Count each refusal once, whether the source (NACK) or translation refused it.
-    const now = new Set<string>();
-    for (const r of this.rejections()) {
-      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
-      now.add(key);
-      if (this.seenRejections.has(key)) continue;
-      this.metrics.rejections.inc({ type: typeLabel(r.typeUrl) });
-      log.warn({ type: typeLabel(r.typeUrl), resource: r.name, reason: r.reason }, 'resource refused');
-    }
-    this.seenRejections = now;
+    this.countRejections(this.rejections(), true);
     try {
       await kernel.apply(result.state);
     } catch (e) {
@@ -154,6 +149,22 @@ export class Agent implements AdminSource {
     // The resources are still what istiod sent; the kernel keeps the previous state.
     this.resources = u.resources;
     this.deps.log.error({ err: cause }, `config not applied, kernel keeps the previous state: ${message}`);
+  }
+
+  /** Counts and logs refusals not seen before; with `current`, forgets the ones no longer refused. */
+  private countRejections(rejections: Rejection[], current = false): void {
+    const now = new Set<string>();
+    for (const r of rejections) {
+      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
+      now.add(key);
+      if (this.seenRejections.has(key)) continue;
+      this.metrics.rejections.inc({ type: typeLabel(r.typeUrl) });
+      this.deps.log.warn(
+        { type: typeLabel(r.typeUrl), resource: r.name, reason: r.reason },
+        'resource refused',
+      );
+    }
+    this.seenRejections = current ? now : new Set([...this.seenRejections, ...now]);
   }
 
   /** Re-programs the current resources (an input outside xDS changed, e.g. a DNS answer). */

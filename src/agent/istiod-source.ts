@@ -22,7 +22,7 @@ export class IstiodSource implements ConfigSource {
     this.target = address;
   }
 
-  async start(onUpdate: (u: SourceUpdate) => void): Promise<void> {
+  async start(onUpdate: (u: SourceUpdate) => void, onRejected?: (r: Rejection[]) => void): Promise<void> {
     await Promise.resolve();
     const snapshot = (changedTypes: string[]): SourceUpdate => ({
       resources: ENVOY_TYPES.flatMap((t) => this.client.snapshot(t)),
@@ -38,8 +38,7 @@ export class IstiodSource implements ConfigSource {
         r.typeUrl,
         r.rejections.map((x) => ({ ...x, at })),
       );
-      for (const x of r.rejections)
-        this.log.warn({ type: x.typeUrl, resource: x.name, reason: x.reason }, 'resource NACKed');
+      onRejected?.(r.rejections);
     });
     this.client.on('connection', (s) => {
       this.log.info(

@@ -2,6 +2,7 @@
 // pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
 import type { Logger } from 'pino';
 import { enableStats, type BpfObject, type BpfProgram } from '../../native/index.js';
+import { registerAccelMetrics } from '../accel/metrics.js';
 import { Accelerator, watchAccelRules, type CgroupAttachment } from '../accel/accel.js';
 import type { AgentConfig } from '../config/config.js';
 import { Dataplane } from '../dataplane/dataplane.js';
@@ -101,6 +102,7 @@ export class AgentKernel implements Kernel {
       telemetry.setEnabled(true);
       telemetry.start();
       if (accel) {
+        if (opts.registry) registerAccelMetrics(opts.registry, () => accel.counters());
         accel.setEnabled(true);
         if (config.accelRules) kernel.accelRulesWatch = watchAccelRules(config.accelRules, accel, log);
         else accel.setRules([]);

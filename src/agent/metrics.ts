@@ -28,6 +28,8 @@ export class AgentMetrics {
   readonly services: Gauge;
   readonly frontends: Gauge;
   private kernel?: KernelGauges;
+  /** Read at scrape time: the connection state changes between updates too. */
+  connected?: () => boolean;
 
   constructor() {
     const registers = [this.registry];
@@ -39,10 +41,15 @@ export class AgentMetrics {
       'nodejs_active_resources_total',
     ])
       this.registry.removeSingleMetric(name);
+    const connected = (): boolean | undefined => this.connected?.();
     this.xdsConnected = new Gauge({
       name: 'kernmesh_xds_connected',
       help: '1 while the ADS stream to istiod is up (always 1 with a file source)',
       registers,
+      collect() {
+        const up = connected();
+        if (up !== undefined) this.set(up ? 1 : 0);
+      },
     });
     this.pushes = new Counter({
       name: 'kernmesh_xds_pushes_total',

@@ -20,7 +20,8 @@ export interface ConfigSource {
   readonly kind: 'istiod' | 'file';
   /** Where it reads from (address or path). */
   readonly target: string;
-  start(onUpdate: (u: SourceUpdate) => void): Promise<void>;
+  /** onRejected: resources NACKed in a response that changed nothing else (no update follows). */
+  start(onUpdate: (u: SourceUpdate) => void, onRejected?: (r: Rejection[]) => void): Promise<void>;
   stop(): Promise<void>;
   connected(): boolean;
   /** Last accepted version per type URL. */
