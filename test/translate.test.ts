@@ -679,6 +679,36 @@ void describe('translate', () => {
     );
   });
 
+  void it('LOGICAL_DNS takes the first address, of the VIP’s family even when AUTO prefers IPv6', () => {
+    const logical = res(TYPE.cluster, B, {
+      name: B,
+      type: 'LOGICAL_DNS',
+      load_assignment: {
+        cluster_name: B,
+        endpoints: [
+          {
+            lb_endpoints: [
+              {
+                endpoint: {
+                  address: { socket_address: { address: 'api.example.internal', port_value: 443 } },
+                },
+              },
+            ],
+          },
+        ],
+      },
+    });
+    const r = translate({
+      resources: [logical, tcpListener('127.100.0.2', 443, B)],
+      dns: new Map([['api.example.internal', ['::1', '127.0.0.41', '127.0.0.42']]]),
+    });
+    assert.equal(r.dnsQueries[0]?.family, 'any');
+    assert.deepEqual(
+      r.desired.services[0]?.endpoints.map((e) => e.address),
+      ['127.0.0.41'],
+    );
+  });
+
   void it('validates a STATIC cluster’s inline endpoints at CDS time', () => {
     const bad = res(TYPE.cluster, A, {
       name: A,

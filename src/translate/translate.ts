@@ -258,14 +258,15 @@ function resolveDns(
     q.refreshMs = Math.min(q.refreshMs, spec.refreshMs);
     if (!q.clusters.includes(parsed.name)) q.clusters.push(parsed.name);
     queries.set(e.address, q);
+    // AUTO and V4_PREFERRED keep both families: the kernel cannot send an IPv4 connect to an IPv6
+    // address, so each VIP later takes the addresses of its own family.
     let addrs = (dns?.get(e.address) ?? []).filter((a) => familyAllowed(spec.family, a));
-    if (spec.family === 'v4_preferred' || spec.family === 'any') {
-      const preferred = spec.family === 'any' ? 6 : 4;
-      const pref = addrs.filter((a) => isIP(a) === preferred);
-      if (pref.length > 0) addrs = pref;
+    // LOGICAL_DNS connects to the first address only (the first of each family here).
+    if (parsed.type === 'LOGICAL_DNS') {
+      addrs = [addrs.find((a) => isIP(a) === 4), addrs.find((a) => isIP(a) === 6)].filter(
+        (a): a is string => a !== undefined,
+      );
     }
-    // LOGICAL_DNS connects to the first address only.
-    if (parsed.type === 'LOGICAL_DNS') addrs = addrs.slice(0, 1);
     if (addrs.length === 0) waiting.push(e.address);
     for (const a of addrs) out.push({ ...e, address: a });
   }
