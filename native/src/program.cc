@@ -341,13 +341,20 @@ Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info) {
   }
 
   // PROG_ATTACH attachments: what the cgroup still lists after the links are gone.
-  __u32 ids[64];
-  __u32 count = 64, flags = 0;
-  if (bpf_prog_query(cg.fd, type, 0, &flags, ids, &count) == 0) {
-    for (__u32 i = 0; i < count; i++) {
+  // With more than 64 attached the kernel fills the array and says ENOSPC: go round until done.
+  for (bool progress = true; progress;) {
+    progress = false;
+    __u32 ids[64];
+    __u32 count = 64, flags = 0;
+    int err = bpf_prog_query(cg.fd, type, 0, &flags, ids, &count);
+    if (err && errno != ENOSPC) break;
+    for (__u32 i = 0; i < count && i < 64; i++) {
       int fd = bpf_prog_get_fd_by_id(ids[i]);
       if (fd < 0) continue;
-      if (bpf_prog_detach2(fd, cg.fd, type) == 0) detached++;
+      if (bpf_prog_detach2(fd, cg.fd, type) == 0) {
+        detached++;
+        progress = true;
+      }
       close(fd);
     }
   }
