@@ -145,6 +145,7 @@ export function translate(input: TranslateInput): TranslateResult {
 function groupByType(resources: XdsResource[], findings: Findings): Map<string, XdsResource[]> {
   const known = new Set<string>([TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route]);
   const out = new Map<string, XdsResource[]>();
+  const seen = new Set<string>();
   for (const r of resources) {
     if (!known.has(r.typeUrl)) {
       if (r.typeUrl !== TYPE.address) {
@@ -152,11 +153,13 @@ function groupByType(resources: XdsResource[], findings: Findings): Map<string, 
       }
       continue;
     }
-    const list = out.get(r.typeUrl) ?? [];
-    if (list.some((x) => x.name === r.name)) {
+    const key = `${r.typeUrl}\u0000${r.name}`;
+    if (seen.has(key)) {
       findings.forResource(r.typeUrl, r.name).note('given twice: the first one is used');
       continue;
     }
+    seen.add(key);
+    const list = out.get(r.typeUrl) ?? [];
     list.push(r);
     out.set(r.typeUrl, list);
   }
@@ -233,7 +236,8 @@ function buildCluster(
   }
 
   view.endpoints = eps.flatMap((e) => toKernelEndpoints(e, e.weight));
-  state.endpoints = eps.flatMap((e) => toKernelEndpoints(e, kernelWeight(parsed, e, eps)));
+  const weights = kernelWeights(parsed, eps);
+  state.endpoints = eps.flatMap((e, i) => toKernelEndpoints(e, weights[i] ?? e.weight));
   return state;
 }
 
@@ -286,10 +290,21 @@ function transportFor(c: ParsedCluster, e: ParsedEndpoint) {
 }
 
 /** Locality weighting: each locality gets its weight's share of its priority, split by endpoint weight. */
-function kernelWeight(c: ParsedCluster, e: ParsedEndpoint, all: ParsedEndpoint[]): number {
-  if (!c.localityWeighted) return e.weight;
-  const groupTotal = all.filter((x) => x.group === e.group).reduce((s, x) => s + x.weight, 0);
-  return Math.max(1, Math.round(((e.localityWeight ?? 1) * e.weight * SHARE_SCALE) / groupTotal));
+function kernelWeights(c: ParsedCluster, all: ParsedEndpoint[]): number[] {
+  if (!c.localityWeighted) return all.map((e) => e.weight);
+  const totals = sumBy(all, (e) => e.group);
+  return all.map((e) =>
+    Math.max(1, Math.round(((e.localityWeight ?? 1) * e.weight * SHARE_SCALE) / (totals.get(e.group) ?? 1))),
+  );
+}
+
+function sumBy<T extends { weight: number }>(
+  items: T[],
+  key: (x: T) => string | number,
+): Map<string | number, number> {
+  const totals = new Map<string | number, number>();
+  for (const x of items) totals.set(key(x), (totals.get(key(x)) ?? 0) + x.weight);
+  return totals;
 }
 
 function toKernelEndpoints(e: ParsedEndpoint, weight: number): Endpoint[] {
@@ -613,8 +628,9 @@ function serviceFor(
     if (!c) return;
     if (heaviest && m.weight > heaviest.weight) heaviest = m;
     const mine = c.endpoints.filter((x) => isIP(x.address) === family);
+    const totals = sumBy(mine, (x) => x.priority);
     for (const ep of mine) {
-      const total = mine.filter((x) => x.priority === ep.priority).reduce((s, x) => s + x.weight, 0);
+      const total = totals.get(ep.priority) ?? 1;
       endpoints.push({
         ...ep,
         weight: Math.max(1, Math.round((m.weight * ep.weight * SHARE_SCALE) / total)),
