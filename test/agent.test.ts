@@ -3,7 +3,7 @@
 // goes through xds/, translate/, dataplane/ and native/ into the maps the kernel routes with.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -214,6 +214,8 @@ kernelTest(
       '127.0.0.1:0',
       '--log-level',
       'debug',
+      '--access-log',
+      join(dir, 'access.log'),
     ]);
     env.defer(async () => void (await stop(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
@@ -240,6 +242,19 @@ kernelTest(
     await eventually('the STRICT_DNS cluster routes once localhost is resolved', async () => {
       const r = await client.connect({ host: DNS_VIP, port: VIP_PORT, readId: true });
       return r.backend === b3.id;
+    });
+
+    // --access-log: one JSON line per closed connection, with the VIP asked for and where it went.
+    await eventually('the access log has the routed connections', async () => {
+      const lines = existsSync(join(dir, 'access.log'))
+        ? readFileSync(join(dir, 'access.log'), 'utf8').split('\n').filter(Boolean)
+        : [];
+      return lines.some((l) => {
+        const e = JSON.parse(l) as { original_destination?: string; destination?: string };
+        return (
+          e.original_destination === `${VIP}:${VIP_PORT}` && e.destination === `${b1.address}:${b1.port}`
+        );
+      });
     });
 
     // /debug/xds names the refused resource and why.
