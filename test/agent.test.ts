@@ -83,7 +83,7 @@ export async function get(admin: string, path: string): Promise<{ status: number
 }
 
 /** Polls until check() holds; the bound is on attempts, the assertion is on state, never on time. */
-export async function eventually(what: string, check: () => Promise<boolean>): Promise<void> {
+export async function eventually(what: string, check: () => Promise<boolean> | boolean): Promise<void> {
   for (let i = 0; i < 400; i++) {
     if (await check()) return;
     await sleep(50);
@@ -245,7 +245,7 @@ kernelTest(
     });
 
     // --access-log: one JSON line per closed connection, with the VIP asked for and where it went.
-    await eventually('the access log has the routed connections', async () => {
+    await eventually('the access log has the routed connections', () => {
       const lines = existsSync(join(dir, 'access.log'))
         ? readFileSync(join(dir, 'access.log'), 'utf8').split('\n').filter(Boolean)
         : [];

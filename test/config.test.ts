@@ -75,7 +75,7 @@ void test('bare --access-log means stdout; --no-waypoints turns a boolean off; m
       '--no-waypoints',
       '--map-size',
       'services=1024',
-      '--map-size=endpoints=4096',
+      '--map-size=backends=4096',
     ],
     { KERNMESH_WAYPOINTS: 'true' },
     noFiles,
