@@ -341,6 +341,32 @@ kernelTest(
       assert.equal(r.backend, b2.id, 'routing survives the agent');
     }
 
+    // A restarted agent takes over what is pinned (no flush, no second attachment) and stays routable.
+    const again = cli([
+      'run',
+      '--xds-file',
+      file,
+      '--cgroup',
+      env.cgroup,
+      '--bpffs',
+      bpffs,
+      '--admin',
+      '127.0.0.1:0',
+    ]);
+    env.defer(async () => void (await stop(again, 'SIGKILL')));
+    const admin2 = await adminAddress(again);
+    await eventually(
+      'the restarted agent is ready',
+      async () => (await get(admin2, '/ready')).status === 200,
+    );
+    const bpf2 = JSON.parse((await get(admin2, '/debug/bpf')).text) as {
+      attachments: { program: string; via: string }[];
+    };
+    assert.equal(bpf2.attachments.find((a) => a.program === 'km_connect4')?.via, 'existing bpf_link');
+    for (let i = 0; i < 3; i++)
+      assert.equal((await client.connect({ host: VIP, port: VIP_PORT, readId: true })).backend, b2.id);
+    assert.equal(await stop(again), 0);
+
     // kernmesh maps reads the pinned maps with the agent down.
     const mapsOut = await runCli(['maps', '--bpffs', bpffs]);
     assert.equal(mapsOut.code, 0, mapsOut.stderr);
