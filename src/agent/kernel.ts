@@ -3,10 +3,15 @@
 import type { Logger } from 'pino';
 import { enableStats, type BpfObject, type BpfProgram } from '../../native/index.js';
 import { registerAccelMetrics } from '../accel/metrics.js';
-import { Accelerator, watchAccelRules, type CgroupAttachment } from '../accel/accel.js';
+import {
+  ACCEL_CGROUP_PROGRAMS,
+  Accelerator,
+  watchAccelRules,
+  type CgroupAttachment,
+} from '../accel/accel.js';
 import type { AgentConfig } from '../config/config.js';
 import { Dataplane } from '../dataplane/dataplane.js';
-import { Telemetry } from '../telemetry/telemetry.js';
+import { TELEMETRY_CGROUP_PROGRAMS, Telemetry } from '../telemetry/telemetry.js';
 import type { Workload } from '../telemetry/metrics.js';
 import type { Registry } from 'prom-client';
 import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
@@ -90,14 +95,8 @@ export class AgentKernel implements Kernel {
     try {
       for (const cg of config.cgroups) {
         kernel.attached.push(...dataplane.attach(cg));
-        if (accel)
-          kernel.record(accel.attach(cg, config.bpffs), ['km_accel_sock_create', 'km_accel_sockops']);
-        kernel.record(telemetry.attach(cg, config.bpffs), [
-          'km_telemetry_sock_create',
-          'km_telemetry_sockops',
-          'km_telemetry_ingress',
-          'km_telemetry_egress',
-        ]);
+        if (accel) kernel.record(accel.attach(cg, config.bpffs), ACCEL_CGROUP_PROGRAMS);
+        kernel.record(telemetry.attach(cg, config.bpffs), TELEMETRY_CGROUP_PROGRAMS);
       }
       telemetry.setEnabled(true);
       telemetry.start();
@@ -115,7 +114,7 @@ export class AgentKernel implements Kernel {
     return kernel;
   }
 
-  private record(a: CgroupAttachment, programs: string[]): void {
+  private record(a: CgroupAttachment, programs: readonly string[]): void {
     a.links.forEach((l, i) => {
       const program = programs[i] ?? 'unknown';
       this.attached.push({
