@@ -189,6 +189,14 @@ function table(rows: string[][]): string {
     .join('\n');
 }
 
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, host, () => probe.close(() => resolve(true)));
+  });
+}
+
 async function startBackends(): Promise<Server[]> {
   const servers: Server[] = [];
   for (const b of DEMO_BACKENDS) {
@@ -267,14 +275,12 @@ export async function demo(out: NodeJS.WritableStream, opts: DemoOptions = {}): 
       { level: 'info', base: { component: 'kernmesh' } },
       pino.destination({ dest: logFile, sync: true }),
     );
-    try {
-      running = await startAgent(config, log);
-    } catch (e) {
-      // Another agent (or demo) may hold 15000: an ephemeral port keeps the demo working.
-      if (opts.admin || !/cannot listen/.test((e as Error).message)) throw e;
+    // Another agent (or demo) may hold 15000: an ephemeral port keeps the demo working.
+    if (!opts.admin && !(await portFree('127.0.0.1', 15000))) {
       say('127.0.0.1:15000 is taken; the admin endpoint takes a free port instead');
-      running = await startAgent({ ...config, admin: { host: '127.0.0.1', port: 0 } }, log);
+      config.admin = { host: '127.0.0.1', port: 0 };
     }
+    running = await startAgent(config, log);
     say(`programs attached: ${running.agent.attachmentsSummary()}`);
     await running.agent.settled();
     const ready = running.agent.readiness();
