@@ -525,6 +525,12 @@ kernelTest(
     assert.match(status.stdout, /RDS\s+\S+\s+1\s+0\s+1/);
     assert.match(status.stdout, /km_connect4\s+cgroup_inet4_connect/);
     assert.match(status.stdout, /km_accel_sockops\s+cgroup_sock_ops/);
+    assert.match(
+      status.stdout,
+      new RegExp(
+        `${vip.replace(/\./g, '\\.')}:${VIP_PORT}/tcp\\s+${GOOD.replace(/\|/g, '\\|')}\\s+endpoints\\s+round_robin\\s+1`,
+      ),
+    );
     const stats = (await get(admin, '/stats/prometheus')).text;
     promtoolCheck(stats);
     assert.match(stats, /kernmesh_xds_connected 1/);

@@ -23,6 +23,16 @@ interface DebugXds {
   last_apply?: { at: string; seconds: number; services: number; frontends: number; error?: string } | null;
 }
 
+interface DebugMaps {
+  frontends?: { address: string; port: number; protocol: string; service?: string }[];
+  services?: {
+    name: string;
+    value: { kind: string; lbPolicy: string };
+    slots: unknown[];
+    activeConnections: number;
+  }[];
+}
+
 interface DebugBpf {
   pin_dir?: string;
   attachments?: { program: string; attachType: string; cgroup: string; via: string }[];
@@ -61,6 +71,7 @@ export function renderStatus(v: {
   serverInfo: { version?: string; uptime_current_epoch?: string };
   xds: DebugXds;
   bpf: DebugBpf;
+  maps?: DebugMaps;
 }): string {
   const out: string[] = [];
   const readyLine =
@@ -98,6 +109,27 @@ export function renderStatus(v: {
     out.push(
       `\nlast apply ${la.at}: ${la.error ? `FAILED: ${la.error}` : `${la.services} services, ${la.frontends} frontends in ${(la.seconds * 1000).toFixed(1)} ms`}`,
     );
+  if (v.maps?.frontends?.length) {
+    const byName = new Map((v.maps.services ?? []).map((x) => [x.name, x]));
+    out.push('\nservices');
+    out.push(
+      table([
+        ['FRONTEND', 'SERVICE', 'KIND', 'POLICY', 'ENDPOINTS', 'ACTIVE'],
+        ...v.maps.frontends.map((f) => {
+          const svc = byName.get(f.service ?? '');
+          const host = f.address.includes(':') ? `[${f.address}]` : f.address;
+          return [
+            `${host}:${f.port}/${f.protocol}`,
+            f.service ?? '?',
+            svc?.value.kind ?? '?',
+            svc?.value.lbPolicy ?? '?',
+            String(svc?.slots.length ?? 0),
+            String(svc?.activeConnections ?? 0),
+          ];
+        }),
+      ]).trimEnd(),
+    );
+  }
   out.push('\nattach points' + (v.bpf.pin_dir ? ` (pinned under ${v.bpf.pin_dir})` : ''));
   out.push(
     table([
@@ -135,11 +167,12 @@ export async function runStatus(argv: string[], out: NodeJS.WritableStream): Pro
   }
   const base = `http://${admin}`;
   try {
-    const [ready, serverInfo, xds, bpf] = await Promise.all([
+    const [ready, serverInfo, xds, bpf, maps] = await Promise.all([
       get(base, '/ready'),
       get(base, '/server_info'),
       get(base, '/debug/xds'),
       get(base, '/debug/bpf'),
+      get(base, '/debug/maps'),
     ]);
     const view = {
       admin,
@@ -147,11 +180,18 @@ export async function runStatus(argv: string[], out: NodeJS.WritableStream): Pro
       serverInfo: JSON.parse(serverInfo.text) as { version?: string; uptime_current_epoch?: string },
       xds: JSON.parse(xds.text) as DebugXds,
       bpf: JSON.parse(bpf.text) as DebugBpf,
+      maps: maps.status === 200 ? (JSON.parse(maps.text) as DebugMaps) : undefined,
     };
     if (json)
       out.write(
         JSON.stringify(
-          { ready: ready.status === 200, server_info: view.serverInfo, xds: view.xds, bpf: view.bpf },
+          {
+            ready: ready.status === 200,
+            server_info: view.serverInfo,
+            xds: view.xds,
+            bpf: view.bpf,
+            maps: view.maps ?? null,
+          },
           null,
           2,
         ) + '\n',
