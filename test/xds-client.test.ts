@@ -84,7 +84,7 @@ function makeClient(cp: TestControlPlane, extra: Partial<XdsClientOptions> = {})
   return new XdsClient({ address: cp.address, node, logger: silent, random: () => 0.5, ...extra });
 }
 
-describe('SotW ADS', () => {
+void describe('SotW ADS', () => {
   let cp: TestControlPlane;
   before(async () => {
     cp = await TestControlPlane.start();
@@ -93,7 +93,7 @@ describe('SotW ADS', () => {
     await cp.stop();
   });
 
-  test('initial requests, ACKs and EDS/RDS subscriptions carry exactly the fields istiod expects; all SYNCED', async () => {
+  void test('initial requests, ACKs and EDS/RDS subscriptions carry exactly the fields istiod expects; all SYNCED', async () => {
     cp.setResources(
       TYPE.cluster,
       [cluster('outbound|80||a.demo.svc.cluster.local'), cluster('outbound|80||b.demo.svc.cluster.local')],
@@ -171,7 +171,7 @@ describe('SotW ADS', () => {
     }
   });
 
-  test('a bad resource is NACKed with its path and reason while the good ones of the response apply; ERROR in proxy-status', async () => {
+  void test('a bad resource is NACKed with its path and reason while the good ones of the response apply; ERROR in proxy-status', async () => {
     cp.setResources(TYPE.cluster, [cluster('good-1'), cluster('bad', { lb_policy: 'MAGLEV' })], {
       version: 'c1',
     });
@@ -231,7 +231,7 @@ describe('SotW ADS', () => {
     }
   });
 
-  test('EDS follows CDS (added, removed, renamed) with the latest nonce; partial EDS pushes; empty CDS deletes all', async () => {
+  void test('EDS follows CDS (added, removed, renamed) with the latest nonce; partial EDS pushes; empty CDS deletes all', async () => {
     cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
     cp.setResources(TYPE.endpoint, [cla('a'), cla('b'), cla('c'), cla('b2')], { version: 'e1' });
     cp.setResources(TYPE.listener, [], { version: 'l1' });
@@ -297,7 +297,7 @@ describe('SotW ADS', () => {
   });
 });
 
-describe('Delta ADS', () => {
+void describe('Delta ADS', () => {
   let cp: TestControlPlane;
   before(async () => {
     cp = await TestControlPlane.start();
@@ -306,7 +306,7 @@ describe('Delta ADS', () => {
     await cp.stop();
   });
 
-  test('subscribe/unsubscribe in their own requests, ACKs without names, removed resources, NACK detail, SYNCED', async () => {
+  void test('subscribe/unsubscribe in their own requests, ACKs without names, removed resources, NACK detail, SYNCED', async () => {
     cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
     cp.setResources(TYPE.endpoint, [cla('a'), cla('b')], { version: 'e1' });
     cp.setResources(TYPE.listener, [listener('0.0.0.0_80', '80')], { version: 'l1' });
@@ -383,7 +383,7 @@ describe('Delta ADS', () => {
     }
   });
 
-  test('waypoints: istio.workload.Address over Delta tells which service uses which waypoint', async () => {
+  void test('waypoints: istio.workload.Address over Delta tells which service uses which waypoint', async () => {
     const address = (ns: string, host: string, vip: number[], wp?: JsonObject): JsonObject => ({
       '@type': TYPE.address,
       service: {
@@ -469,7 +469,7 @@ function nextState(client: XdsClient, state: ConnectionStatus['state']): Promise
   });
 }
 
-describe('disconnects', () => {
+void describe('disconnects', () => {
   let cp: TestControlPlane;
   before(async () => {
     cp = await TestControlPlane.start();
@@ -479,7 +479,7 @@ describe('disconnects', () => {
   });
 
   for (const protocol of ['sotw', 'delta'] as const) {
-    test(`${protocol}: config is kept, the reconnect waits the backoff, versions are resent, nothing is applied twice`, async () => {
+    void test(`${protocol}: config is kept, the reconnect waits the backoff, versions are resent, nothing is applied twice`, async () => {
       cp.respond = true;
       cp.setResources(TYPE.cluster, [cluster('a'), cluster('b')], { version: 'c1' });
       cp.setResources(TYPE.endpoint, [cla('a'), cla('b')], { version: 'e1' });
@@ -556,7 +556,7 @@ describe('disconnects', () => {
     });
   }
 
-  test('backoff grows 0.5 s → 1 → 2 → 4 s while streams fail without config, and resets after a healthy one', async () => {
+  void test('backoff grows 0.5 s → 1 → 2 → 4 s while streams fail without config, and resets after a healthy one', async () => {
     cp.setResources(TYPE.cluster, [cluster('a')], { version: 'c1' });
     cp.setResources(TYPE.listener, [], { version: 'l1' });
     const clock = new FakeClock();

@@ -299,7 +299,10 @@ export class TestControlPlane {
     });
   }
 
-  waitForAck(typeUrl: string, opts: { from?: number; nonce?: string } = {}): Promise<RecordedRequest> {
+  waitForAck(
+    typeUrl: string,
+    opts: { from?: number; nonce?: string; timeoutMs?: number } = {},
+  ): Promise<RecordedRequest> {
     return this.waitFor(
       (r) =>
         r.typeUrl === typeUrl && r.kind === 'ack' && (!opts.nonce || r.json['response_nonce'] === opts.nonce),
@@ -307,7 +310,7 @@ export class TestControlPlane {
     );
   }
 
-  waitForNack(typeUrl: string, opts: { from?: number } = {}): Promise<RecordedRequest> {
+  waitForNack(typeUrl: string, opts: { from?: number; timeoutMs?: number } = {}): Promise<RecordedRequest> {
     return this.waitFor((r) => r.typeUrl === typeUrl && r.kind === 'nack', opts);
   }
 
