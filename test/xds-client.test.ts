@@ -596,3 +596,89 @@ void describe('disconnects', () => {
 });
 
 const TYPE_LIST = [TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route];
+
+void describe('warming and start-up', () => {
+  let cp: TestControlPlane;
+  before(async () => {
+    cp = await TestControlPlane.start();
+  });
+  after(async () => {
+    await cp.stop();
+  });
+
+  void test('a new EDS cluster is held back until its endpoints arrive, or until the 15 s initial fetch timeout', async () => {
+    cp.setResources(TYPE.cluster, [cluster('ready'), cluster('slow')], { version: 'c1' });
+    cp.setResources(TYPE.endpoint, [cla('ready')], { version: 'e1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    const clock = new FakeClock();
+    const from = cp.requests.length;
+    const client = makeClient(cp, { protocol: 'sotw', clock });
+    const updates = collect(client);
+    client.start();
+    try {
+      await cp.waitForAck(TYPE.endpoint, { from });
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['ready'],
+      );
+      assert.deepStrictEqual(client.status().warming, ['slow']);
+      assert.ok(clock.pending().includes(15_000), 'initial fetch timer armed');
+      const cdsUpdates = (): string[][] =>
+        updates.filter((u) => u.typeUrl === TYPE.cluster).map((u) => u.resources.map((r) => r.name));
+      assert.deepStrictEqual(cdsUpdates().at(-1), ['ready']);
+      // The endpoints of "slow" never come: after 15 s it is used without them (DOES_NOT_EXIST).
+      clock.advance(15_000);
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['ready', 'slow'],
+      );
+      assert.deepStrictEqual(cdsUpdates().at(-1), ['ready', 'slow']);
+      assert.deepStrictEqual(client.status().warming, []);
+      const eds = client.status().types.find((t) => t.typeUrl === TYPE.endpoint)!;
+      assert.equal(eds.resources.find((r) => r.name === 'slow')?.status, 'DOES_NOT_EXIST');
+      // A third cluster whose endpoints arrive in the same push is released when they do.
+      const mark = cp.requests.length;
+      cp.setResources(TYPE.endpoint, [cla('ready'), cla('third')], { version: 'e2', push: false });
+      cp.setResources(TYPE.cluster, [cluster('ready'), cluster('slow'), cluster('third')], { version: 'c2' });
+      await cp.waitForAck(TYPE.endpoint, { from: mark });
+      assert.deepStrictEqual(
+        client.snapshot(TYPE.cluster).map((r) => r.name),
+        ['ready', 'slow', 'third'],
+      );
+      assert.deepStrictEqual(client.status().warming, []);
+      assert.deepStrictEqual(clock.pending(), [], 'the initial fetch timer of third was cancelled when its endpoints came');
+    } finally {
+      client.stop();
+    }
+  });
+
+  void test('istiod\'s "not ready" Unavailable at start-up is retried with backoff until config arrives', async () => {
+    cp.setResources(TYPE.cluster, [], { version: 'c1' });
+    cp.setResources(TYPE.listener, [], { version: 'l1' });
+    cp.refuseNextStreams(2);
+    const clock = new FakeClock();
+    const client = makeClient(cp, { protocol: 'delta', clock });
+    const from = cp.requests.length;
+    const first = nextState(client, 'BACKOFF');
+    client.start();
+    try {
+      const b1 = await first;
+      assert.match(b1.lastError ?? '', /UNAVAILABLE server is not ready to serve discovery information/);
+      const second = nextState(client, 'BACKOFF');
+      clock.advance(b1.retryInMs ?? 0);
+      const b2 = await second;
+      assert.equal(b2.retryInMs, 1000);
+      const connected = nextState(client, 'CONNECTED');
+      clock.advance(b2.retryInMs ?? 0);
+      await connected;
+      await cp.waitForAck(TYPE.listener, { from });
+      assert.equal(client.status().connection.attempts, 3);
+      assert.deepStrictEqual(
+        Object.values(cp.proxyStatus()).map((x) => x.status),
+        ['SYNCED', 'SYNCED'],
+      );
+    } finally {
+      client.stop();
+    }
+  });
+});

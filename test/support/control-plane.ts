@@ -107,6 +107,11 @@ export class TestControlPlane {
   private versionCounter = 0;
   /** When false, requests are recorded but never answered (a control plane that hangs). */
   respond = true;
+  private refusals: { count: number; code: grpc.status; details: string } = {
+    count: 0,
+    code: grpc.status.OK,
+    details: '',
+  };
 
   private constructor(server: grpc.Server, address: string, opts: ControlPlaneOptions) {
     this.server = server;
@@ -239,6 +244,15 @@ export class TestControlPlane {
     }
   }
 
+  /** Ends the next streams at once with this status, as istiod does before its caches are ready. */
+  refuseNextStreams(
+    count: number,
+    code: grpc.status = grpc.status.UNAVAILABLE,
+    details = 'server is not ready to serve discovery information',
+  ): void {
+    this.refusals = { count, code, details };
+  }
+
   streamInfos(): StreamInfo[] {
     return this.streams.map(({ call: _call, ...info }) => info);
   }
@@ -330,6 +344,11 @@ export class TestControlPlane {
       metadata['authorization'] !== `Bearer ${this.opts.requireToken}`
     ) {
       call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: 'authentication failure' });
+      return;
+    }
+    if (this.refusals.count > 0) {
+      this.refusals.count--;
+      call.emit('error', { code: this.refusals.code, details: this.refusals.details });
       return;
     }
     const s: LiveStream = { id: this.streams.length + 1, mode, metadata, open: true, types: new Map(), call };
