@@ -226,6 +226,25 @@ void describe('SotW ADS', () => {
         client.snapshot(TYPE.cluster).map((r) => r.name),
         ['bad', 'good-1'],
       );
+      // Bad again: this NACK carries the version accepted last (c2) with the rejected nonce.
+      const again = cp.requests.length;
+      cp.setResources(TYPE.cluster, [cluster('good-1'), cluster('bad', { lb_policy: 'MAGLEV' })], {
+        version: 'c3',
+      });
+      const nack2 = await cp.waitForNack(TYPE.cluster, { from: again });
+      assert.deepStrictEqual(nack2.json, {
+        version_info: 'c2',
+        type_url: TYPE.cluster,
+        response_nonce: cp.lastNonce(TYPE.cluster),
+        error_detail: {
+          code: 3,
+          message: 'bad: lb_policy: MAGLEV needs a hash policy the kernel cannot see',
+        },
+      });
+      assert.equal(
+        client.snapshot(TYPE.cluster).find((r) => r.name === 'bad')?.resource['lb_policy'],
+        'RANDOM',
+      );
     } finally {
       client.stop();
     }
@@ -646,7 +665,11 @@ void describe('warming and start-up', () => {
         ['ready', 'slow', 'third'],
       );
       assert.deepStrictEqual(client.status().warming, []);
-      assert.deepStrictEqual(clock.pending(), [], 'the initial fetch timer of third was cancelled when its endpoints came');
+      assert.deepStrictEqual(
+        clock.pending(),
+        [],
+        'the initial fetch timer of third was cancelled when its endpoints came',
+      );
     } finally {
       client.stop();
     }
