@@ -705,3 +705,44 @@ void describe('warming and start-up', () => {
     }
   });
 });
+
+void test('istiod restarts (GOAWAY, connection refused): the client keeps its config and resyncs with the new instance', async () => {
+  const first = await TestControlPlane.start();
+  const port = Number(first.address.split(':')[1]);
+  first.setResources(TYPE.cluster, [cluster('a')], { version: 'c1' });
+  first.setResources(TYPE.endpoint, [cla('a')], { version: 'e1' });
+  first.setResources(TYPE.listener, [], { version: 'l1' });
+  const clock = new FakeClock();
+  const client = makeClient(first, { protocol: 'sotw', clock });
+  const updates = collect(client);
+  client.start();
+  let second: TestControlPlane | undefined;
+  try {
+    await first.waitForAck(TYPE.endpoint);
+    const applied = updates.length;
+    const down = nextState(client, 'BACKOFF');
+    await first.stop();
+    await down;
+    assert.deepStrictEqual(
+      client.snapshot(TYPE.cluster).map((r) => r.name),
+      ['a'],
+    );
+    second = await TestControlPlane.start({ port });
+    second.setResources(TYPE.cluster, [cluster('a')], { version: 'c1' });
+    second.setResources(TYPE.endpoint, [cla('a')], { version: 'e1' });
+    second.setResources(TYPE.listener, [], { version: 'l1' });
+    assert.deepStrictEqual(clock.pending(), [500]);
+    clock.advance(500);
+    const cds = await second.waitFor((r) => r.typeUrl === TYPE.cluster && r.kind === 'initial');
+    assert.equal(cds.json['version_info'], 'c1');
+    await second.waitForAck(TYPE.endpoint);
+    assert.equal(updates.length, applied, 'same config from the new instance: nothing re-applied');
+    assert.deepStrictEqual(
+      Object.values(second.proxyStatus()).map((x) => x.status),
+      ['SYNCED', 'SYNCED', 'SYNCED'],
+    );
+  } finally {
+    client.stop();
+    await second?.stop();
+  }
+});

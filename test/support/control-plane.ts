@@ -78,6 +78,8 @@ export interface ControlPlaneOptions {
   tls?: { certChain: Buffer; privateKey: Buffer };
   /** Refuse streams without `authorization: Bearer <token>`. */
   requireToken?: string;
+  /** Listen on this port of 127.0.0.1 (a restarted istiod); 0, the default, picks a free one. */
+  port?: number;
 }
 
 interface Waiter {
@@ -132,7 +134,7 @@ export class TestControlPlane {
         )
       : grpc.ServerCredentials.createInsecure();
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', creds, (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(`127.0.0.1:${opts.port ?? 0}`, creds, (err, p) => (err ? reject(err) : resolve(p))),
     );
     const cp = new TestControlPlane(server, `127.0.0.1:${port}`, opts);
     const identity = (b: Buffer): Buffer => b;
