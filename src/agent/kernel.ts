@@ -1,7 +1,7 @@
 // The agent's kernel side: the routing dataplane (and acceleration when asked), loaded with maps
 // pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
 import type { Logger } from 'pino';
-import { enableStats, type BpfObject, type BpfProgram } from '../../native/index.js';
+import { enableStats, type BpfProgram } from '../../native/index.js';
 import { registerAccelMetrics } from '../accel/metrics.js';
 import {
   ACCEL_CGROUP_PROGRAMS,
@@ -143,11 +143,8 @@ export class AgentKernel implements Kernel {
   }
 
   private programs(): BpfProgram[] {
-    // Dataplane keeps its BpfObject private and has no programs() accessor yet: read it through the
-    // field until it has one (reported to the dataplane's owner).
-    const routeObject = (this.dataplane as unknown as { object?: BpfObject }).object;
     return [
-      ...(routeObject?.programs() ?? []),
+      ...this.dataplane.programs(),
       ...(this.accel?.object.programs() ?? []),
       ...this.telemetry.object.programs(),
     ];

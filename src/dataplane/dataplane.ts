@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 
-import { BpfLink, BpfObject, type BpfMap } from '../../native/index.js';
+import { BpfLink, BpfObject, type BpfMap, type BpfProgram } from '../../native/index.js';
 import {
   backendCodec,
   frontendCodec,
@@ -125,6 +125,11 @@ export class Dataplane {
 
   map(name: string): BpfMap {
     return this.object.map(name);
+  }
+
+  /** The routing programs as loaded (for per-program kernel time and /debug/bpf). */
+  programs(): BpfProgram[] {
+    return this.object.programs();
   }
 
   private linkPath(cgroup: string, program: string): string {
