@@ -2,8 +2,6 @@
 // and served over HTTP. The agent end-to-end tests check the same routes against a running agent.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { buildClusters } from '../src/admin/clusters.js';
 import { applyMask, buildConfigDump } from '../src/admin/config-dump.js';
@@ -11,13 +9,13 @@ import { startAdminServer, type AdminSource } from '../src/admin/server.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
 import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
+import { fixturesMissing, readFixture } from './support/fixtures.js';
 
-const FIXTURES = join(import.meta.dirname, '..', '..', 'shared', 'fixtures', 'istio');
-const fixturesMissing = existsSync(FIXTURES) ? false : `shared fixtures not found at ${FIXTURES}`;
+const missing = fixturesMissing();
 
 /** Resources as xds/ would hold them, taken from an Envoy config dump (each entry's inner Any). */
 function resourcesFrom(file: string): XdsResource[] {
-  const dump = JSON.parse(readFileSync(join(FIXTURES, file), 'utf8')) as { configs: JsonObject[] };
+  const dump = readFixture(file) as unknown as { configs: JsonObject[] };
   const out: XdsResource[] = [];
   const add = (resource: JsonObject | undefined, version: unknown, lastUpdated: unknown) => {
     if (!resource) return;
@@ -61,7 +59,7 @@ const node = {
 
 void test(
   'config_dump has the sections of an Envoy dump, clusters with their versions, endpoints only with include_eds',
-  { skip: fixturesMissing },
+  { skip: missing },
   () => {
     const resources = fixtureResources();
     const input = {
@@ -99,7 +97,7 @@ void test(
     assert.equal(names.length, resources.filter((r) => r.typeUrl === TYPE.endpoint).length);
 
     // Same layout as the real waypoint dump: every section keeps the keys Envoy uses.
-    const real = JSON.parse(readFileSync(join(FIXTURES, 'waypoint-full.configdump.json'), 'utf8')) as {
+    const real = readFixture('waypoint-full.configdump.json') as unknown as {
       configs: JsonObject[];
     };
     const realClusters = real.configs.find((c) => c['@type'] === clusters['@type'])!;
@@ -110,7 +108,7 @@ void test(
 
 void test(
   'config_dump is protobuf JSON of envoy.admin.v3.ConfigDump, and so is /clusters of envoy.admin.v3.Clusters',
-  { skip: fixturesMissing },
+  { skip: missing },
   () => {
     const resources = fixtureResources();
     const dump = buildConfigDump(
@@ -141,7 +139,7 @@ void test('mask keeps only the named fields; an Any keeps its @type', () => {
 
 void test(
   'clusters lists each host with address, EDS health, weight, priority and locality',
-  { skip: fixturesMissing },
+  { skip: missing },
   () => {
     const clusters = buildClusters(
       resourcesFrom('sidecar-endpoints.configdump.json').concat(

@@ -1,25 +1,13 @@
 // `kernmesh check` on the real istiod/Envoy fixtures in ../shared/fixtures/istio/. Each expectation
 // was derived by reading the fixture by hand; the comments say where in the fixture it comes from.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { runCheck, type CheckReport } from '../src/cli/check.js';
-
-const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/istio/', import.meta.url));
-
-function fixture(name: string): string {
-  const path = join(FIXTURES, name);
-  // CI has shared/ beside the checkout; without it these tests cannot mean anything, so they fail loudly.
-  assert.ok(
-    existsSync(path),
-    `fixture ${path} is missing: the check tests need ../shared/fixtures/istio/ beside the checkout`,
-  );
-  return path;
-}
+import { fixturePath } from './support/fixtures.js';
 
 async function check(argv: string[]): Promise<{ code: number; text: string }> {
   let text = '';
@@ -34,7 +22,7 @@ async function check(argv: string[]): Promise<{ code: number; text: string }> {
 }
 
 async function checkJson(name: string): Promise<{ code: number; report: CheckReport }> {
-  const { code, text } = await check([fixture(name), '--output', 'json']);
+  const { code, text } = await check([fixturePath(name), '--output', 'json']);
   return { code, report: JSON.parse(text) as CheckReport };
 }
 
@@ -292,7 +280,7 @@ void describe('kernmesh check exit codes and output', () => {
   });
 
   void it('prints text by default', async () => {
-    const { code, text } = await check([fixture('gateway-route-and-dr-subset-cluster.configdump.json')]);
+    const { code, text } = await check([fixturePath('gateway-route-and-dr-subset-cluster.configdump.json')]);
     assert.equal(code, 1);
     assert.match(text, /^Refused: 1$/m);
     assert.match(text, /^ {2}route http\.8080: virtual_hosts\[0\]\.routes: no route matches every request/m);

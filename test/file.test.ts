@@ -1,26 +1,14 @@
 // The file source reader: config dumps (JSON, YAML), resources files, ztunnel dumps, and errors
 // that name the file and the line.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { XdsFileError, parseXdsFile, readXdsFile } from '../src/xds/file.js';
 import { TYPE } from '../src/xds/types.js';
-
-const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/istio/', import.meta.url));
-
-function fixture(name: string): string {
-  const path = FIXTURES + name;
-  assert.ok(
-    existsSync(path),
-    `fixture ${path} is missing: these tests need ../shared/fixtures/istio/ beside the checkout`,
-  );
-  return path;
-}
+import { fixturePath } from './support/fixtures.js';
 
 void describe('readXdsFile', () => {
   void it('reads the YAML listeners dump: 27 dynamic and 2 static listeners', async () => {
-    const { resources } = await readXdsFile(fixture('sidecar-listeners.configdump.yaml'));
+    const { resources } = await readXdsFile(fixturePath('sidecar-listeners.configdump.yaml'));
     assert.equal(resources.length, 29);
     assert.ok(resources.every((r) => r.typeUrl === TYPE.listener));
     const vo = resources.find((r) => r.name === 'virtualOutbound');
@@ -35,7 +23,7 @@ void describe('readXdsFile', () => {
   });
 
   void it('reads every section of a full config dump and skips the ones kernmesh does not use', async () => {
-    const { resources, notes } = await readXdsFile(fixture('waypoint-full.configdump.json'));
+    const { resources, notes } = await readXdsFile(fixturePath('waypoint-full.configdump.json'));
     const count = (t: string) => resources.filter((r) => r.typeUrl === t).length;
     assert.deepEqual(
       [count(TYPE.cluster), count(TYPE.endpoint), count(TYPE.listener), count(TYPE.route)],
@@ -134,7 +122,7 @@ void describe('readXdsFile', () => {
   });
 
   void it('reads ztunnel’s dump: service waypoints, and notes for workload waypoints', async () => {
-    const { resources, waypoints, notes } = await readXdsFile(fixture('ztunnel-wds.dump.json'));
+    const { resources, waypoints, notes } = await readXdsFile(fixturePath('ztunnel-wds.dump.json'));
     assert.deepEqual([resources, waypoints], [[], []]);
     assert.equal(notes.filter((n) => n.includes('has waypoint')).length, 6);
     const withWaypoint = parseXdsFile(

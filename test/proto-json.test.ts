@@ -1,10 +1,7 @@
 // proto3 JSON mapping checked against real istiod/Envoy config dumps: every resource Any in them
 // (fromJson → encode → decode → toJson) must come back exactly as it was, Istio-private types included.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { parse as parseYaml } from 'yaml';
 import {
   anyFromJson,
   decodeToJson,
@@ -15,21 +12,7 @@ import {
 } from '../src/xds/json.js';
 import { lookupType } from '../src/xds/protos.js';
 import type { JsonObject, JsonValue } from '../src/xds/types.js';
-
-export const FIXTURES = join(import.meta.dirname, '..', '..', 'shared', 'fixtures', 'istio');
-const FIXTURES_ALT = '/work/shared/fixtures/istio';
-
-function fixturesDir(): string {
-  for (const d of [FIXTURES, FIXTURES_ALT]) if (existsSync(join(d, 'README.md'))) return d;
-  throw new Error(
-    `Istio fixtures not found at ${FIXTURES}: these tests need ../shared/fixtures/istio beside the checkout`,
-  );
-}
-
-function loadFixture(name: string): JsonObject {
-  const text = readFileSync(join(fixturesDir(), name), 'utf8');
-  return (name.endsWith('.yaml') ? parseYaml(text) : JSON.parse(text)) as JsonObject;
-}
+import { readFixture } from './support/fixtures.js';
 
 const DUMPS = [
   'sidecar-listeners.configdump.yaml',
@@ -73,7 +56,7 @@ function roundTripAny(json: JsonObject): JsonValue {
 
 for (const file of DUMPS) {
   void test(`every resource in ${file} round-trips through protobuf bytes unchanged`, () => {
-    const resources = collectAnys(loadFixture(file), []);
+    const resources = collectAnys(readFixture(file), []);
     assert.ok(resources.length > 0, 'fixture holds resources');
     for (const r of resources)
       assert.deepStrictEqual(
@@ -84,7 +67,7 @@ for (const file of DUMPS) {
   });
 
   void test(`the whole config dump ${file} round-trips as envoy.admin.v3.ConfigDump`, () => {
-    const dump = loadFixture(file);
+    const dump = readFixture(file);
     const bytes = encodeFromJson('envoy.admin.v3.ConfigDump', dump);
     // proto3 JSON has no empty repeated fields; one fixture was trimmed by hand and kept `[]`.
     assert.deepStrictEqual(decodeToJson('envoy.admin.v3.ConfigDump', bytes), withoutEmptyArrays(dump));

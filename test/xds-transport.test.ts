@@ -1,11 +1,10 @@
 // Transport and scale: a >4 MiB CDS response, TLS with a test CA and a bearer token, the node's
 // identity as istiod parses it, and the real Istio fixtures served over ADS.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { parse as parseYaml } from 'yaml';
 import { XdsClient, type XdsClientOptions } from '../src/xds/client.js';
 import type { ConnectionStatus } from '../src/xds/connection.js';
 import { buildNodeIdentity } from '../src/xds/identity.js';
@@ -13,6 +12,7 @@ import { TYPE, type JsonObject, type JsonValue } from '../src/xds/types.js';
 import { FakeClock } from './support/control-plane-clock.js';
 import { makeTestPki, type TestPki } from './support/control-plane-tls.js';
 import { TestControlPlane } from './support/control-plane.js';
+import { readFixture } from './support/fixtures.js';
 
 const str = (v: JsonValue | undefined): string => (typeof v === 'string' ? v : JSON.stringify(v ?? null));
 const silent = pino({ level: 'silent' });
@@ -277,18 +277,8 @@ void describe('node identity', () => {
   });
 });
 
-const FIXTURES = [
-  join(import.meta.dirname, '..', '..', 'shared', 'fixtures', 'istio'),
-  '/work/shared/fixtures/istio',
-].find((d) => existsSync(join(d, 'README.md')));
-
 function fixtureResources(file: string, typeUrl: string): JsonObject[] {
-  if (!FIXTURES)
-    throw new Error(
-      'Istio fixtures not found: these tests need ../shared/fixtures/istio beside the checkout',
-    );
-  const text = readFileSync(join(FIXTURES, file), 'utf8');
-  const dump = (file.endsWith('.yaml') ? parseYaml(text) : JSON.parse(text)) as JsonValue;
+  const dump: JsonValue = readFixture(file);
   const out: JsonObject[] = [];
   const seen = new Set<string>();
   const walk = (v: JsonValue): void => {
