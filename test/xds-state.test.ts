@@ -238,3 +238,92 @@ void test('Delta wildcard: removed resources are deleted', () => {
   );
   assert.equal(s.resourceState('a'), undefined);
 });
+
+const route = (name: string, hosts: string[]): DecodedResource => ({
+  name,
+  resource: {
+    '@type': TYPE.route,
+    name,
+    virtual_hosts: hosts.map((h) => ({ name: h, domains: [h], routes: [{ route: { cluster: h } }] })),
+  },
+});
+/** Refuses one virtual host of a route as translate does: scoped to that part (partial). */
+const refuseVhost =
+  (vhost: string): Validator =>
+  (typeUrl, resources) =>
+    resources.flatMap((r) =>
+      JSON.stringify(r.resource).includes(`"name":"${vhost}"`)
+        ? [{ typeUrl, name: r.name, reason: `virtual_hosts[1].routes[0].match.headers: L7`, partial: true }]
+        : [],
+    );
+
+void test('SotW RDS: a resource refused only in one virtual host is applied and still NACKed with the reason', () => {
+  const s = new SotwTypeState(TYPE.route, clock);
+  s.setSubscription(['8080', '9090']);
+  s.streamStarted();
+  s.handleResponse({
+    version_info: 'r1',
+    nonce: 'n1',
+    resources: [route('8080', ['a']), route('9090', ['z'])],
+  });
+  const r = s.handleResponse(
+    { version_info: 'r2', nonce: 'n2', resources: [route('8080', ['a', 'canary']), route('9090', ['y'])] },
+    refuseVhost('canary'),
+  );
+  assert.deepStrictEqual(r.request, {
+    type_url: TYPE.route,
+    version_info: 'r1',
+    resource_names: ['8080', '9090'],
+    response_nonce: 'n2',
+    error_detail: { code: 3, message: '8080: virtual_hosts[1].routes[0].match.headers: L7' },
+  });
+  assert.equal(r.changed, true);
+  const st = s.resourceState('8080');
+  assert.equal(st?.status, 'NACKED', 'the resource shows the refusal');
+  assert.match(st?.lastError ?? '', /virtual_hosts\[1\]/);
+  assert.equal(
+    (st?.accepted?.resource['virtual_hosts'] as unknown[]).length,
+    2,
+    'and its content is applied (translate skips the refused virtual host)',
+  );
+  assert.equal(st?.accepted?.version, 'r2');
+  assert.equal(s.resourceState('9090')?.status, 'ACKED');
+  assert.equal(s.status().status, 'NACKED');
+  // The same content again is refused again and changes nothing.
+  const again = s.handleResponse(
+    { version_info: 'r3', nonce: 'n3', resources: [route('8080', ['a', 'canary'])] },
+    refuseVhost('canary'),
+  );
+  assert.equal(again.changed, false);
+  assert.match(again.request.error_detail?.message ?? '', /8080: virtual_hosts\[1\]/);
+  assert.equal(s.resourceState('8080')?.status, 'NACKED');
+});
+
+void test('a whole-resource refusal next to a partial one keeps the last accepted content', () => {
+  const s = new DeltaTypeState(TYPE.route, clock);
+  s.setSubscription(['8080']);
+  s.streamStarted();
+  s.handleResponse({
+    system_version_info: '',
+    nonce: 'd1',
+    resources: [{ ...route('8080', ['a']), version: '1' }],
+    removed_resources: [],
+  });
+  const both: Validator = (typeUrl, resources) => [
+    ...refuseVhost('canary')(typeUrl, resources),
+    { typeUrl, name: '8080', reason: 'request_headers_to_add: header rewrite is L7' },
+  ];
+  const r = s.handleResponse(
+    {
+      system_version_info: '',
+      nonce: 'd2',
+      resources: [{ ...route('8080', ['a', 'canary']), version: '2' }],
+      removed_resources: [],
+    },
+    both,
+  );
+  assert.equal(r.changed, false);
+  assert.equal(r.request.error_detail?.message.split('\n').length, 2, 'every reason is in the NACK');
+  assert.equal(s.resourceState('8080')?.status, 'NACKED');
+  assert.equal(s.resourceState('8080')?.accepted?.version, '1');
+});

@@ -1,6 +1,6 @@
 // RDS: which virtual hosts are L4-equivalent (every request goes to one destination, or to weighted
 // clusters chosen per connection) and which carry real L7 intent that must be refused.
-import type { JsonObject, JsonValue } from '../xds/types.js';
+import { TYPE, type JsonObject, type JsonValue } from '../xds/types.js';
 import {
   HTTP_FILTERS,
   ROUTE_ACTION_FIELDS,
@@ -65,9 +65,13 @@ export function analyseRouteConfig(rc: JsonObject, res: ResourceFindings, base =
   const before = res.refusalCount;
   checkFields(rc, base, ROUTE_CONFIG_FIELDS, res);
   const wholeConfigRefused = res.refusalCount > before;
-  const virtualHosts = objs(rc.virtual_hosts).map((vh, i) =>
-    analyseVirtualHost(vh, i, at(`virtual_hosts[${i}]`), res),
-  );
+  // In a RouteConfiguration resource (istiod's one per port), a refused virtual host is skipped on
+  // its own and the others still apply; inline in a listener, the filter chain is refused whole.
+  const scoped = res.typeUrl === TYPE.route && !base;
+  const virtualHosts = objs(rc.virtual_hosts).map((vh, i) => {
+    const one = () => analyseVirtualHost(vh, i, at(`virtual_hosts[${i}]`), res);
+    return scoped ? res.part(one) : one();
+  });
   // A refusal outside the virtual hosts (a header rewrite for all of them) refuses every one.
   if (wholeConfigRefused) for (const vh of virtualHosts) delete vh.destination;
   return { name: str(rc.name) ?? '', virtualHosts };

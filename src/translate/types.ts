@@ -99,6 +99,8 @@ export class Findings {
 
 export class ResourceFindings {
   private refusals = 0;
+  private wholeRefusals = 0;
+  private inPart = false;
   constructor(
     private readonly all: Findings,
     readonly typeUrl: string,
@@ -107,11 +109,27 @@ export class ResourceFindings {
 
   refuse(path: string, reason: string): void {
     this.refusals++;
+    if (!this.inPart) this.wholeRefusals++;
     this.all.rejected.push({
       typeUrl: this.typeUrl,
       name: this.name,
       reason: path ? `${path}: ${reason}` : reason,
+      ...(this.inPart ? { partial: true } : {}),
     });
+  }
+
+  /**
+   * Runs fn with its refusals scoped to one part of the resource that translate skips on its own
+   * (a virtual host): the xDS client may apply the rest of the resource while NACKing them.
+   */
+  part<T>(fn: () => T): T {
+    const outer = this.inPart;
+    this.inPart = true;
+    try {
+      return fn();
+    } finally {
+      this.inPart = outer;
+    }
   }
 
   notEnforced(field: string): void {
@@ -124,6 +142,11 @@ export class ResourceFindings {
 
   get refused(): boolean {
     return this.refusals > 0;
+  }
+
+  /** Refused as a whole: some refusal is not scoped to a part (see part()). */
+  get refusedWhole(): boolean {
+    return this.wholeRefusals > 0;
   }
 
   /** How many refusals so far: compare before and after a part to know whether that part was refused. */

@@ -34,11 +34,11 @@ export function validate(typeUrl: string, resources: readonly XdsResource[]): Re
 }
 
 /**
- * True when a rejection concerns one virtual host of a RouteConfiguration only. translate() skips
- * such virtual hosts (their VIPs keep their last accepted entries, or are not rewritten), so a
- * client may still apply the resource while listing the reason in its NACK: otherwise one L7
- * VirtualService on a port would hold back every other service on that port (istiod's RDS is per port).
+ * True when a rejection concerns one virtual host of a RouteConfiguration only (Rejection.partial).
+ * translate() skips such virtual hosts (their VIPs keep their last accepted entries, or are not
+ * rewritten), so the xDS state applies the resource while listing the reason in its NACK: otherwise
+ * one L7 VirtualService on a port would hold back every other service on that port.
  */
 export function concernsOneVirtualHost(r: Rejection): boolean {
-  return r.typeUrl === TYPE.route && /^virtual_hosts\[\d+\]/.test(r.reason);
+  return r.partial === true;
 }

@@ -230,7 +230,12 @@ abstract class TypeStateBase {
       }
     }
     const rejected = new Map<string, string[]>();
-    for (const r of rejections) rejected.set(r.name, [...(rejected.get(r.name) ?? []), r.reason]);
+    // A resource whose every refusal is scoped to a part that translate skips is still applied.
+    const refusedWhole = new Set<string>();
+    for (const r of rejections) {
+      rejected.set(r.name, [...(rejected.get(r.name) ?? []), r.reason]);
+      if (!r.partial) refusedWhole.add(r.name);
+    }
 
     let changed = false;
     for (const c of candidates) {
@@ -242,11 +247,12 @@ abstract class TypeStateBase {
         state.status = 'NACKED';
         state.lastError = reasons.join('; ');
         state.lastErrorTime = time;
-        continue;
+        if (refusedWhole.has(c.name)) continue;
+      } else {
+        state.status = 'ACKED';
+        delete state.lastError;
+        delete state.lastErrorTime;
       }
-      state.status = 'ACKED';
-      delete state.lastError;
-      delete state.lastErrorTime;
       if (sameContent(state.accepted, c.resource)) {
         // Same content resent (reconnect, unrelated push): not an update. SotW keeps the version it
         // was applied under, as Envoy's config_dump does; Delta tracks the server's per-resource version.

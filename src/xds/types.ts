@@ -33,6 +33,11 @@ export interface Rejection {
   name: string;
   /** Path inside the resource and reason, e.g. `filter_chains[1].filters[0]: header match is L7`. */
   reason: string;
+  /**
+   * The refusal concerns one part of the resource (a virtual host of a RouteConfiguration) that
+   * translate skips: the rest of the resource is applied, and the response is still NACKed with it.
+   */
+  partial?: boolean;
 }
 
 /** Which service uses which waypoint, from Istio's workload API (istio.workload.Address → Service). */
