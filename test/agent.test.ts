@@ -2,101 +2,17 @@
 // the test's cgroup, and a client in that cgroup connects to VIPs. Nothing is stubbed: the xDS file
 // goes through xds/, translate/, dataplane/ and native/ into the maps the kernel routes with.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { adminAddress, adminGet, runKernmesh, startKernmesh, stopProcess } from './support/cli.js';
 import { TestControlPlane } from './support/control-plane.js';
 import { kernelTest } from './support/kernel.js';
+import { assertPromtoolAccepts } from './support/prometheus.js';
+import { eventually } from './support/wait.js';
 import { Client, startBackend, type Backend } from './support/net.js';
 import { encodeFromJson } from '../src/xds/json.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
-
-/** promtool (Debian package prometheus) is the reference checker of the exposition format. */
-function promtoolCheck(text: string): void {
-  try {
-    execFileSync('promtool', ['check', 'metrics'], { input: text, stdio: ['pipe', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as { stderr?: Buffer; stdout?: Buffer };
-    throw new Error(
-      `promtool check metrics failed:\n${err.stdout?.toString() ?? ''}${err.stderr?.toString() ?? ''}`,
-    );
-  }
-}
-
-const ROOT = join(import.meta.dirname, '..');
-const MAIN = join(ROOT, 'src', 'cli', 'main.ts');
-
-/** Runs the CLI as operators do (through tsx here), capturing its JSON log lines. */
-export function cli(args: string[]): ChildProcess & { lines: JsonObject[]; stderrText: () => string } {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }) as ChildProcess & { lines: JsonObject[]; stderrText: () => string };
-  child.lines = [];
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stderrText = () => stderr;
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    try {
-      child.lines.push(JSON.parse(line) as JsonObject);
-    } catch {
-      child.lines.push({ text: line });
-    }
-  });
-  return child;
-}
-
-export async function runCli(
-  args: string[],
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  return { code, stdout, stderr };
-}
-
-/** Waits for the startup line and returns the admin address it names (the agent listens on port 0). */
-export async function adminAddress(child: ReturnType<typeof cli>): Promise<string> {
-  for (let i = 0; i < 600; i++) {
-    const started = child.lines.find(
-      (l) => typeof l.msg === 'string' && l.msg.startsWith('kernmesh started'),
-    );
-    if (started) return (started.admin as string).replace('http://', '');
-    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${child.stderrText()}`);
-    await sleep(50);
-  }
-  throw new Error(`agent did not start: ${child.stderrText()} ${JSON.stringify(child.lines.slice(-5))}`);
-}
-
-export async function get(admin: string, path: string): Promise<{ status: number; text: string }> {
-  const r = await fetch(`http://${admin}${path}`);
-  return { status: r.status, text: await r.text() };
-}
-
-/** Polls until check() holds; the bound is on attempts, the assertion is on state, never on time. */
-export async function eventually(what: string, check: () => Promise<boolean> | boolean): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await sleep(50);
-  }
-  assert.fail(`never happened: ${what}`);
-}
-
-async function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
-  if (child.exitCode !== null) return child.exitCode;
-  const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill(signal);
-  return done;
-}
 
 const cluster = (name: string, lb = 'ROUND_ROBIN', extra: JsonObject = {}): JsonObject => ({
   '@type': TYPE.cluster,
@@ -202,7 +118,7 @@ kernelTest(
     writeFileSync(file, resourcesFile([b1, b2], b3.port));
     const bpffs = join(env.pinDir, 'agent');
 
-    const agent = cli([
+    const agent = startKernmesh([
       'run',
       '--xds-file',
       file,
@@ -217,12 +133,12 @@ kernelTest(
       '--access-log',
       join(dir, 'access.log'),
     ]);
-    env.defer(async () => void (await stop(agent, 'SIGKILL')));
+    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
     const client = new Client(env.cgroup);
     env.defer(() => client.exit());
 
-    await eventually('/ready is 200', async () => (await get(admin, '/ready')).status === 200);
+    await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
     // Ready means programmed: the very next connects are routed.
     const landed = new Set<string>();
     for (let i = 0; i < 4; i++) {
@@ -258,7 +174,7 @@ kernelTest(
     });
 
     // /debug/xds names the refused resource and why.
-    const debug = JSON.parse((await get(admin, '/debug/xds')).text) as {
+    const debug = JSON.parse((await adminGet(admin, '/debug/xds')).text) as {
       xds: { types: { type_url: string; resources: { name: string; status: string; error?: string }[] }[] };
     };
     const cds = debug.xds.types.find((t) => t.type_url === TYPE.cluster)!;
@@ -268,7 +184,7 @@ kernelTest(
     assert.equal(cds.resources.find((r) => r.name === GOOD)!.status, 'ACKED');
 
     // /config_dump is envoy.admin.v3.ConfigDump; clusters with versions; include_eds adds endpoints.
-    const dump = JSON.parse((await get(admin, '/config_dump')).text) as JsonObject;
+    const dump = JSON.parse((await adminGet(admin, '/config_dump')).text) as JsonObject;
     encodeFromJson('envoy.admin.v3.ConfigDump', dump);
     const configs = dump.configs as JsonObject[];
     const clusters = configs.find(
@@ -285,7 +201,7 @@ kernelTest(
       configs.some((c) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.EndpointsConfigDump'),
       false,
     );
-    const withEds = JSON.parse((await get(admin, '/config_dump?include_eds')).text) as JsonObject;
+    const withEds = JSON.parse((await adminGet(admin, '/config_dump?include_eds')).text) as JsonObject;
     encodeFromJson('envoy.admin.v3.ConfigDump', withEds);
     const eds = (withEds.configs as JsonObject[]).find(
       (c) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.EndpointsConfigDump',
@@ -296,7 +212,7 @@ kernelTest(
       ),
       [GOOD],
     );
-    const clustersJson = JSON.parse((await get(admin, '/clusters?format=json')).text) as JsonObject;
+    const clustersJson = JSON.parse((await adminGet(admin, '/clusters?format=json')).text) as JsonObject;
     encodeFromJson('envoy.admin.v3.Clusters', clustersJson);
     const hosts = (
       (clustersJson.cluster_statuses as JsonObject[]).find((c) => c.name === GOOD)!
@@ -305,16 +221,16 @@ kernelTest(
     assert.deepEqual(hosts.sort(), ['127.78.0.1', '127.78.0.2']);
 
     // Metrics: promtool accepts them; the apply histogram and kernel counters are there.
-    const stats = (await get(admin, '/stats/prometheus')).text;
-    promtoolCheck(stats);
+    const stats = (await adminGet(admin, '/stats/prometheus')).text;
+    assertPromtoolAccepts(stats);
     assert.match(stats, /kernmesh_apply_duration_seconds_count [1-9]/);
     assert.match(stats, /kernmesh_fallback_total\{reason="routed"\} [1-9]/);
     assert.match(stats, /kernmesh_xds_rejected_resources_total\{type="cds"\} 1/);
-    const maps = JSON.parse((await get(admin, '/debug/maps')).text) as {
+    const maps = JSON.parse((await adminGet(admin, '/debug/maps')).text) as {
       frontends: { address: string; service?: string }[];
     };
     assert.ok(maps.frontends.some((f) => f.address === VIP && f.service === GOOD));
-    const bpf = JSON.parse((await get(admin, '/debug/bpf')).text) as {
+    const bpf = JSON.parse((await adminGet(admin, '/debug/bpf')).text) as {
       attachments: { program: string; cgroup: string }[];
       programs: { name: string }[];
     };
@@ -331,7 +247,7 @@ kernelTest(
     });
 
     // SIGTERM: the agent exits and leaves the programming in the kernel.
-    assert.equal(await stop(agent), 0);
+    assert.equal(await stopProcess(agent), 0);
     assert.match(
       agent.lines.map((l) => String(l.msg as string)).join('\n'),
       /stopped: programs stay attached/,
@@ -342,7 +258,7 @@ kernelTest(
     }
 
     // A restarted agent takes over what is pinned (no flush, no second attachment) and stays routable.
-    const again = cli([
+    const again = startKernmesh([
       'run',
       '--xds-file',
       file,
@@ -353,22 +269,22 @@ kernelTest(
       '--admin',
       '127.0.0.1:0',
     ]);
-    env.defer(async () => void (await stop(again, 'SIGKILL')));
+    env.defer(async () => void (await stopProcess(again, 'SIGKILL')));
     const admin2 = await adminAddress(again);
     await eventually(
       'the restarted agent is ready',
-      async () => (await get(admin2, '/ready')).status === 200,
+      async () => (await adminGet(admin2, '/ready')).status === 200,
     );
-    const bpf2 = JSON.parse((await get(admin2, '/debug/bpf')).text) as {
+    const bpf2 = JSON.parse((await adminGet(admin2, '/debug/bpf')).text) as {
       attachments: { program: string; via: string }[];
     };
     assert.equal(bpf2.attachments.find((a) => a.program === 'km_connect4')?.via, 'existing bpf_link');
     for (let i = 0; i < 3; i++)
       assert.equal((await client.connect({ host: VIP, port: VIP_PORT, readId: true })).backend, b2.id);
-    assert.equal(await stop(again), 0);
+    assert.equal(await stopProcess(again), 0);
 
     // kernmesh maps reads the pinned maps with the agent down.
-    const mapsOut = await runCli(['maps', '--bpffs', bpffs]);
+    const mapsOut = await runKernmesh(['maps', '--bpffs', bpffs]);
     assert.equal(mapsOut.code, 0, mapsOut.stderr);
     assert.match(
       mapsOut.stdout,
@@ -377,7 +293,7 @@ kernelTest(
     assert.match(mapsOut.stdout, /127\.78\.0\.2:/);
 
     // kernmesh cleanup detaches and unpins: the VIP is no longer rewritten.
-    const cleanup = await runCli(['cleanup', '--bpffs', bpffs]);
+    const cleanup = await runKernmesh(['cleanup', '--bpffs', bpffs]);
     assert.equal(cleanup.code, 0, cleanup.stderr);
     assert.equal(existsSync(bpffs), false);
     const after = await client.connect({ host: VIP, port: VIP_PORT, readId: true });
@@ -396,7 +312,7 @@ kernelTest(
     env.defer(() => b2.close());
     const vip = '127.100.78.11';
 
-    const agent = cli([
+    const agent = startKernmesh([
       'run',
       '--xds-address',
       cp.address,
@@ -416,7 +332,7 @@ kernelTest(
       '10.1.2.3',
       '--accelerate',
     ]);
-    env.defer(async () => void (await stop(agent, 'SIGKILL')));
+    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
     const client = new Client(env.cgroup);
     env.defer(() => client.exit());
@@ -428,7 +344,7 @@ kernelTest(
     const node = cp.lastStream()!.node!;
     assert.equal(node.id, 'sidecar~10.1.2.3~kernmesh-test.istio-system~istio-system.svc.cluster.local');
     assert.deepEqual((node.metadata as JsonObject).PROXY_CONFIG, {});
-    let ready = await get(admin, '/ready');
+    let ready = await adminGet(admin, '/ready');
     assert.equal(ready.status, 503);
     assert.match(ready.text, /waiting for the first config|not connected/);
 
@@ -437,16 +353,16 @@ kernelTest(
     cp.setResources(TYPE.endpoint, [assignment(GOOD, [b1])]);
     await cp.waitForAck(TYPE.endpoint);
     await eventually('CDS and EDS applied', async () => {
-      const x = JSON.parse((await get(admin, '/debug/xds')).text) as { applied_updates: number };
+      const x = JSON.parse((await adminGet(admin, '/debug/xds')).text) as { applied_updates: number };
       return x.applied_updates > 0;
     });
-    ready = await get(admin, '/ready');
+    ready = await adminGet(admin, '/ready');
     assert.equal(ready.status, 503, 'no listeners yet: not ready');
     assert.match(ready.text, /listeners \(LDS\)/);
 
     // The listener arrives: ready, and ready means the VIP already routes.
     cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD)]);
-    await eventually('/ready is 200', async () => (await get(admin, '/ready')).status === 200);
+    await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
     const first = await client.connect({ host: vip, port: VIP_PORT, readId: true });
     assert.equal(first.backend, b1.id);
 
@@ -510,7 +426,7 @@ kernelTest(
     const nack = await cp.waitForNack(TYPE.route);
     assert.match(JSON.stringify(nack.json), /header/);
     await eventually('/debug/xds shows the route NACKED', async () => {
-      const x = JSON.parse((await get(admin, '/debug/xds')).text) as {
+      const x = JSON.parse((await adminGet(admin, '/debug/xds')).text) as {
         xds: { types: { type_url: string; resources: { name: string; status: string; error?: string }[] }[] };
       };
       const r = x.xds.types.find((t) => t.type_url === TYPE.route)?.resources.find((n) => n.name === '8079');
@@ -519,7 +435,7 @@ kernelTest(
     // The rest keeps working.
     assert.equal((await client.connect({ host: vip, port: VIP_PORT, readId: true })).backend, b2.id);
 
-    const status = await runCli(['status', '--admin', admin]);
+    const status = await runKernmesh(['status', '--admin', admin]);
     assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /READY/);
     assert.match(status.stdout, /RDS\s+\S+\s+1\s+0\s+1/);
@@ -531,12 +447,12 @@ kernelTest(
         `${vip.replace(/\./g, '\\.')}:${VIP_PORT}/tcp\\s+${GOOD.replace(/\|/g, '\\|')}\\s+endpoints\\s+round_robin\\s+1`,
       ),
     );
-    const stats = (await get(admin, '/stats/prometheus')).text;
-    promtoolCheck(stats);
+    const stats = (await adminGet(admin, '/stats/prometheus')).text;
+    assertPromtoolAccepts(stats);
     assert.match(stats, /kernmesh_xds_connected 1/);
     assert.match(stats, /kernmesh_xds_rejected_resources_total\{type="rds"\} 1/);
     assert.match(stats, /kernmesh_accel_sockets_inserted_total/);
 
-    assert.equal(await stop(agent), 0);
+    assert.equal(await stopProcess(agent), 0);
   },
 );

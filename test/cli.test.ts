@@ -1,27 +1,13 @@
 // The command line as operators meet it: a bad flag, a bad config file and an unreadable or broken
 // xDS file each stop `kernmesh run` before anything touches the kernel, with a message naming what is wrong.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { runKernmesh } from './support/cli.js';
 
-const ROOT = join(import.meta.dirname, '..');
-const MAIN = join(ROOT, 'src', 'cli', 'main.ts');
-
-async function kernmesh(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  return { code, stdout, stderr };
-}
+const kernmesh = (...args: string[]) => runKernmesh(args);
 
 const dir = mkdtempSync(join(tmpdir(), 'kernmesh-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

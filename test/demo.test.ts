@@ -1,29 +1,15 @@
 // The README's first command, run as the suite's own test: `kernmesh demo` on the real kernel.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { runKernmesh } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
-
-const ROOT = join(import.meta.dirname, '..');
 
 kernelTest(
   'kernmesh demo runs to completion, prints where connections landed and the status of each resource, and cleans up',
   async () => {
     // The demo makes (and removes) its own cgroup and pin directory; the admin endpoint takes a free port.
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', join(ROOT, 'src', 'cli', 'main.ts'), 'demo', '--admin', '127.0.0.1:0'],
-      {
-        cwd: ROOT,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    const { code, stdout, stderr } = await runKernmesh(['demo', '--admin', '127.0.0.1:0']);
     assert.equal(code, 0, `demo failed:\n${stdout}\n${stderr}`);
 
     const row = (service: string) => stdout.split('\n').find((l) => l.startsWith(`${service} `)) ?? '';

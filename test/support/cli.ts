@@ -1,0 +1,83 @@
+// The kernmesh CLI run as operators run it: its own process (through tsx, no build step), so tests
+// see exit codes, stdout/stderr and the JSON log lines exactly as a shell would.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import type { JsonObject } from '../../src/xds/types.js';
+
+export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+
+function spawnKernmesh(args: string[]): ChildProcess {
+  return spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+/** Runs one command to its end. */
+export async function runKernmesh(
+  args: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawnKernmesh(args);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  return { code, stdout, stderr };
+}
+
+export type KernmeshProcess = ChildProcess & {
+  /** stdout, one parsed JSON log line each (`{ text }` for a line that is not JSON). */
+  lines: JsonObject[];
+  stderrText: () => string;
+};
+
+/** Starts a long-running command (`run`), collecting its log lines as they come. */
+export function startKernmesh(args: string[]): KernmeshProcess {
+  const child = spawnKernmesh(args) as KernmeshProcess;
+  child.lines = [];
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stderrText = () => stderr;
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      child.lines.push(JSON.parse(line) as JsonObject);
+    } catch {
+      child.lines.push({ text: line });
+    }
+  });
+  return child;
+}
+
+/** Waits for the startup line and returns the admin address it names (the agent listens on port 0). */
+export async function adminAddress(child: KernmeshProcess): Promise<string> {
+  for (let i = 0; i < 600; i++) {
+    const started = child.lines.find(
+      (l) => typeof l.msg === 'string' && l.msg.startsWith('kernmesh started'),
+    );
+    if (started) return (started.admin as string).replace('http://', '');
+    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${child.stderrText()}`);
+    await sleep(50);
+  }
+  throw new Error(`agent did not start: ${child.stderrText()} ${JSON.stringify(child.lines.slice(-5))}`);
+}
+
+export async function adminGet(admin: string, path: string): Promise<{ status: number; text: string }> {
+  const r = await fetch(`http://${admin}${path}`);
+  return { status: r.status, text: await r.text() };
+}
+
+/** Signals the process and returns its exit code (at once if it has already exited). */
+export async function stopProcess(
+  child: ChildProcess,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill(signal);
+  return done;
+}
