@@ -746,3 +746,60 @@ void test('istiod restarts (GOAWAY, connection refused): the client keeps its co
     await second?.stop();
   }
 });
+
+void test('initial fetch: complete once CDS, LDS, every EDS cluster and every named route arrived; or at its timeout', async () => {
+  const cp = await TestControlPlane.start();
+  const clock = new FakeClock();
+  const client = makeClient(cp, { protocol: 'delta', clock, initialFetchTimeoutMs: 15_000 });
+  const events: string[] = [];
+  client.on('update', (u) => events.push(u.typeUrl));
+  client.on('initialized', (i) => events.push(`initialized ${String(i.timedOut)}`));
+  try {
+    cp.setResources(TYPE.cluster, [cluster('a')]);
+    cp.setResources(TYPE.listener, [listener('0.0.0.0_80', '80')]);
+    client.start();
+    await cp.waitFor((r) => r.typeUrl === TYPE.listener && r.kind === 'ack');
+    await cp.waitFor((r) => r.typeUrl === TYPE.endpoint && r.kind === 'initial');
+    assert.equal(client.initialized(), false);
+    assert.match(client.initialFetchMissing().join(', '), /endpoints of 1 cluster\(s\) \(EDS\)/);
+    // Delta: istiod answers a route it does not have with removed_resources, which ends its wait.
+    await cp.waitFor((r) => r.typeUrl === TYPE.route && r.kind === 'ack');
+    assert.deepStrictEqual(client.initialFetchMissing(), ['endpoints of 1 cluster(s) (EDS)']);
+    assert.equal(
+      events.some((e) => e.startsWith('initialized')),
+      false,
+    );
+    cp.setResources(TYPE.route, [route('80', 'a')]);
+    await cp.waitForAck(TYPE.route, { nonce: cp.lastNonce(TYPE.route) });
+    cp.setResources(TYPE.endpoint, [cla('a')]);
+    await cp.waitForAck(TYPE.endpoint, { nonce: cp.lastNonce(TYPE.endpoint) });
+    assert.equal(client.initialized(), true);
+    assert.equal(events.filter((e) => e.startsWith('initialized')).length, 1);
+    assert.equal(events[events.length - 1], 'initialized false', 'after the update events it covers');
+    cp.setResources(TYPE.endpoint, [cla('a', '127.0.0.9')]);
+    await cp.waitForAck(TYPE.endpoint, { nonce: cp.lastNonce(TYPE.endpoint) });
+    assert.equal(events.filter((e) => e.startsWith('initialized')).length, 1, 'emitted once');
+  } finally {
+    client.stop();
+    await cp.stop();
+  }
+
+  // A route istiod never sends: the initial fetch timeout ends the wait with what is there.
+  const cp2 = await TestControlPlane.start();
+  const clock2 = new FakeClock();
+  const client2 = makeClient(cp2, { protocol: 'sotw', clock: clock2, initialFetchTimeoutMs: 15_000 });
+  const done: { timedOut: boolean; missing: string[] }[] = [];
+  client2.on('initialized', (i) => done.push(i));
+  try {
+    cp2.setResources(TYPE.cluster, []);
+    cp2.setResources(TYPE.listener, [listener('0.0.0.0_80', 'missing')]);
+    client2.start();
+    await cp2.waitFor((r) => r.typeUrl === TYPE.route && r.kind === 'ack');
+    assert.equal(client2.initialized(), false);
+    clock2.advance(15_000);
+    assert.deepStrictEqual(done, [{ timedOut: true, missing: ['route(s) missing (RDS)'] }]);
+  } finally {
+    client2.stop();
+    await cp2.stop();
+  }
+});

@@ -97,7 +97,8 @@ export class Agent implements AdminSource {
     const at = new Date().toISOString();
     let result;
     try {
-      result = translate(u.resources, u.waypoints ?? []);
+      // What the kernel holds now: a service refused in this update keeps its entries from it.
+      result = translate(u.resources, u.waypoints ?? [], this.state);
     } catch (e) {
       this.fail(`translate: ${(e as Error).message}`, e, at, u);
       return;
@@ -244,7 +245,14 @@ export class Agent implements AdminSource {
   }
 
   rejections(): (Rejection & { at?: string })[] {
-    return [...this.deps.source.rejections(), ...this.translateRejections];
+    // A virtual host refused in the NACK is refused again by translation (its route was applied): once.
+    const seen = new Set<string>();
+    return [...this.deps.source.rejections(), ...this.translateRejections].filter((r) => {
+      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    });
   }
 
   /** Stops the source and closes fds; pinned maps and links are left in place on purpose. */

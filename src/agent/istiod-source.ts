@@ -30,8 +30,24 @@ export class IstiodSource implements ConfigSource {
       changedTypes,
       receivedAt: process.hrtime.bigint(),
     });
-    this.client.on('update', (u) => onUpdate(snapshot([u.typeUrl])));
-    this.client.on('waypoints', () => onUpdate(snapshot([TYPE.address])));
+    // Until the initial fetch completes, updates are partial (CDS without LDS...): programming one
+    // would tear down what a restarted agent finds pinned. They are held and applied as one.
+    const held = new Set<string>();
+    const changed = (typeUrl: string) => {
+      if (this.client.initialized()) onUpdate(snapshot([typeUrl]));
+      else held.add(typeUrl);
+    };
+    this.client.on('update', (u) => changed(u.typeUrl));
+    this.client.on('waypoints', () => changed(TYPE.address));
+    this.client.on('initialized', (i) => {
+      this.log.info(
+        { types: [...held].map((t) => t.slice(t.lastIndexOf('.') + 1)), ...i },
+        'initial xDS fetch complete',
+      );
+      // Nothing held: every response was empty; nothing to program yet.
+      if (held.size > 0) onUpdate(snapshot([...held]));
+      held.clear();
+    });
     this.client.on('rejected', (r) => {
       const at = new Date().toISOString();
       this.lastRejections.set(
@@ -80,6 +96,9 @@ export class IstiodSource implements ConfigSource {
       node: s.node,
       connection: s.connection,
       warming: s.warming,
+      initial_fetch: this.client.initialized()
+        ? { complete: true }
+        : { complete: false, waiting_for: this.client.initialFetchMissing() },
       types: s.types.map((t) => ({
         type_url: t.typeUrl,
         version: t.version,

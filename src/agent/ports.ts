@@ -43,7 +43,12 @@ export interface TranslateResult {
   notEnforced?: { typeUrl: string; name: string; field: string }[];
 }
 
-export type Translate = (resources: XdsResource[], waypoints: ServiceWaypoint[]) => TranslateResult;
+/** `previous`: the state last programmed, so a service refused now keeps its entries (DESIGN.md). */
+export type Translate = (
+  resources: XdsResource[],
+  waypoints: ServiceWaypoint[],
+  previous?: DesiredState,
+) => TranslateResult;
 
 export interface Attachment {
   program: string;

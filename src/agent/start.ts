@@ -113,8 +113,8 @@ export async function startAgent(
   // DNS answers arrive after the agent exists; the callback reaches it through this holder.
   const holder: { agent?: Agent } = {};
   const dns = new DnsCache(() => holder.agent?.reapply(), log.child({ stage: 'dns' }));
-  const translateFn: Translate = (resources, waypoints) => {
-    last = translate({ resources, waypoints, dns: dns.map });
+  const translateFn: Translate = (resources, waypoints, previous) => {
+    last = translate({ resources, waypoints, dns: dns.map, ...(previous ? { previous } : {}) });
     dns.want(last.dnsQueries);
     return {
       state: last.desired,

@@ -57,6 +57,8 @@ export interface XdsClientEvents {
   waypoints: [ServiceWaypoint[]];
   rejected: [XdsRejectionEvent];
   connection: [ConnectionStatus];
+  /** The initial fetch is complete (or timed out): emitted once, after the update events it covers. */
+  initialized: [{ timedOut: boolean; missing: string[] }];
 }
 
 export const DEFAULT_INITIAL_FETCH_TIMEOUT_MS = 15_000;
@@ -72,6 +74,8 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   private readonly warm = new Set<string>();
   private readonly fetchTimers = new Map<string, unknown>();
   private lastClusterEvent: string | undefined;
+  private initialDone = false;
+  private initialTimer: unknown;
 
   constructor(opts: XdsClientOptions) {
     super();
@@ -105,10 +109,19 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   }
 
   start(): void {
+    if (!this.initialDone && this.initialTimer === undefined) {
+      const timeout = this.opts.initialFetchTimeoutMs ?? DEFAULT_INITIAL_FETCH_TIMEOUT_MS;
+      this.initialTimer = this.clock.setTimeout(() => {
+        this.initialTimer = undefined;
+        this.finishInitialFetch(true);
+      }, timeout);
+    }
     this.connection.start();
   }
 
   stop(): void {
+    if (this.initialTimer !== undefined) this.clock.clearTimeout(this.initialTimer);
+    this.initialTimer = undefined;
     this.connection.stop();
     for (const t of this.fetchTimers.values()) this.clock.clearTimeout(t);
     this.fetchTimers.clear();
@@ -126,6 +139,52 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     return serviceWaypoints(this.connection.states.get(TYPE.address)?.snapshot() ?? []);
   }
 
+  /** Every accepted resource of a type, warming clusters included (for validating a response against them). */
+  accepted(typeUrl: string): XdsResource[] {
+    return this.connection.states.get(typeUrl)?.snapshot() ?? [];
+  }
+
+  /**
+   * Whether the initial fetch is complete, as Envoy's init manager sees it: CDS and LDS answered,
+   * every EDS cluster warm, every route named by LDS received (and the workload API answered when
+   * subscribed). Until then a snapshot is partial: programming it would drop what a restarted
+   * agent finds pinned. The initial fetch timeout ends the wait regardless.
+   */
+  initialized(): boolean {
+    return this.initialDone;
+  }
+
+  /** What the initial fetch still waits for, in the operator's words (empty once complete). */
+  initialFetchMissing(): string[] {
+    const missing: string[] = [];
+    const state = (t: string) => this.connection.states.get(t);
+    if (!state(TYPE.cluster)?.answered()) missing.push('clusters (CDS)');
+    if (!state(TYPE.listener)?.answered()) missing.push('listeners (LDS)');
+    const addresses = state(TYPE.address);
+    if (addresses && !addresses.answered()) missing.push('addresses (workload API)');
+    let warming = 0;
+    for (const c of this.edsOfCluster.keys()) if (!this.warm.has(c)) warming++;
+    if (warming > 0) missing.push(`endpoints of ${warming} cluster(s) (EDS)`);
+    const routes = state(TYPE.route)?.awaited() ?? [];
+    if (routes.length > 0) missing.push(`route(s) ${routes.join(', ')} (RDS)`);
+    return missing;
+  }
+
+  private checkInitialized(): void {
+    if (!this.initialDone && this.initialFetchMissing().length === 0) this.finishInitialFetch(false);
+  }
+
+  private finishInitialFetch(timedOut: boolean): void {
+    if (this.initialDone) return;
+    this.initialDone = true;
+    if (this.initialTimer !== undefined) this.clock.clearTimeout(this.initialTimer);
+    this.initialTimer = undefined;
+    const missing = timedOut ? this.initialFetchMissing() : [];
+    if (timedOut)
+      this.logger.warn({ missing }, 'initial xDS fetch timed out: using the config received so far');
+    this.emit('initialized', { timedOut, missing });
+  }
+
   status(): XdsClientStatus {
     return {
       node: { id: this.opts.node.id, cluster: this.opts.node.cluster },
@@ -136,6 +195,11 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   }
 
   private onApplied(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
+    this.applyOutcome(typeUrl, outcome);
+    this.checkInitialized();
+  }
+
+  private applyOutcome(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
     if (outcome.rejections.length > 0) this.emit('rejected', { typeUrl, rejections: outcome.rejections });
     if (!outcome.changed) return;
     switch (typeUrl) {
@@ -218,6 +282,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
       );
     }
     this.refreshWarmth();
+    this.checkInitialized();
   }
 
   /** Emits the warm clusters when they differ from the last emitted set (warming can hold a change back). */

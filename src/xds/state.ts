@@ -149,6 +149,18 @@ abstract class TypeStateBase {
     return this.nonce;
   }
 
+  /** Whether any response for the type has been handled (the initial fetch answered it). */
+  answered(): boolean {
+    return this.anyResponse;
+  }
+
+  /** Subscribed names still waiting for their first response (REQUESTED, nothing accepted). */
+  awaited(): string[] {
+    const out: string[] = [];
+    for (const r of this.resources.values()) if (r.status === 'REQUESTED' && !r.accepted) out.push(r.name);
+    return out.sort();
+  }
+
   streamEnded(): void {
     this.active = false;
     this.nonce = '';
