@@ -1,7 +1,7 @@
 // translate(): behaviour over small, hand-written sets of resources shaped like istiod's.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { concernsOneVirtualHost, translate, validate } from '../src/translate/index.js';
+import { concernsOneVirtualHost, translate, validate, validateAgainst } from '../src/translate/index.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../src/xds/types.js';
 
 function res(typeUrl: string, name: string, body: JsonObject): XdsResource {
@@ -890,5 +890,71 @@ void describe('translate', () => {
     const b = translate({ resources: input });
     assert.deepEqual(a, b);
     assert.deepEqual(input, copy);
+  });
+});
+
+void describe("validateAgainst (the xDS client's hook: refusals that show when CDS meets EDS)", () => {
+  const mtls = {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+      common_tls_context: { alpn_protocols: ['istio-peer-exchange', 'istio'] },
+    },
+  };
+  const istioMatches: JsonObject = {
+    transport_socket_matches: [
+      { name: 'tlsMode-istio', match: { tlsMode: 'istio' }, transport_socket: mtls },
+      {
+        name: 'tlsMode-disabled',
+        match: {},
+        transport_socket: { name: 'envoy.transport_sockets.raw_buffer' },
+      },
+    ],
+  };
+  const labelled = {
+    metadata: { filter_metadata: { 'envoy.transport_socket_match': { tlsMode: 'istio' } } },
+  };
+  const holding =
+    (...held: XdsResource[]) =>
+    (typeUrl: string) =>
+      held.filter((r) => r.typeUrl === typeUrl);
+
+  void it('refuses a cluster of a CDS response whose accepted endpoints would need mTLS', () => {
+    const r = validateAgainst(
+      TYPE.cluster,
+      [edsCluster(A, istioMatches), edsCluster(B)],
+      holding(cla(A, [['127.0.0.11', 7001, labelled]]), cla(B, [['127.0.0.12', 7002, labelled]])),
+    );
+    assert.equal(r.length, 1);
+    assert.equal(r[0]?.typeUrl, TYPE.cluster);
+    assert.equal(r[0]?.name, A);
+    assert.match(r[0]?.reason ?? '', /127\.0\.0\.11:7001.*requires Istio mTLS.*no plaintext match/);
+  });
+
+  void it('refuses the ClusterLoadAssignment of an EDS response that makes an accepted cluster need mTLS, naming the cluster', () => {
+    const accepted = holding(edsCluster(A, istioMatches), cla(A, [['127.0.0.11', 7001]]));
+    const r = validateAgainst(TYPE.endpoint, [cla(A, [['127.0.0.11', 7001, labelled]])], accepted);
+    assert.equal(r.length, 1);
+    assert.equal(r[0]?.typeUrl, TYPE.endpoint);
+    assert.equal(r[0]?.name, A);
+    assert.match(
+      r[0]?.reason ?? '',
+      new RegExp(`^cluster ${A.replace(/\|/g, '\\|')}: .*requires Istio mTLS`),
+    );
+    // Plaintext endpoints for the same cluster are fine.
+    assert.deepEqual(validateAgainst(TYPE.endpoint, [cla(A, [['127.0.0.12', 7001]])], accepted), []);
+  });
+
+  void it("keeps validate()'s own refusals, once, and checks only what changed", () => {
+    const bad = cla(A, [['not-an-ip', 7001]]);
+    const own = validate(TYPE.endpoint, [bad]);
+    assert.equal(own.length, 1);
+    assert.deepEqual(validateAgainst(TYPE.endpoint, [bad], holding(edsCluster(A, istioMatches))), own);
+    // Content already accepted is not checked again: it was checked when it (or its cluster) arrived.
+    const same = cla(A, [['127.0.0.11', 7001, labelled]]);
+    assert.deepEqual(validateAgainst(TYPE.endpoint, [same], holding(edsCluster(A, istioMatches), same)), []);
+    // Routes and listeners: validate() alone.
+    const rds = [routeConfig('80', [vhost('web', ['127.100.0.2'], [toCluster(B)])])];
+    assert.deepEqual(validateAgainst(TYPE.route, rds, holding()), validate(TYPE.route, rds));
   });
 });

@@ -6,7 +6,7 @@ import { networkInterfaces } from 'node:os';
 import pino, { type Logger } from 'pino';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import type { AgentConfig } from '../config/config.js';
-import { translate, validate, type TranslateResult } from '../translate/index.js';
+import { translate, validateAgainst, type TranslateResult } from '../translate/index.js';
 import { XdsClient } from '../xds/client.js';
 import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
@@ -95,6 +95,8 @@ export async function startAgent(
     );
   } else {
     const address = `${config.xdsAddress!.host}:${config.xdsAddress!.port}`;
+    // Cross-resource refusals (CDS meets EDS) are checked against what the client holds.
+    const held: { client?: XdsClient } = {};
     const client = new XdsClient({
       address,
       protocol: config.xdsProtocol,
@@ -103,9 +105,11 @@ export async function startAgent(
       clusterId: config.identity.clusterId,
       node,
       waypoints: config.waypoints,
-      validate,
+      validate: (typeUrl, resources) =>
+        validateAgainst(typeUrl, resources, (t) => held.client?.accepted(t) ?? []),
       logger: log.child({ stage: 'xds' }),
     });
+    held.client = client;
     source = new IstiodSource(client, address, node, log.child({ stage: 'xds' }));
   }
 
