@@ -1,7 +1,6 @@
 // The admin endpoint's Envoy-compatible views, rendered from real istiod output (the shared fixtures)
 // and served over HTTP. The agent end-to-end tests check the same routes against a running agent.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 import { buildClusters } from '../src/admin/clusters.js';
 import { applyMask, buildConfigDump } from '../src/admin/config-dump.js';
@@ -10,6 +9,7 @@ import { AgentMetrics } from '../src/agent/metrics.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
 import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
 import { fixturesMissing, readFixture } from './support/fixtures.js';
+import { assertPromtoolAccepts } from './support/prometheus.js';
 
 const missing = fixturesMissing();
 
@@ -229,7 +229,7 @@ void test('the admin server answers Envoy routes over HTTP and stats pass promto
     assert.match(stats.text, /kernmesh_map_capacity\{map="services"\} 1024/);
     assert.match(stats.text, /kernmesh_fallback_total\{reason="no_endpoint"\} 2/);
     assert.equal((await get('/metrics')).text.length > 0, true);
-    promtoolCheck(stats.text);
+    assertPromtoolAccepts(stats.text);
   } finally {
     await server.close();
   }
@@ -241,18 +241,4 @@ function decodesAs(typeName: string, json: JsonObject): void {
   assert.ok(bytes.length > 0);
   const back = decodeToJson(typeName, bytes) as JsonObject;
   assert.equal(Array.isArray(back.configs ?? back.cluster_statuses), true);
-}
-
-/** promtool is the reference checker for the exposition format; it comes with Debian's prometheus package. */
-export function promtoolCheck(text: string): void {
-  try {
-    execFileSync('promtool', ['check', 'metrics'], { input: text, stdio: ['pipe', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as { stderr?: Buffer; stdout?: Buffer; code?: string };
-    if (err.code === 'ENOENT')
-      throw new Error('promtool not installed (Debian package prometheus; scripts/setup.sh installs it)');
-    throw new Error(
-      `promtool check metrics failed:\n${err.stdout?.toString() ?? ''}${err.stderr?.toString() ?? ''}`,
-    );
-  }
 }

@@ -4,10 +4,9 @@
 // was live at some moment during that connect.
 import assert from 'node:assert/strict';
 
-import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { DesiredState, Endpoint, LbPolicy } from '../src/dataplane/model.js';
 import { kernelTest } from './support/kernel.js';
-import { Client, startBackend, type Backend } from './support/net.js';
+import { startRouting } from './support/routing.js';
 
 /** Deterministic pseudo-random numbers, so a failure can be replayed. */
 function rng(seed: number): () => number {
@@ -31,17 +30,8 @@ const POLICIES: LbPolicy[] = ['round_robin', 'random', 'least_request', 'maglev'
 kernelTest(
   'churn: 20,000 connects while endpoints are rewritten 50 times a second; none fails or goes astray',
   async (t, env) => {
-    const pool: Backend[] = [];
-    for (let i = 0; i < 12; i++) {
-      const b = await startBackend(`127.0.0.${121 + i}`);
-      env.defer(() => b.close());
-      pool.push(b);
-    }
-    const dp = Dataplane.open({ pinDir: env.pinDir });
-    env.defer(() => dp.close());
-    dp.attach(env.cgroup);
-    const client = new Client(env.cgroup);
-    env.defer(() => client.exit());
+    const addresses = Array.from({ length: 12 }, (_, i) => `127.0.0.${121 + i}`);
+    const { dp, backends: pool, client } = await startRouting(env, addresses);
 
     const random = rng(20260101);
     const nextState = (n: number): { state: DesiredState; live: Set<string> } => {

@@ -4,8 +4,10 @@ import assert from 'node:assert/strict';
 
 import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { Endpoint, LbPolicy, Service } from '../src/dataplane/model.js';
-import { kernelTest, type KernelEnv } from './support/kernel.js';
+import { kernelTest } from './support/kernel.js';
+import { eventually } from './support/wait.js';
 import { Client, startBackend, tally, type Backend } from './support/net.js';
+import { startRouting } from './support/routing.js';
 
 function ep(b: Backend, extra: Partial<Endpoint> = {}): Endpoint {
   return { address: b.address, port: b.port, weight: 1, priority: 0, health: 'healthy', ...extra };
@@ -15,37 +17,15 @@ function svc(name: string, lbPolicy: LbPolicy, endpoints: Endpoint[], extra: Par
   return { name, kind: 'endpoints', lbPolicy, endpoints, ...extra };
 }
 
-async function setup(
-  env: KernelEnv,
-  addresses: string[],
-): Promise<{ dp: Dataplane; backends: Backend[]; client: Client }> {
-  const backends: Backend[] = [];
-  for (const a of addresses) {
-    const b = await startBackend(a);
-    env.defer(() => b.close());
-    backends.push(b);
-  }
-  const dp = Dataplane.open({ pinDir: env.pinDir });
-  env.defer(() => dp.close());
-  dp.attach(env.cgroup);
-  const client = new Client(env.cgroup);
-  env.defer(() => client.exit());
-  return { dp, backends, client };
-}
-
 /** Waits (bounded) until sockops has seen the closes: counts are updated asynchronously. */
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 250; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  assert.fail(`never happened: ${what}`);
+function until(cond: () => boolean, what: string): Promise<void> {
+  return eventually(what, cond, { attempts: 250, intervalMs: 20 });
 }
 
 kernelTest(
   'connect table: every policy, passthrough, blackhole, no endpoints, draining, unknown VIP',
   async (t, env) => {
-    const { dp, backends, client } = await setup(env, ['127.0.0.11', '127.0.0.12', '127.0.0.13']);
+    const { dp, backends, client } = await startRouting(env, ['127.0.0.11', '127.0.0.12', '127.0.0.13']);
     const [b1, b2, b3] = backends as [Backend, Backend, Backend];
     // "VIPs" that nothing routes: a server listens on the address itself, so untouched connects land there
     const direct = await startBackend('127.100.1.200');
@@ -117,7 +97,7 @@ kernelTest(
 );
 
 kernelTest('getpeername on the client returns the VIP; the server sees the real client', async (_t, env) => {
-  const { dp, backends, client } = await setup(env, ['127.0.0.21']);
+  const { dp, backends, client } = await startRouting(env, ['127.0.0.21']);
   const b = backends[0]!;
   await dp.apply({
     services: [svc('peer', 'random', [ep(b)])],
@@ -139,7 +119,7 @@ kernelTest('getpeername on the client returns the VIP; the server sees the real 
 kernelTest(
   'circuit breaking: with max_connections 5 the sixth concurrent connect is refused, then one close frees a place',
   async (_t, env) => {
-    const { dp, backends, client } = await setup(env, ['127.0.0.31']);
+    const { dp, backends, client } = await startRouting(env, ['127.0.0.31']);
     const b = backends[0]!;
     await dp.apply({
       services: [svc('capped', 'round_robin', [ep(b)], { maxConnections: 5 })],
@@ -176,7 +156,7 @@ kernelTest(
 kernelTest(
   'failover: priority 0 emptied or unhealthy sends connections to priority 1, and back when it returns',
   async (_t, env) => {
-    const { dp, backends, client } = await setup(env, ['127.0.0.41', '127.0.0.42', '127.0.0.43']);
+    const { dp, backends, client } = await startRouting(env, ['127.0.0.41', '127.0.0.42', '127.0.0.43']);
     const [p0a, p0b, p1] = backends as [Backend, Backend, Backend];
     const state = (p0: Endpoint[]) => ({
       services: [svc('failover', 'round_robin', [...p0, ep(p1, { priority: 1 })])],
@@ -201,7 +181,7 @@ kernelTest(
 );
 
 kernelTest('least request sends new connections away from a backend holding open ones', async (_t, env) => {
-  const { dp, backends, client } = await setup(env, ['127.0.0.51', '127.0.0.52', '127.0.0.53']);
+  const { dp, backends, client } = await startRouting(env, ['127.0.0.51', '127.0.0.52', '127.0.0.53']);
   const [busy, idle1, idle2] = backends as [Backend, Backend, Backend];
   const fe = [{ address: '127.100.5.1', port: 80, protocol: 'tcp' as const, service: 'lr' }];
   await dp.apply({ services: [svc('lr', 'least_request', [ep(busy)])], frontends: fe });

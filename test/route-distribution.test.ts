@@ -4,8 +4,9 @@ import assert from 'node:assert/strict';
 
 import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { Endpoint, LbPolicy } from '../src/dataplane/model.js';
-import { kernelTest, type KernelEnv } from './support/kernel.js';
-import { Client, startBackend, tally, type Backend } from './support/net.js';
+import { kernelTest } from './support/kernel.js';
+import { Client, tally, type Backend } from './support/net.js';
+import { startRouting } from './support/routing.js';
 
 /** Chi-square critical value for 2 degrees of freedom at p = 0.001. */
 const CHI2_DF2_P001 = 13.82;
@@ -13,20 +14,6 @@ const CHI2_DF1_P001 = 10.83;
 
 function chiSquare(observed: number[], expected: number[]): number {
   return observed.reduce((sum, o, i) => sum + (o - expected[i]!) ** 2 / expected[i]!, 0);
-}
-
-async function setup(
-  env: KernelEnv,
-  addresses: string[],
-): Promise<{ dp: Dataplane; backends: Backend[]; client: Client }> {
-  const backends = await Promise.all(addresses.map((a) => startBackend(a)));
-  for (const b of backends) env.defer(() => b.close());
-  const dp = Dataplane.open({ pinDir: env.pinDir });
-  env.defer(() => dp.close());
-  dp.attach(env.cgroup);
-  const client = new Client(env.cgroup);
-  env.defer(() => client.exit());
-  return { dp, backends, client };
 }
 
 const ep = (b: Backend, weight = 1): Endpoint => ({
@@ -59,7 +46,7 @@ async function spread(
 kernelTest(
   'RANDOM and ROUND_ROBIN spread 3000 connects within a chi-square bound; weights 1:3 give about 1:3',
   async (t, env) => {
-    const { dp, backends, client } = await setup(env, ['127.0.0.81', '127.0.0.82', '127.0.0.83']);
+    const { dp, backends, client } = await startRouting(env, ['127.0.0.81', '127.0.0.82', '127.0.0.83']);
     for (const policy of ['random', 'round_robin', 'least_request'] as const) {
       await t.test(`${policy}: 3000 connects over 3 backends`, async () => {
         const counts = await spread(
@@ -128,7 +115,7 @@ kernelTest(
   'Maglev: a client address always reaches the same backend; removing one of 10 moves at most 15% of 1000 clients',
   async (_t, env) => {
     const addresses = Array.from({ length: 10 }, (_, i) => `127.0.0.${90 + i}`);
-    const { dp, backends, client } = await setup(env, addresses);
+    const { dp, backends, client } = await startRouting(env, addresses);
     const sources = Array.from({ length: 1000 }, (_, i) => `127.1.${Math.floor(i / 250)}.${(i % 250) + 1}`);
     const state = (bs: Backend[]) => ({
       services: [

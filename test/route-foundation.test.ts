@@ -6,9 +6,9 @@ import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
-import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { DesiredState } from '../src/dataplane/model.js';
 import { kernelTest } from './support/kernel.js';
+import { openRouting } from './support/routing.js';
 import { Client, payload, startBackend } from './support/net.js';
 
 const run = promisify(execFile);
@@ -52,9 +52,7 @@ kernelTest(
   async (_t, env) => {
     const backend = await startBackend('127.0.0.2', { collect: true });
     env.defer(() => backend.close());
-    const dp = Dataplane.open({ pinDir: env.pinDir });
-    env.defer(() => dp.close());
-    dp.attach(env.cgroup);
+    const dp = openRouting(env);
     const result = await dp.apply(oneService('127.100.0.1', 80, backend.address, backend.port));
     assert.deepEqual(result.refused, []);
 

@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 
 import { encodeAddress } from '../src/dataplane/address.js';
-import { Dataplane } from '../src/dataplane/dataplane.js';
 import { kernelTest } from './support/kernel.js';
+import { openRouting } from './support/routing.js';
 import { Client, createNetns, NetnsBackends, payload, tally } from './support/net.js';
 
 function tlv6(address: string, port: number): Buffer {
@@ -39,9 +39,7 @@ kernelTest(
       servers.server('fd00:6::20'),
     ];
 
-    const dp = Dataplane.open({ pinDir: env.pinDir });
-    env.defer(() => dp.close());
-    dp.attach(env.cgroup);
+    const dp = openRouting(env);
     const ep = (s: { address: string; port: number }) => ({
       address: s.address,
       port: s.port,

@@ -2,8 +2,8 @@
 // the TLV naming the original VIP and port (DESIGN.md "Waypoints"), then the payload intact.
 import assert from 'node:assert/strict';
 
-import { Dataplane } from '../src/dataplane/dataplane.js';
 import { kernelTest } from './support/kernel.js';
+import { openRouting } from './support/routing.js';
 import { Client, payload, startBackend } from './support/net.js';
 
 /** 0x01, length 6 (4 bytes BE), IPv4 address, port, then 0xfe with length 0. */
@@ -23,9 +23,7 @@ kernelTest(
   async (t, env) => {
     const waypoint = await startBackend('127.0.0.111', { collect: true, silent: true });
     env.defer(() => waypoint.close());
-    const dp = Dataplane.open({ pinDir: env.pinDir });
-    env.defer(() => dp.close());
-    dp.attach(env.cgroup);
+    const dp = openRouting(env);
     const applied = await dp.apply({
       services: [
         {

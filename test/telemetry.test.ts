@@ -1,7 +1,7 @@
 // Telemetry in the real kernel: connections from a test cgroup to a VIP that routing rewrites, with
 // known byte counts each way; the ring-buffer events and the Prometheus output must say exactly that.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { statSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -10,10 +10,12 @@ import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 
 import { Accelerator } from '../src/accel/accel.js';
-import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { ConnEvent } from '../src/telemetry/codec.js';
 import { Telemetry } from '../src/telemetry/telemetry.js';
 import { kernelTest, runInCgroup, type KernelEnv } from './support/kernel.js';
+import { assertPromtoolAccepts } from './support/prometheus.js';
+import { eventually } from './support/wait.js';
+import { openRouting } from './support/routing.js';
 
 // The objects under test; make's own output would break the TAP stream on stdout.
 execFileSync('make', ['-s', '-C', 'bpf'], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -69,13 +71,12 @@ async function runClient(cgroup: string, host: string, port: number, sizes: numb
 }
 
 /** Waits (bounded, not timed) until the kernel has reported what we expect: closes are asynchronous. */
-async function until(tele: Telemetry, cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
+function until(tele: Telemetry, cond: () => boolean, what: string): Promise<void> {
+  const drained = (): boolean => {
     tele.drain();
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  assert.fail(`never happened: ${what}`);
+    return cond();
+  };
+  return eventually(what, drained, { attempts: 500, intervalMs: 10 });
 }
 
 function setup(env: KernelEnv, accessLog?: Logger): { tele: Telemetry; events: ConnEvent[] } {
@@ -95,11 +96,6 @@ function setup(env: KernelEnv, accessLog?: Logger): { tele: Telemetry; events: C
   return { tele, events };
 }
 
-function promtool(exposition: string): { status: number | null; output: string } {
-  const r = spawnSync('promtool', ['check', 'metrics'], { input: exposition, encoding: 'utf8' });
-  return { status: r.status, output: r.stdout + r.stderr };
-}
-
 /** The value of one sample line of the exposition, matched by name and a label subset. */
 function sample(exposition: string, name: string, labels: Record<string, string>): number | undefined {
   for (const line of exposition.split('\n')) {
@@ -114,9 +110,7 @@ kernelTest(
   'events carry tuple, original destination, service and exact byte counts; Prometheus output passes promtool',
   async (_t, env) => {
     const { port } = await startServer(env, BACKEND);
-    const dp = Dataplane.open({ pinDir: env.pinDir });
-    env.defer(() => dp.close());
-    dp.attach(env.cgroup);
+    const dp = openRouting(env);
     await dp.apply({
       services: [
         {
@@ -167,8 +161,7 @@ kernelTest(
     });
 
     const text = await tele.registry.metrics();
-    const check = promtool(text);
-    assert.equal(check.status, 0, `promtool check metrics:\n${check.output}\n${text}`);
+    assertPromtoolAccepts(text);
     const labels = {
       reporter: 'source',
       destination_service: 'reviews.default.svc.cluster.local',

@@ -1,17 +1,12 @@
 // The xDS client against the in-process test control plane: SotW and Delta ADS as istiod sees them.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { pino } from 'pino';
-import { XdsClient, type XdsClientOptions, type XdsUpdate } from '../src/xds/client.js';
-import { buildNodeIdentity } from '../src/xds/identity.js';
-import type { ConnectionStatus } from '../src/xds/connection.js';
+import { XdsClient, type XdsUpdate } from '../src/xds/client.js';
 import type { Validator } from '../src/xds/state.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 import { FakeClock } from './support/control-plane-clock.js';
 import { TestControlPlane } from './support/control-plane.js';
-
-const silent = pino({ level: 'silent' });
-const node = buildNodeIdentity({ podName: 'sleep-1', namespace: 'demo', instanceIps: ['10.1.2.3'], env: {} });
+import { makeClient, nextState, testNode as node } from './support/xds-client.js';
 
 export function cluster(name: string, extra: JsonObject = {}): JsonObject {
   return {
@@ -78,10 +73,6 @@ function collect(client: XdsClient): XdsUpdate[] {
   const updates: XdsUpdate[] = [];
   client.on('update', (u) => updates.push(u));
   return updates;
-}
-
-function makeClient(cp: TestControlPlane, extra: Partial<XdsClientOptions> = {}): XdsClient {
-  return new XdsClient({ address: cp.address, node, logger: silent, random: () => 0.5, ...extra });
 }
 
 void describe('SotW ADS', () => {
@@ -476,17 +467,6 @@ void describe('Delta ADS', () => {
     }
   });
 });
-
-function nextState(client: XdsClient, state: ConnectionStatus['state']): Promise<ConnectionStatus> {
-  return new Promise((resolve) => {
-    const on = (s: ConnectionStatus): void => {
-      if (s.state !== state) return;
-      client.off('connection', on);
-      resolve(s);
-    };
-    client.on('connection', on);
-  });
-}
 
 void describe('disconnects', () => {
   let cp: TestControlPlane;

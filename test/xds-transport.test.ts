@@ -4,34 +4,21 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { pino } from 'pino';
-import { XdsClient, type XdsClientOptions } from '../src/xds/client.js';
-import type { ConnectionStatus } from '../src/xds/connection.js';
+import { XdsClient } from '../src/xds/client.js';
 import { buildNodeIdentity } from '../src/xds/identity.js';
 import { TYPE, type JsonObject, type JsonValue } from '../src/xds/types.js';
 import { FakeClock } from './support/control-plane-clock.js';
 import { makeTestPki, type TestPki } from './support/control-plane-tls.js';
 import { TestControlPlane } from './support/control-plane.js';
 import { readFixture } from './support/fixtures.js';
+import {
+  connectionState,
+  makeClient,
+  silentLogger as silent,
+  testNode as node,
+} from './support/xds-client.js';
 
 const str = (v: JsonValue | undefined): string => (typeof v === 'string' ? v : JSON.stringify(v ?? null));
-const silent = pino({ level: 'silent' });
-const node = buildNodeIdentity({ podName: 'sleep-1', namespace: 'demo', instanceIps: ['10.1.2.3'], env: {} });
-
-function makeClient(cp: TestControlPlane, extra: Partial<XdsClientOptions> = {}): XdsClient {
-  return new XdsClient({ address: cp.address, node, logger: silent, random: () => 0.5, ...extra });
-}
-
-function waitState(client: XdsClient, pred: (s: ConnectionStatus) => boolean): Promise<ConnectionStatus> {
-  return new Promise((resolve) => {
-    const on = (s: ConnectionStatus): void => {
-      if (!pred(s)) return;
-      client.off('connection', on);
-      resolve(s);
-    };
-    client.on('connection', on);
-  });
-}
 
 function bigCluster(i: number): JsonObject {
   const name = `outbound|${8000 + (i % 1000)}||svc-${i}.namespace-${i % 50}.svc.cluster.local`;
@@ -163,7 +150,7 @@ void describe('TLS and token', () => {
       // The token rotates: the next stream carries the new one (the server now wants it).
       writeFileSync(tokenFile, 'token-two\n');
       (cp as unknown as { opts: { requireToken: string } }).opts.requireToken = 'token-two';
-      const backoff = waitState(client, (s) => s.state === 'BACKOFF');
+      const backoff = connectionState(client, (s) => s.state === 'BACKOFF');
       cp.disconnectAll();
       clock.advance((await backoff).retryInMs ?? 0);
       const mark = cp.requests.length;
@@ -194,14 +181,14 @@ void describe('TLS and token', () => {
       const client = makeClient(cp, { tls: tls(), tokenFile, clock });
       client.start();
       try {
-        const first = await waitState(client, (s) => s.state === 'BACKOFF');
+        const first = await connectionState(client, (s) => s.state === 'BACKOFF');
         assert.match(
           first.lastError ?? '',
           /ADS stream to 127\.0\.0\.1:\d+ \(TLS, server name [^)]+\) closed: UNAVAILABLE/,
         );
         assert.match(first.lastError ?? '', expected);
         assert.equal(first.retryInMs, 500);
-        const second = waitState(client, (s) => s.state === 'BACKOFF');
+        const second = connectionState(client, (s) => s.state === 'BACKOFF');
         clock.advance(500);
         assert.equal((await second).retryInMs, 1000, 'it keeps retrying, backing off');
         assert.equal(client.status().connection.attempts, 2);
