@@ -8,15 +8,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "kernmesh.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-#define SOCK_STREAM 1
+#include "common.h"
+#include "accel_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -60,22 +53,6 @@ struct {
 } km_accel_pending SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
-	__type(key, int);
-	__type(value, struct km_accel_sock);
-} km_accel_sock SEC(".maps");
-
-/* Bytes redirected into each accelerated socket, keyed by the receiving end; telemetry reads and
- * deletes the entry when the socket closes (LRU: without telemetry, entries age out). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct km_sock_key);
-	__type(value, __u64);
-} km_accel_rx_bytes SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KM_ACCEL_COUNTER_MAX);
 	__type(key, __u32);
@@ -97,63 +74,11 @@ static __always_inline struct km_accel_config *accel_config(void)
 	return bpf_map_lookup_elem(&km_accel_config, &zero);
 }
 
-/* IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes plain IPv4, so a v4 client and a dual-stack server
- * name the same connection the same way. */
-static __always_inline int fold_v4_mapped(__u32 *family, __u32 *ip)
-{
-	if (*family == AF_INET6 && ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0xffff)) {
-		*family = AF_INET;
-		ip[0] = ip[3];
-		ip[1] = 0;
-		ip[2] = 0;
-		ip[3] = 0;
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline int key_from_skops(struct bpf_sock_ops *skops, struct km_sock_key *k)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->family = skops->family;
-	if (k->family == AF_INET) {
-		k->local_ip[0] = skops->local_ip4;
-		k->remote_ip[0] = skops->remote_ip4;
-	} else if (k->family == AF_INET6) {
-		__u32 lfam = AF_INET6, rfam = AF_INET6;
-
-		k->local_ip[0] = skops->local_ip6[0];
-		k->local_ip[1] = skops->local_ip6[1];
-		k->local_ip[2] = skops->local_ip6[2];
-		k->local_ip[3] = skops->local_ip6[3];
-		k->remote_ip[0] = skops->remote_ip6[0];
-		k->remote_ip[1] = skops->remote_ip6[1];
-		k->remote_ip[2] = skops->remote_ip6[2];
-		k->remote_ip[3] = skops->remote_ip6[3];
-		fold_v4_mapped(&lfam, k->local_ip);
-		fold_v4_mapped(&rfam, k->remote_ip);
-		if (lfam != rfam)
-			return -1;
-		k->family = lfam;
-	} else {
-		return -1;
-	}
-	k->local_port = skops->local_port;
-	k->remote_port = bpf_ntohl(skops->remote_port);
-	return 0;
-}
-
 static __always_inline void reverse_key(const struct km_sock_key *k, struct km_sock_key *r)
 {
 	r->family = k->family;
-	r->local_ip[0] = k->remote_ip[0];
-	r->local_ip[1] = k->remote_ip[1];
-	r->local_ip[2] = k->remote_ip[2];
-	r->local_ip[3] = k->remote_ip[3];
-	r->remote_ip[0] = k->local_ip[0];
-	r->remote_ip[1] = k->local_ip[1];
-	r->remote_ip[2] = k->local_ip[2];
-	r->remote_ip[3] = k->local_ip[3];
+	KM_COPY_IP6(r->local_ip, k->remote_ip);
+	KM_COPY_IP6(r->remote_ip, k->local_ip);
 	r->local_port = k->remote_port;
 	r->remote_port = k->local_port;
 }
@@ -271,28 +196,33 @@ static __always_inline struct km_accel_sock *sock_state(struct bpf_sock_ops *sko
 	return bpf_sk_storage_get(&km_accel_sock, sk, 0, 0);
 }
 
+/* A listening socket's own address as km_accel_listeners' key; -1 for another family. */
+static __always_inline int listener_key(struct bpf_sock_ops *skops, struct km_listener_key *lk)
+{
+	__u32 family = skops->family;
+
+	__builtin_memset(lk, 0, sizeof(*lk));
+	if (family == AF_INET) {
+		lk->ip[0] = skops->local_ip4;
+	} else if (family == AF_INET6) {
+		KM_COPY_IP6(lk->ip, skops->local_ip6);
+		km_fold_v4_mapped(&family, lk->ip);
+	} else {
+		return -1;
+	}
+	lk->family = family;
+	lk->port = skops->local_port;
+	return 0;
+}
+
 static __always_inline void remember_listener(struct bpf_sock_ops *skops)
 {
 	struct km_accel_sock *st = sock_state(skops);
-	struct km_listener_key lk = {};
+	struct km_listener_key lk;
 	struct km_sock_owner owner;
-	__u32 family = skops->family;
 
-	if (!st || !(st->state & KM_ACCEL_SOCK_OWNER_KNOWN))
+	if (!st || !(st->state & KM_ACCEL_SOCK_OWNER_KNOWN) || listener_key(skops, &lk))
 		return;
-	if (family == AF_INET) {
-		lk.ip[0] = skops->local_ip4;
-	} else if (family == AF_INET6) {
-		lk.ip[0] = skops->local_ip6[0];
-		lk.ip[1] = skops->local_ip6[1];
-		lk.ip[2] = skops->local_ip6[2];
-		lk.ip[3] = skops->local_ip6[3];
-		fold_v4_mapped(&family, lk.ip);
-	} else {
-		return;
-	}
-	lk.family = family;
-	lk.port = skops->local_port;
 	owner.uid = st->uid;
 	owner.gid = st->gid;
 	bpf_map_update_elem(&km_accel_listeners, &lk, &owner, BPF_ANY);
@@ -302,22 +232,10 @@ static __always_inline void remember_listener(struct bpf_sock_ops *skops)
 
 static __always_inline void forget_listener(struct bpf_sock_ops *skops)
 {
-	struct km_listener_key lk = {};
-	__u32 family = skops->family;
+	struct km_listener_key lk;
 
-	if (family == AF_INET) {
-		lk.ip[0] = skops->local_ip4;
-	} else if (family == AF_INET6) {
-		lk.ip[0] = skops->local_ip6[0];
-		lk.ip[1] = skops->local_ip6[1];
-		lk.ip[2] = skops->local_ip6[2];
-		lk.ip[3] = skops->local_ip6[3];
-		fold_v4_mapped(&family, lk.ip);
-	} else {
+	if (listener_key(skops, &lk))
 		return;
-	}
-	lk.family = family;
-	lk.port = skops->local_port;
 	bpf_map_delete_elem(&km_accel_listeners, &lk);
 }
 
@@ -329,10 +247,7 @@ static __always_inline struct km_sock_owner *listener_owner(const struct km_sock
 	struct km_sock_owner *o;
 
 	lk.family = k->family;
-	lk.ip[0] = k->remote_ip[0];
-	lk.ip[1] = k->remote_ip[1];
-	lk.ip[2] = k->remote_ip[2];
-	lk.ip[3] = k->remote_ip[3];
+	KM_COPY_IP6(lk.ip, k->remote_ip);
 	lk.port = k->remote_port;
 	o = bpf_map_lookup_elem(&km_accel_listeners, &lk);
 	if (o)
@@ -372,7 +287,7 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 	struct km_sock_key k;
 	__u32 allow;
 
-	if (!cfg || !cfg->enabled || !st || key_from_skops(skops, &k))
+	if (!cfg || !cfg->enabled || !st || km_sock_key_from_skops(skops, &k))
 		return;
 	server = listener_owner(&k);
 	if (!server)
@@ -395,7 +310,7 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops)
 	struct km_sock_key k, peer;
 	__u32 *allow;
 
-	if (!st || key_from_skops(skops, &k))
+	if (!st || km_sock_key_from_skops(skops, &k))
 		return;
 	reverse_key(&k, &peer);
 	allow = bpf_map_lookup_elem(&km_accel_pending, &peer);
@@ -460,16 +375,10 @@ static __always_inline int key_from_msg(struct sk_msg_md *msg, struct km_sock_ke
 	} else if (msg->family == AF_INET6) {
 		lfam = AF_INET6;
 		rfam = AF_INET6;
-		peer->local_ip[0] = msg->remote_ip6[0];
-		peer->local_ip[1] = msg->remote_ip6[1];
-		peer->local_ip[2] = msg->remote_ip6[2];
-		peer->local_ip[3] = msg->remote_ip6[3];
-		peer->remote_ip[0] = msg->local_ip6[0];
-		peer->remote_ip[1] = msg->local_ip6[1];
-		peer->remote_ip[2] = msg->local_ip6[2];
-		peer->remote_ip[3] = msg->local_ip6[3];
-		fold_v4_mapped(&lfam, peer->local_ip);
-		fold_v4_mapped(&rfam, peer->remote_ip);
+		KM_COPY_IP6(peer->local_ip, msg->remote_ip6);
+		KM_COPY_IP6(peer->remote_ip, msg->local_ip6);
+		km_fold_v4_mapped(&lfam, peer->local_ip);
+		km_fold_v4_mapped(&rfam, peer->remote_ip);
 		if (lfam != rfam)
 			return -1;
 		peer->family = lfam;

@@ -6,7 +6,8 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "kernmesh.h"
+#include "common.h"
+#include "sock_route_map.h"
 
 #define ECONNREFUSED 111
 /* A pick that races with a writer (slot or backend just removed) re-reads the service. */
@@ -93,14 +94,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } km_counters SEC(".maps");
-
-/* Shared with the telemetry programs (same name, same definition, same pin). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct km_sock_route);
-} km_sock_route SEC(".maps");
 
 /* Sockets whose first message still needs the waypoint TLV; km_waypoint_msg is attached to it. */
 struct {
@@ -375,16 +368,9 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	__u32 dst[4], src[4] = {};
 	int mapped;
 
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
-	if (sk) {
-		src[0] = sk->src_ip6[0];
-		src[1] = sk->src_ip6[1];
-		src[2] = sk->src_ip6[2];
-		src[3] = sk->src_ip6[3];
-	}
+	KM_COPY_IP6(dst, ctx->user_ip6);
+	if (sk)
+		KM_COPY_IP6(src, sk->src_ip6);
 	mapped = is_v4_mapped(dst[0], dst[1], dst[2]);
 	fk.port = (__u16)ctx->user_port;
 	fk.protocol = ctx->protocol;
@@ -418,10 +404,7 @@ int km_connect6(struct bpf_sock_addr *ctx)
 			__u32 a[4];
 
 			__builtin_memcpy(a, d.address, 16);
-			ctx->user_ip6[0] = a[0];
-			ctx->user_ip6[1] = a[1];
-			ctx->user_ip6[2] = a[2];
-			ctx->user_ip6[3] = a[3];
+			KM_COPY_IP6(ctx->user_ip6, a);
 		} else {
 			/* a v4-mapped socket cannot reach an IPv6 backend */
 			count(d.service_id, KM_REASON_NO_ENDPOINT);
@@ -435,17 +418,10 @@ int km_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-static __always_inline struct km_sock_route *routed(struct bpf_sock_addr *ctx)
-{
-	struct km_sock_route *r = bpf_sk_storage_get(&km_sock_route, ctx->sk, 0, 0);
-
-	return r && (r->flags & KM_SOCK_ROUTED) ? r : 0;
-}
-
 SEC("cgroup/getpeername4")
 int km_getpeername4(struct bpf_sock_addr *ctx)
 {
-	struct km_sock_route *r = routed(ctx);
+	struct km_sock_route *r = km_routed_sock(ctx->sk);
 	__u32 addr;
 
 	if (r && r->family == KM_AF_INET) {
@@ -459,7 +435,7 @@ int km_getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int km_getpeername6(struct bpf_sock_addr *ctx)
 {
-	struct km_sock_route *r = routed(ctx);
+	struct km_sock_route *r = km_routed_sock(ctx->sk);
 	__u32 a[4];
 
 	if (!r)
@@ -472,10 +448,7 @@ int km_getpeername6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[3] = a[3];
 	} else {
 		__builtin_memcpy(a, r->orig_address, 16);
-		ctx->user_ip6[0] = a[0];
-		ctx->user_ip6[1] = a[1];
-		ctx->user_ip6[2] = a[2];
-		ctx->user_ip6[3] = a[3];
+		KM_COPY_IP6(ctx->user_ip6, a);
 	}
 	ctx->user_port = r->orig_port;
 	return 1;
@@ -503,8 +476,8 @@ int km_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		r = bpf_sk_storage_get(&km_sock_route, sk, 0, 0);
-		if (!r || !(r->flags & KM_SOCK_ROUTED))
+		r = km_routed_sock(sk);
+		if (!r)
 			break;
 		if (!(r->flags & KM_SOCK_COUNTED)) {
 			if (r->backend_id)
@@ -535,59 +508,54 @@ int km_sockops(struct bpf_sock_ops *skops)
 }
 
 /* The waypoint learns the original destination from a TLV ahead of the application's bytes:
- * 0x01, length (4 bytes BE: 6 or 18), address, port, then 0xfe with length 0. */
+ * 0x01, length (4 bytes BE: address and port), address, port (network order), then 0xfe with
+ * length 0. addr_len is 4 or 16, a constant at each call, so the copies have constant sizes. */
+static __always_inline int push_waypoint_tlv(struct sk_msg_md *msg, const struct km_sock_route *r,
+					     const __u32 addr_len)
+{
+	const __u32 end_marker = 5 + addr_len + 2;
+	const __u32 total = end_marker + 5;
+	__u8 *data, *end;
+
+	if (bpf_msg_push_data(msg, 0, total, 0) || bpf_msg_pull_data(msg, 0, total, 0))
+		return -1;
+	data = msg->data;
+	end = msg->data_end;
+	if (data + total > end)
+		return -1;
+	data[0] = 0x01;
+	data[1] = 0;
+	data[2] = 0;
+	data[3] = 0;
+	data[4] = addr_len + 2;
+	__builtin_memcpy(data + 5, r->orig_address, addr_len);
+	__builtin_memcpy(data + 5 + addr_len, &r->orig_port, 2);
+	data[end_marker] = 0xfe;
+	data[end_marker + 1] = 0;
+	data[end_marker + 2] = 0;
+	data[end_marker + 3] = 0;
+	data[end_marker + 4] = 0;
+	return 0;
+}
+
 SEC("sk_msg")
 int km_waypoint_msg(struct sk_msg_md *msg)
 {
 	struct bpf_sock *sk = msg->sk;
 	struct km_sock_route *r;
-	__u8 *data, *end;
+	int err;
 
 	if (!sk)
 		return SK_PASS;
 	r = bpf_sk_storage_get(&km_sock_route, sk, 0, 0);
 	if (!r || !(r->flags & KM_SOCK_WAYPOINT_PENDING))
 		return SK_PASS;
-
-	if (r->family == KM_AF_INET) {
-		if (bpf_msg_push_data(msg, 0, 16, 0) || bpf_msg_pull_data(msg, 0, 16, 0))
-			return SK_DROP;
-		data = msg->data;
-		end = msg->data_end;
-		if (data + 16 > end)
-			return SK_DROP;
-		data[0] = 0x01;
-		data[1] = 0;
-		data[2] = 0;
-		data[3] = 0;
-		data[4] = 6;
-		__builtin_memcpy(data + 5, r->orig_address, 4);
-		__builtin_memcpy(data + 9, &r->orig_port, 2);
-		data[11] = 0xfe;
-		data[12] = 0;
-		data[13] = 0;
-		data[14] = 0;
-		data[15] = 0;
-	} else {
-		if (bpf_msg_push_data(msg, 0, 28, 0) || bpf_msg_pull_data(msg, 0, 28, 0))
-			return SK_DROP;
-		data = msg->data;
-		end = msg->data_end;
-		if (data + 28 > end)
-			return SK_DROP;
-		data[0] = 0x01;
-		data[1] = 0;
-		data[2] = 0;
-		data[3] = 0;
-		data[4] = 18;
-		__builtin_memcpy(data + 5, r->orig_address, 16);
-		__builtin_memcpy(data + 21, &r->orig_port, 2);
-		data[23] = 0xfe;
-		data[24] = 0;
-		data[25] = 0;
-		data[26] = 0;
-		data[27] = 0;
-	}
+	if (r->family == KM_AF_INET)
+		err = push_waypoint_tlv(msg, r, 4); /* 16 bytes in all */
+	else
+		err = push_waypoint_tlv(msg, r, 16); /* 28 bytes in all */
+	if (err)
+		return SK_DROP;
 	r->flags &= ~KM_SOCK_WAYPOINT_PENDING;
 	return SK_PASS;
 }

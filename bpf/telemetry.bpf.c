@@ -1,18 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Per-connection telemetry: sockops reports each TCP connection's open and close through the
  * km_conn_events ring buffer; cgroup_skb counts packets and bytes per service in per-CPU maps.
- * Maps shared with routing (km_sock_route) and acceleration (km_accel_sock, km_accel_rx_bytes) are
- * declared here with the same name and layout, so loading with the same pin directory shares them. */
+ * Maps shared with routing (km_sock_route) and acceleration (km_accel_sock, km_accel_rx_bytes) come
+ * from the headers those objects include, so loading with the same pin directory shares them. */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "kernmesh.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define SOCK_STREAM 1
+#include "common.h"
+#include "sock_route_map.h"
+#include "accel_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -58,29 +56,6 @@ struct {
 	__type(value, struct km_tele_sock);
 } km_tele_sock SEC(".maps");
 
-/* Owned by route.bpf.c (same definition). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct km_sock_route);
-} km_sock_route SEC(".maps");
-
-/* Owned by accel.bpf.c (same definitions). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
-	__type(key, int);
-	__type(value, struct km_accel_sock);
-} km_accel_sock SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct km_sock_key);
-	__type(value, __u64);
-} km_accel_rx_bytes SEC(".maps");
-
 static __always_inline void count(__u32 index)
 {
 	__u64 *c = bpf_map_lookup_elem(&km_telemetry_counters, &index);
@@ -97,36 +72,6 @@ static __always_inline int telemetry_enabled(void)
 	return cfg && cfg->enabled;
 }
 
-/* Same folding as accel.bpf.c, so km_accel_rx_bytes keys match. */
-static __always_inline void accel_key(struct bpf_sock_ops *skops, struct km_sock_key *k)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->family = skops->family;
-	if (k->family == AF_INET) {
-		k->local_ip[0] = skops->local_ip4;
-		k->remote_ip[0] = skops->remote_ip4;
-	} else {
-		k->local_ip[0] = skops->local_ip6[0];
-		k->local_ip[1] = skops->local_ip6[1];
-		k->local_ip[2] = skops->local_ip6[2];
-		k->local_ip[3] = skops->local_ip6[3];
-		k->remote_ip[0] = skops->remote_ip6[0];
-		k->remote_ip[1] = skops->remote_ip6[1];
-		k->remote_ip[2] = skops->remote_ip6[2];
-		k->remote_ip[3] = skops->remote_ip6[3];
-		if (k->local_ip[0] == 0 && k->local_ip[1] == 0 && k->local_ip[2] == bpf_htonl(0xffff) &&
-		    k->remote_ip[0] == 0 && k->remote_ip[1] == 0 && k->remote_ip[2] == bpf_htonl(0xffff)) {
-			k->family = AF_INET;
-			k->local_ip[0] = k->local_ip[3];
-			k->remote_ip[0] = k->remote_ip[3];
-			k->local_ip[2] = k->local_ip[3] = 0;
-			k->remote_ip[2] = k->remote_ip[3] = 0;
-		}
-	}
-	k->local_port = skops->local_port;
-	k->remote_port = bpf_ntohl(skops->remote_port);
-}
-
 static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct km_conn_event *e)
 {
 	e->family = skops->family;
@@ -134,14 +79,8 @@ static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct km_con
 		e->local_ip[0] = skops->local_ip4;
 		e->remote_ip[0] = skops->remote_ip4;
 	} else {
-		e->local_ip[0] = skops->local_ip6[0];
-		e->local_ip[1] = skops->local_ip6[1];
-		e->local_ip[2] = skops->local_ip6[2];
-		e->local_ip[3] = skops->local_ip6[3];
-		e->remote_ip[0] = skops->remote_ip6[0];
-		e->remote_ip[1] = skops->remote_ip6[1];
-		e->remote_ip[2] = skops->remote_ip6[2];
-		e->remote_ip[3] = skops->remote_ip6[3];
+		KM_COPY_IP6(e->local_ip, skops->local_ip6);
+		KM_COPY_IP6(e->remote_ip, skops->remote_ip6);
 	}
 	e->local_port = skops->local_port;
 	e->remote_port = bpf_ntohl(skops->remote_port);
@@ -149,9 +88,9 @@ static __always_inline void fill_tuple(struct bpf_sock_ops *skops, struct km_con
 
 static __always_inline void fill_route(struct bpf_sock *sk, struct km_conn_event *e)
 {
-	struct km_sock_route *r = bpf_sk_storage_get(&km_sock_route, sk, 0, 0);
+	struct km_sock_route *r = km_routed_sock(sk);
 
-	if (!r || !(r->flags & KM_SOCK_ROUTED))
+	if (!r)
 		return;
 	e->flags |= KM_CONN_F_REWRITTEN;
 	e->orig_family = r->family;
@@ -249,8 +188,8 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	if (acc && (acc->state & KM_ACCEL_SOCK_ACCELERATED)) {
 		e->flags |= KM_CONN_F_ACCELERATED;
 		sent += acc->bytes_out;
-		accel_key(skops, &k);
-		rx = bpf_map_lookup_elem(&km_accel_rx_bytes, &k);
+		/* the key accel.bpf.c credited; none when it could not build one (mixed families) */
+		rx = km_sock_key_from_skops(skops, &k) ? NULL : bpf_map_lookup_elem(&km_accel_rx_bytes, &k);
 		if (rx) {
 			received += *rx;
 			bpf_map_delete_elem(&km_accel_rx_bytes, &k);
@@ -324,8 +263,8 @@ static __always_inline void count_traffic(struct __sk_buff *skb, int egress)
 	if (sk)
 		sk = bpf_sk_fullsock(sk);
 	if (sk) {
-		r = bpf_sk_storage_get(&km_sock_route, sk, 0, 0);
-		if (r && (r->flags & KM_SOCK_ROUTED))
+		r = km_routed_sock(sk);
+		if (r)
 			service = r->service_id;
 	}
 	t = bpf_map_lookup_elem(&km_service_traffic, &service);
