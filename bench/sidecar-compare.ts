@@ -8,6 +8,8 @@
 // Needs root, bpffs, cgroup v2, gcc, bpf/route.bpf.o and the native addon; installs the Debian
 // package haproxy if missing (rows (c) are skipped, with a note, when that fails). Creates and
 // removes its own cgroups, pin directory, temp dir and processes, also on failure or Ctrl-C.
+// KERNMESH_BENCH_CPUS=0 (a taskset list) pins every process of the run there: no cross-CPU wake-ups,
+// so the proxies' cost shows as CPU time rather than as the machine's wake-up latency.
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -31,6 +33,7 @@ const ROUNDS = Number(process.argv[2] ?? 5);
 const CONNECTS = Number(process.argv[3] ?? 5000);
 const PINGS = Number(process.argv[4] ?? 20000);
 const BULK_BYTES = Number(process.argv[5] ?? 1024) * 2 ** 20;
+const PIN_CPUS = process.env.KERNMESH_BENCH_CPUS;
 const PING_SIZE = 64;
 const BULK_CHUNK = 64 << 10;
 
@@ -55,6 +58,8 @@ interface Path {
   cgroup: string;
   host: string;
   port: number;
+  /** Where short connections go when not to `host`: the direct client takes the backends in turn. */
+  connectHosts?: string;
   /** haproxy processes on this path, whose CPU and RSS count as the data path's. */
   proxies: ChildProcess[];
 }
@@ -118,6 +123,13 @@ function linkProgramId(pinned: string): number {
 /** Bytes the kernel charges for a map, from the fdinfo of our own fd. */
 function mapMemlock(fd: number): number {
   return Number(/memlock:\s*(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? 0);
+}
+
+/** spawnInCgroup, under taskset when KERNMESH_BENCH_CPUS is set (taskset execs: the pid stays). */
+function spawnIn(cgroup: string, cmd: string, args: string[]): ChildProcess {
+  return PIN_CPUS
+    ? spawnInCgroup(cgroup, 'taskset', ['-c', PIN_CPUS, cmd, ...args])
+    : spawnInCgroup(cgroup, cmd, args);
 }
 
 async function output(child: ChildProcess, what: string): Promise<string> {
@@ -286,7 +298,7 @@ async function main(): Promise<void> {
 
     // backends and proxies live in the plain cgroup: no kernmesh program sees their sockets
     for (const address of BACKENDS) {
-      const server = spawnInCgroup(plainCgroup, peer, ['server', address, String(BACKEND_PORT)]);
+      const server = spawnIn(plainCgroup, peer, ['server', address, String(BACKEND_PORT)]);
       children.push(server);
       const [first] = (await once(server.stdout!, 'data')) as [Buffer];
       if (!first.toString().startsWith('ready')) throw new Error(`backend ${address}: ${first.toString()}`);
@@ -305,6 +317,8 @@ async function main(): Promise<void> {
         title: 'direct',
         cgroup: plainCgroup,
         host: BACKENDS[0]!,
+        // like the VIP and the proxies, spread short connections over the 3 backends
+        connectHosts: BACKENDS.join(','),
         port: BACKEND_PORT,
         proxies: [],
       },
@@ -315,7 +329,7 @@ async function main(): Promise<void> {
       const start = (name: string, config: string): ChildProcess => {
         const file = join(work, `${name}.cfg`);
         writeFileSync(file, config);
-        const proc = spawnInCgroup(plainCgroup, 'haproxy', ['-db', '-f', file]);
+        const proc = spawnIn(plainCgroup, 'haproxy', ['-db', '-f', file]);
         let log = '';
         // haproxy's notices go to stderr; keep the tail for errors and keep the pipe drained
         proc.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-2000)));
@@ -353,11 +367,13 @@ async function main(): Promise<void> {
       notes.push(`rows (c) skipped: ${haproxy.missing}`);
     }
 
-    const run = async (path: Path, args: string[]): Promise<string> =>
-      output(
-        spawnInCgroup(path.cgroup, peer, [args[0]!, path.host, String(path.port), ...args.slice(1)]),
+    const run = async (path: Path, args: string[]): Promise<string> => {
+      const host = args[0] === 'connect' ? (path.connectHosts ?? path.host) : path.host;
+      return output(
+        spawnIn(path.cgroup, peer, [args[0]!, host, String(path.port), ...args.slice(1)]),
         args[0]!,
       );
+    };
     const dataPathNs = (path: Path): number =>
       path.key === 'kernmesh'
         ? programRunNs(programIds)
@@ -502,6 +518,11 @@ async function main(): Promise<void> {
     console.log(`kernmesh vs a user-space sidecar proxy — ${machine()}`);
     if ('version' in haproxy) console.log(`proxy: ${haproxy.version}, TCP mode, 1 thread per sidecar`);
     console.log(
+      PIN_CPUS
+        ? `every process pinned to CPU ${PIN_CPUS}`
+        : 'processes not pinned (the scheduler places them)',
+    );
+    console.log(
       `${ROUNDS} rounds in ${seconds.toFixed(0)} s, paths rotated each round; ${CONNECTS} connections, ` +
         `${PINGS} requests, ${BULK_BYTES >> 20} MiB bulk per path per round; load average ` +
         `${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`,
@@ -525,6 +546,16 @@ async function main(): Promise<void> {
         `its maps take ${mapsMiB.toFixed(1)} MiB of kernel memory per node (sized for the default capacity), ` +
         `no per-pod process`,
     );
+    // the spread over rounds says how far a median can be trusted on this machine at this load
+    const range = (xs: number[], digits: number): string =>
+      `${fmt(Math.min(...xs), digits)}–${fmt(Math.max(...xs), digits)}`;
+    console.log('per-round range (min–max): connections/s | request/response p50 µs | bulk Gbit/s');
+    for (const p of paths) {
+      const s = samples.get(p.key)!;
+      console.log(
+        `  ${p.title.padEnd(16)} ${range(s.connRate, 0)} | ${range(s.pingP50, 1)} | ${range(s.gbps, 2)}`,
+      );
+    }
     for (const n of notes) console.log(n);
   } finally {
     await dp?.close().catch(() => {});

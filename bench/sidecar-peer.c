@@ -1,7 +1,9 @@
 // Backend and client of the sidecar comparison, in C so that the numbers measure the path between
 // them (kernel or proxies), not an event loop. bench/sidecar-compare.ts builds and runs it.
 //   sidecar-peer server HOST PORT                prints "ready", serves until killed
-//   sidecar-peer connect HOST PORT COUNT         prints "conn_per_s p50_us p99_us failures"
+//   sidecar-peer connect HOST[,HOST...] PORT COUNT
+//                                                prints "conn_per_s p50_us p99_us failures"; several
+//                                                hosts are taken in turn (client-side round-robin)
 //   sidecar-peer pingpong HOST PORT SIZE COUNT   prints "p50_us p99_us" of COUNT round trips
 //   sidecar-peer bulk HOST PORT BYTES CHUNK      prints "gbit_per_s" of BYTES sent one way
 // Wire protocol: the first byte picks the mode. 'e': every later byte is echoed back; 'b': bytes are
@@ -168,16 +170,20 @@ static void serve(const char *host, const char *port)
 }
 
 /* Short connections one after another: connect, one byte there and back, close. */
-static void connects(const char *host, const char *port, int count)
+static void connects(char *hosts, const char *port, int count)
 {
-	struct sockaddr_in a = addr_of(host, port);
-	uint64_t *lat = calloc((size_t)count, sizeof(*lat)), start = now_ns();
+	struct sockaddr_in a[16];
+	int n = 0;
+	uint64_t *lat = calloc((size_t)count, sizeof(*lat)), start;
 	int ok = 0, failed = 0;
 	char c;
 
+	for (char *h = strtok(hosts, ","); h && n < 16; h = strtok(NULL, ","))
+		a[n++] = addr_of(h, port);
+	start = now_ns();
 	for (int i = 0; i < count; i++) {
 		uint64_t t0 = now_ns();
-		int fd = try_connect(&a);
+		int fd = try_connect(&a[i % n]);
 
 		if (fd < 0) {
 			if (failed++ == 0)
