@@ -11,6 +11,7 @@ import { startAgent, type RunningAgent } from '../agent/start.js';
 import { loadConfig } from '../config/config.js';
 import { typeLabel } from '../agent/metrics.js';
 import { cleanupPinDir } from './cleanup.js';
+import { table } from './view.js';
 
 const HELP = `usage: kernmesh demo [--wait] [--admin ADDR:PORT] [--connections N]
 
@@ -177,18 +178,6 @@ async function runClient(
   });
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows
-    .map((r) =>
-      r
-        .map((c, i) => c.padEnd(widths[i]!))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
-}
-
 function portFree(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const probe = createServer();
@@ -305,7 +294,7 @@ export async function demo(out: NodeJS.WritableStream, opts: DemoOptions = {}): 
             .join(' ');
           return [t.service, `${r.vip}:${r.port}`, t.policy, landed, t.expect];
         }),
-      ]) + '\n',
+      ]),
     );
     const peers = results.flatMap((r) => r.peers.filter((p) => p !== `${r.vip}:${r.port}`));
     out.write(
@@ -320,7 +309,7 @@ export async function demo(out: NodeJS.WritableStream, opts: DemoOptions = {}): 
       table([
         ['TYPE', 'NAME', 'STATUS', 'DETAIL'],
         ...status.map((s) => [typeLabel(s.typeUrl).toUpperCase(), s.name, s.status, s.detail ?? '']),
-      ]) + '\n',
+      ]),
     );
 
     const admin = running.admin.address;

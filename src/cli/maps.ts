@@ -15,7 +15,7 @@ import {
 } from '../dataplane/codec.js';
 import { ROUTE_MAPS, type RouteMaps } from '../dataplane/maps.js';
 import { RouteWriter } from '../dataplane/writer.js';
-import { table } from './status.js';
+import { parseViewFlags, table } from './view.js';
 
 const HELP = `usage: kernmesh maps [--bpffs DIR] [--json]
 
@@ -157,21 +157,16 @@ export function renderPinned(s: PinnedState): string {
 
 export async function runMaps(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   await Promise.resolve();
-  let bpffs = process.env.KERNMESH_BPFFS ?? DEFAULTS.bpffs;
-  let json = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--help' || a === '-h') {
-      out.write(HELP);
-      return 0;
-    } else if (a === '--json') json = true;
-    else if (a === '--bpffs') bpffs = argv[++i] ?? '';
-    else if (a.startsWith('--bpffs=')) bpffs = a.slice(8);
-    else {
-      process.stderr.write(`kernmesh maps: unknown flag ${a}\n${HELP}`);
-      return 2;
-    }
+  const flags = parseViewFlags(argv, '--bpffs', process.env.KERNMESH_BPFFS ?? DEFAULTS.bpffs);
+  if ('help' in flags) {
+    out.write(HELP);
+    return 0;
   }
+  if ('unknown' in flags) {
+    process.stderr.write(`kernmesh maps: unknown flag ${flags.unknown}\n${HELP}`);
+    return 2;
+  }
+  const { value: bpffs, json } = flags;
   const dir = bpffs;
   if (!existsSync(join(dir, 'km_frontends'))) {
     process.stderr.write(

@@ -2,6 +2,7 @@
 // type, programmed services, attach points and the last errors. --json prints the raw views.
 import { typeLabel } from '../agent/metrics.js';
 import { DEFAULTS } from '../config/config.js';
+import { parseViewFlags, table } from './view.js';
 
 const HELP = `usage: kernmesh status [--admin ADDR:PORT] [--json]
 
@@ -37,21 +38,6 @@ interface DebugBpf {
   pin_dir?: string;
   attachments?: { program: string; attachType: string; cgroup: string; via: string }[];
   programs?: { name: string; runTimeNs: string; runCount: string }[];
-}
-
-export function table(rows: string[][]): string {
-  if (rows.length === 0) return '';
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return (
-    rows
-      .map((r) =>
-        r
-          .map((c, i) => c.padEnd(widths[i]!))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
-  );
 }
 
 async function get(base: string, path: string): Promise<{ status: number; text: string }> {
@@ -150,21 +136,16 @@ export function renderStatus(v: {
 }
 
 export async function runStatus(argv: string[], out: NodeJS.WritableStream): Promise<number> {
-  let admin = process.env.KERNMESH_ADMIN ?? DEFAULTS.admin;
-  let json = false;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--help' || a === '-h') {
-      out.write(HELP);
-      return 0;
-    } else if (a === '--json') json = true;
-    else if (a === '--admin') admin = argv[++i] ?? '';
-    else if (a.startsWith('--admin=')) admin = a.slice(8);
-    else {
-      process.stderr.write(`kernmesh status: unknown flag ${a}\n${HELP}`);
-      return 2;
-    }
+  const flags = parseViewFlags(argv, '--admin', process.env.KERNMESH_ADMIN ?? DEFAULTS.admin);
+  if ('help' in flags) {
+    out.write(HELP);
+    return 0;
   }
+  if ('unknown' in flags) {
+    process.stderr.write(`kernmesh status: unknown flag ${flags.unknown}\n${HELP}`);
+    return 2;
+  }
+  const { value: admin, json } = flags;
   const base = `http://${admin}`;
   try {
     const [ready, serverInfo, xds, bpf, maps] = await Promise.all([
