@@ -1,6 +1,7 @@
 // Codecs for the acceleration structs of bpf/kernmesh.h. Each lists its C members with offset and
 // size; test/accel-codec.test.ts checks them against the compiled object's BTF.
-import { addressBytes, type AccelAction, type AccelRule } from './rules.js';
+import { encodeAddress } from '../dataplane/address.js';
+import type { AccelAction, AccelRule } from './rules.js';
 
 export interface FieldLayout {
   name: string;
@@ -51,7 +52,7 @@ export function encodeRule(rule: AccelRule): Buffer {
     matches |= MATCH.ip;
     b.writeUInt8(rule.ip.family === 4 ? AF_INET : AF_INET6, 2);
     b.writeUInt8(rule.ip.prefixLength, 3);
-    addressBytes(rule.ip.address).copy(b, 16);
+    encodeAddress(rule.ip.address).copy(b, 16);
   }
   if (rule.port !== undefined) {
     matches |= MATCH.port;

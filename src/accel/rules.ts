@@ -3,6 +3,8 @@
 // Any subset of the matches; `#` starts a comment. Every error names its line and column.
 import { isIP } from 'node:net';
 
+import { decodeAddress, encodeAddress } from '../dataplane/address.js';
+
 export type AccelAction = 'ACCEPT' | 'RETURN';
 
 export interface AccelCidr {
@@ -61,59 +63,6 @@ function parseInteger(text: string, min: number, max: number): number | undefine
   return n >= min && n <= max ? n : undefined;
 }
 
-function ipv4Bytes(address: string): number[] {
-  return address.split('.').map(Number);
-}
-
-function ipv6Bytes(address: string): number[] {
-  let text = address;
-  // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hex groups.
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4?.[1]) {
-    const b = ipv4Bytes(v4[1]);
-    text =
-      text.slice(0, v4.index) +
-      `${(((b[0] ?? 0) << 8) | (b[1] ?? 0)).toString(16)}:${(((b[2] ?? 0) << 8) | (b[3] ?? 0)).toString(16)}`;
-  }
-  const [head = '', tail] = text.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return groups.flatMap((g) => {
-    const n = parseInt(g, 16);
-    return [n >> 8, n & 0xff];
-  });
-}
-
-/** Address bytes (4 or 16) of an IP literal. */
-export function addressBytes(address: string): Buffer {
-  return Buffer.from(isIP(address) === 4 ? ipv4Bytes(address) : ipv6Bytes(address));
-}
-
-function formatAddress(bytes: Buffer, family: 4 | 6): string {
-  if (family === 4) return [...bytes].join('.');
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
-  // Compress the longest run of zero groups, as the usual text form does.
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return groups.join(':');
-  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
-}
-
 /** Parses `A.B.C.D[/N]` or `X::Y[/N]`; a bare address is a single host. Host bits are cleared. */
 export function parseCidr(text: string): AccelCidr | string {
   const slash = text.indexOf('/');
@@ -127,12 +76,12 @@ export function parseCidr(text: string): AccelCidr | string {
     if (n === undefined) return `invalid prefix length "${text.slice(slash + 1)}": expected 0-${max}`;
     prefixLength = n;
   }
-  const bytes = addressBytes(address);
+  const bytes = encodeAddress(address);
   for (let i = 0; i < bytes.length; i++) {
     const bits = Math.max(0, Math.min(8, prefixLength - 8 * i));
     bytes[i] = (bytes[i] ?? 0) & ((0xff << (8 - bits)) & 0xff);
   }
-  return { family, address: formatAddress(bytes, family), prefixLength };
+  return { family, address: decodeAddress(bytes, family), prefixLength };
 }
 
 type Option = '--ip' | '--port' | '--uid-owner' | '--gid-owner' | '-j';

@@ -1,4 +1,5 @@
 // Which service uses which waypoint, from Istio's workload API (istio.workload.Address → Service).
+import { decodeAddress } from '../dataplane/address.js';
 import type { JsonObject, JsonValue, ServiceWaypoint, XdsResource } from './types.js';
 
 function obj(v: JsonValue | undefined): JsonObject | undefined {
@@ -12,29 +13,8 @@ function str(v: JsonValue | undefined): string {
 /** IPv4/IPv6 bytes (base64 in proto3 JSON) as an IP literal; undefined for other lengths. */
 export function ipFromBase64(b64: string): string | undefined {
   const b = Buffer.from(b64, 'base64');
-  if (b.length === 4) return [...b].join('.');
-  if (b.length === 16) {
-    const groups: string[] = [];
-    for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
-    // Shorten the longest run of zero groups, as inet_ntop does.
-    let best = -1;
-    let bestLen = 0;
-    for (let i = 0; i < 8;) {
-      if (groups[i] !== '0') {
-        i++;
-        continue;
-      }
-      let j = i;
-      while (j < 8 && groups[j] === '0') j++;
-      if (j - i > bestLen && j - i > 1) {
-        best = i;
-        bestLen = j - i;
-      }
-      i = j;
-    }
-    if (best < 0) return groups.join(':');
-    return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
-  }
+  if (b.length === 4) return decodeAddress(b, 4);
+  if (b.length === 16) return decodeAddress(b, 6);
   return undefined;
 }
 
