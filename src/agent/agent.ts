@@ -255,6 +255,11 @@ export class Agent implements AdminSource {
     });
   }
 
+  private translationOnly(): (Rejection & { at: string })[] {
+    const bySource = new Set(this.deps.source.rejections().map((r) => `${r.typeUrl} ${r.name} ${r.reason}`));
+    return this.translateRejections.filter((r) => !bySource.has(`${r.typeUrl} ${r.name} ${r.reason}`));
+  }
+
   /** Stops the source and closes fds; pinned maps and links are left in place on purpose. */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -323,8 +328,9 @@ export class Agent implements AdminSource {
         connected: this.deps.source.connected(),
       },
       xds: this.deps.source.debug(),
-      // Refused by translation (what the kernel cannot express), on top of the source's own validation.
-      translation_rejections: this.translateRejections,
+      // Refused by translation (what the kernel cannot express), on top of the source's own validation:
+      // a virtual host the source NACKed but applied is refused again by translation, listed once there.
+      translation_rejections: this.translationOnly(),
       notes: this.notes,
       not_enforced: this.notEnforced,
       last_apply: this.lastApply ?? null,
