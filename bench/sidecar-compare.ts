@@ -4,7 +4,7 @@
 // (client sidecar + server sidecar). Measures short connections, request/response on a persistent
 // connection, bulk throughput, and the data path's own CPU and memory. Prints a table of medians
 // over rounds, ratios, and the machine it ran on. Numbers vary with load: run it alone.
-//   node --import tsx bench/sidecar-compare.ts [rounds=5] [connects=5000] [pings=20000] [bulkMiB=1024]
+//   node --import tsx bench/sidecar-compare.ts [rounds=7] [connects=5000] [pings=20000] [bulkMiB=1024]
 // Needs root, bpffs, cgroup v2, gcc, bpf/route.bpf.o and the native addon; installs the Debian
 // package haproxy if missing (rows (c) are skipped, with a note, when that fails). Creates and
 // removes its own cgroups, pin directory, temp dir and processes, also on failure or Ctrl-C.
@@ -29,7 +29,7 @@ import {
   spawnInCgroup,
 } from '../test/support/kernel.js';
 
-const ROUNDS = Number(process.argv[2] ?? 5);
+const ROUNDS = Number(process.argv[2] ?? 7);
 const CONNECTS = Number(process.argv[3] ?? 5000);
 const PINGS = Number(process.argv[4] ?? 20000);
 const BULK_BYTES = Number(process.argv[5] ?? 1024) * 2 ** 20;
