@@ -14,8 +14,8 @@ import {
   RULE_LAYOUT,
   SOCK_KEY_LAYOUT,
   SOCK_OWNER_LAYOUT,
-  type StructLayout,
 } from '../src/accel/codec.js';
+import type { StructLayout } from '../src/dataplane/codec.js';
 import { parseAccelRules } from '../src/accel/rules.js';
 import {
   CONN_EVENT_LAYOUT,

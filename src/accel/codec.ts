@@ -1,30 +1,8 @@
 // Codecs for the acceleration structs of bpf/kernmesh.h. Each lists its C members with offset and
 // size; test/accel-codec.test.ts checks them against the compiled object's BTF.
 import { encodeAddress } from '../dataplane/address.js';
+import { layout } from '../dataplane/codec.js';
 import type { AccelAction, AccelRule } from './rules.js';
-
-export interface FieldLayout {
-  name: string;
-  offset: number;
-  size: number;
-}
-
-export interface StructLayout {
-  /** `struct <name>` in bpf/kernmesh.h. */
-  readonly struct: string;
-  readonly size: number;
-  readonly fields: readonly FieldLayout[];
-}
-
-export function layout(struct: string, fields: [string, number][]): StructLayout {
-  let offset = 0;
-  const out = fields.map(([name, size]) => {
-    const f = { name, offset, size };
-    offset += size;
-    return f;
-  });
-  return { struct, size: offset, fields: out };
-}
 
 // Socket families as sockops and sk_msg report them (AF_INET, AF_INET6).
 export const AF_INET = 2;

@@ -11,22 +11,32 @@ export interface FieldLayout {
   size: number;
 }
 
-export interface Codec<T> {
+export interface StructLayout {
   /** `struct <name>` in bpf/kernmesh.h. */
   readonly struct: string;
   readonly size: number;
   readonly fields: readonly FieldLayout[];
+}
+
+export interface Codec<T> extends StructLayout {
   encode(value: T): Buffer;
   decode(bytes: Buffer): T;
 }
 
-function layout(fields: [string, number][]): FieldLayout[] {
+/** Members one after another: the structs of kernmesh.h spell out their padding, so there are no gaps. */
+function fieldLayout(fields: [string, number][]): FieldLayout[] {
   let offset = 0;
   return fields.map(([name, size]) => {
     const f = { name, offset, size };
     offset += size;
     return f;
   });
+}
+
+/** A struct's layout from its members' sizes, in C order (for the acceleration and telemetry structs). */
+export function layout(struct: string, fields: [string, number][]): StructLayout {
+  const out = fieldLayout(fields);
+  return { struct, size: out.reduce((n, f) => n + f.size, 0), fields: out };
 }
 
 function checkSize(struct: string, bytes: Buffer, size: number): void {
@@ -74,7 +84,7 @@ export interface FrontendKey {
 export const frontendKeyCodec: Codec<FrontendKey> = {
   struct: 'km_frontend_key',
   size: 20,
-  fields: layout([
+  fields: fieldLayout([
     ['address', 16],
     ['port', 2],
     ['protocol', 1],
@@ -105,7 +115,7 @@ export interface FrontendValue {
 export const frontendCodec: Codec<FrontendValue> = {
   struct: 'km_frontend',
   size: 4,
-  fields: layout([['service_id', 4]]),
+  fields: fieldLayout([['service_id', 4]]),
   encode(v) {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(v.serviceId, 0);
@@ -133,7 +143,7 @@ export interface ServiceValue {
 export const serviceCodec: Codec<ServiceValue> = {
   struct: 'km_service',
   size: 44,
-  fields: layout([
+  fields: fieldLayout([
     ['kind', 1],
     ['lb_policy', 1],
     ['generation', 1],
@@ -191,7 +201,7 @@ export interface SlotKey {
 export const slotKeyCodec: Codec<SlotKey> = {
   struct: 'km_slot_key',
   size: 8,
-  fields: layout([
+  fields: fieldLayout([
     ['service_id', 4],
     ['index', 2],
     ['priority', 1],
@@ -219,7 +229,7 @@ export interface SlotValue {
 export const slotCodec: Codec<SlotValue> = {
   struct: 'km_slot',
   size: 8,
-  fields: layout([
+  fields: fieldLayout([
     ['backend_id', 4],
     ['weight', 4],
   ]),
@@ -243,7 +253,7 @@ export interface BackendValue {
 export const backendCodec: Codec<BackendValue> = {
   struct: 'km_backend',
   size: 20,
-  fields: layout([
+  fields: fieldLayout([
     ['address', 16],
     ['port', 2],
     ['family', 1],
@@ -270,7 +280,7 @@ export interface ServiceNameValue {
 export const serviceNameCodec: Codec<ServiceNameValue> = {
   struct: 'km_service_name',
   size: SERVICE_NAME_BYTES,
-  fields: layout([['name', SERVICE_NAME_BYTES]]),
+  fields: fieldLayout([['name', SERVICE_NAME_BYTES]]),
   encode(v) {
     const b = Buffer.alloc(SERVICE_NAME_BYTES);
     const n = Buffer.from(v.name, 'utf8');
@@ -299,7 +309,7 @@ export interface SockRoute {
 export const sockRouteCodec: Codec<SockRoute> = {
   struct: 'km_sock_route',
   size: 32,
-  fields: layout([
+  fields: fieldLayout([
     ['orig_address', 16],
     ['orig_port', 2],
     ['family', 1],

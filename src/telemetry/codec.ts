@@ -1,8 +1,8 @@
 // Codecs for the telemetry structs of bpf/kernmesh.h; test/telemetry-codec.test.ts checks their
 // layouts against the compiled object's BTF.
-import { layout, type StructLayout } from '../accel/codec.js';
+import { layout, type StructLayout } from '../dataplane/codec.js';
 
-export type { StructLayout } from '../accel/codec.js';
+export type { StructLayout } from '../dataplane/codec.js';
 
 function padded(l: StructLayout, size: number): StructLayout {
   return { ...l, size };
