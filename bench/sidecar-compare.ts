@@ -181,7 +181,7 @@ function haproxyPreflight(): { version: string } | { missing: string } {
     });
     return { version: version() };
   } catch (e) {
-    return { missing: `haproxy could not be installed (${(e as Error).message.split('\n')[0]})` };
+    return { missing: `haproxy not available after `apt-get install haproxy` (${(e as Error).message.split('\n')[0]})` };
   }
 }
 
