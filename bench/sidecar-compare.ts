@@ -181,7 +181,9 @@ function haproxyPreflight(): { version: string } | { missing: string } {
     });
     return { version: version() };
   } catch (e) {
-    return { missing: `haproxy not available after `apt-get install haproxy` (${(e as Error).message.split('\n')[0]})` };
+    return {
+      missing: `haproxy not available after apt-get install haproxy (${(e as Error).message.split('\n')[0]})`,
+    };
   }
 }
 
