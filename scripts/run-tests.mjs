@@ -25,7 +25,8 @@ if (files.length === 0) {
 }
 const r = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--enable-source-maps', '--test', '--test-concurrency=1', ...files],
+  // A hung test fails after 5 minutes instead of holding CI to its limit.
+  ['--import', 'tsx', '--enable-source-maps', '--test', '--test-concurrency=1', '--test-timeout=300000', ...files],
   { stdio: 'inherit' },
 );
 process.exit(r.status ?? 1);
