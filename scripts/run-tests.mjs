@@ -26,7 +26,15 @@ if (files.length === 0) {
 const r = spawnSync(
   process.execPath,
   // A hung test fails after 5 minutes instead of holding CI to its limit.
-  ['--import', 'tsx', '--enable-source-maps', '--test', '--test-concurrency=1', '--test-timeout=300000', ...files],
+  [
+    '--import',
+    'tsx',
+    '--enable-source-maps',
+    '--test',
+    '--test-concurrency=1',
+    '--test-timeout=300000',
+    ...files,
+  ],
   { stdio: 'inherit' },
 );
 process.exit(r.status ?? 1);
