@@ -51,7 +51,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 1048576);
 	__type(key, struct km_slot_key);
 	__type(value, struct km_slot);
 } km_maglev SEC(".maps");
@@ -79,9 +79,11 @@ struct {
 	__type(value, __u32);
 } km_service_conn SEC(".maps");
 
-/* Round-robin cursor per service, per CPU: no atomics needed, and the spread stays even. */
+/* Round-robin cursor per service, shared by all CPUs and advanced atomically, so consecutive
+ * connects of a service take consecutive slots whichever CPU they run on (a per-CPU cursor spreads
+ * evenly only in the long run). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -174,8 +176,7 @@ static __always_inline long pick_endpoint(__u32 service_id, const struct km_serv
 
 		if (!cursor)
 			return -1;
-		idx = *cursor;
-		*cursor = idx + 1;
+		idx = __sync_fetch_and_add(cursor, 1);
 		s = slot_at(service_id, svc, prio, idx % count);
 		return s ? s->backend_id : -1;
 	}

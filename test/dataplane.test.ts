@@ -136,7 +136,7 @@ void test('layout: weights normalised by gcd and capped, smooth order, Maglev si
     ]),
     ['b', 'a', 'b', 'b'],
   );
-  assert.equal(maglevSize(10), 1021);
+  assert.equal(maglevSize(10), 4093);
   assert.equal(maglevSize(50), 8191);
 });
 

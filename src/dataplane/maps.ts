@@ -47,7 +47,9 @@ export const DEFAULT_CAPACITY: Capacity = {
   services: 16384,
   backends: 65536,
   slots: 262144,
-  maglev: 262144,
+  // 4093-entry tables, two generations: 128 Maglev services. The map is NO_PREALLOC, so
+  // entries cost memory only once written.
+  maglev: 1048576,
 };
 
 /** Per-map max_entries for BpfObject.open, derived from the capacity. */
