@@ -1,73 +1,100 @@
-// Resolves the hostnames of STRICT_DNS/LOGICAL_DNS clusters for translate/ (which does no I/O):
-// translate lists what it needs, this resolves it in the background and asks for a re-apply when an
-// answer changes. Each hostname is refreshed at its cluster's dns_refresh_rate.
-import { lookup } from 'node:dns/promises';
-import type { Logger } from 'pino';
-import type { DnsQuery } from '../translate/index.js';
+// Resolves the hostnames of STRICT_DNS / LOGICAL_DNS clusters on their refresh rate. This is the
+// I/O half of DNS clusters: translate() lists what to resolve (dnsQueries) and takes the answers
+// back as input, so it stays pure. A failed lookup keeps the last answer, as Envoy keeps its hosts.
+import { lookup as osLookup } from 'node:dns/promises';
+import type { DnsQuery } from './types.js';
 
-export class DnsCache {
+export type Lookup = (hostname: string) => Promise<string[]>;
+
+export interface DnsRefresherOptions {
+  /** Called with the full answer set whenever any hostname's addresses change. */
+  onChange: (answers: ReadonlyMap<string, readonly string[]>) => void;
+  /** Called when a lookup fails (the last answer is kept). */
+  onError?: (hostname: string, err: Error) => void;
+  /** Defaults to the node's resolver (getaddrinfo: /etc/hosts, then DNS). */
+  lookup?: Lookup;
+}
+
+const systemLookup: Lookup = async (hostname) =>
+  (await osLookup(hostname, { all: true, verbatim: true })).map((a) => a.address);
+
+interface Entry {
+  query: DnsQuery;
+  timer?: NodeJS.Timeout;
+  inFlight?: Promise<void>;
+}
+
+export class DnsRefresher {
+  private readonly entries = new Map<string, Entry>();
   private readonly answers = new Map<string, readonly string[]>();
-  private readonly timers = new Map<string, NodeJS.Timeout>();
-  private stopped = false;
+  private readonly lookup: Lookup;
+  private closed = false;
 
-  constructor(
-    private readonly onChange: () => void,
-    private readonly log: Logger,
-  ) {}
-
-  /** What translate reads: hostname → addresses (absent until the first answer). */
-  get map(): ReadonlyMap<string, readonly string[]> {
-    return this.answers;
+  constructor(private readonly options: DnsRefresherOptions) {
+    this.lookup = options.lookup ?? systemLookup;
   }
 
-  /** Starts resolving hostnames not seen before; hostnames no longer asked for are dropped. */
-  want(queries: DnsQuery[]): void {
-    const wanted = new Set(queries.map((q) => q.hostname));
-    for (const [host, timer] of this.timers)
-      if (!wanted.has(host)) {
-        clearTimeout(timer);
-        this.timers.delete(host);
-        this.answers.delete(host);
+  /** The hostnames to keep resolved: new ones are looked up at once, gone ones are forgotten. */
+  update(queries: readonly DnsQuery[]): void {
+    const wanted = new Map(queries.map((q) => [q.hostname, q]));
+    let dropped = false;
+    for (const [host, entry] of this.entries) {
+      if (wanted.has(host)) continue;
+      clearTimeout(entry.timer);
+      this.entries.delete(host);
+      dropped = this.answers.delete(host) || dropped;
+    }
+    for (const q of wanted.values()) {
+      const entry = this.entries.get(q.hostname);
+      if (entry) {
+        entry.query = q;
+        continue;
       }
-    for (const q of queries) if (!this.timers.has(q.hostname)) this.resolve(q);
+      const fresh: Entry = { query: q };
+      this.entries.set(q.hostname, fresh);
+      void this.refresh(fresh);
+    }
+    if (dropped) this.options.onChange(this.current());
   }
 
-  private resolve(q: DnsQuery): void {
-    if (this.stopped) return;
-    // A placeholder timer marks the hostname as in flight so want() does not start it twice.
-    this.timers.set(
-      q.hostname,
-      setTimeout(() => undefined, 0),
-    );
-    lookup(q.hostname, { all: true, verbatim: true })
-      .then((res) => res.map((r) => r.address).sort())
-      .catch((e: unknown) => {
-        this.log.warn(
-          { host: q.hostname, err: e },
-          'DNS lookup failed; the cluster keeps its last addresses',
-        );
-        return undefined;
-      })
-      .then(
-        (addrs) => {
-          if (this.stopped || !this.timers.has(q.hostname)) return;
-          const before = this.answers.get(q.hostname);
-          if (addrs && addrs.join(',') !== before?.join(',')) {
-            this.answers.set(q.hostname, addrs);
-            this.log.info({ host: q.hostname, addresses: addrs, clusters: q.clusters }, 'DNS answer changed');
-            this.onChange();
-          }
-          const t = setTimeout(() => this.resolve(q), Math.max(q.refreshMs, 1000));
-          t.unref();
-          this.timers.set(q.hostname, t);
-        },
-        () => undefined,
-      );
+  current(): ReadonlyMap<string, readonly string[]> {
+    return new Map(this.answers);
   }
 
-  stop(): void {
-    this.stopped = true;
-    for (const t of this.timers.values()) clearTimeout(t);
-    this.timers.clear();
+  /** Resolves every hostname now; resolves when all lookups are done (for tests and start-up). */
+  async refreshAll(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((e) => this.refresh(e)));
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const e of this.entries.values()) clearTimeout(e.timer);
+    this.entries.clear();
+  }
+
+  private refresh(entry: Entry): Promise<void> {
+    entry.inFlight ??= this.resolve(entry).finally(() => {
+      entry.inFlight = undefined;
+    });
+    return entry.inFlight;
+  }
+
+  private async resolve(entry: Entry): Promise<void> {
+    const host = entry.query.hostname;
+    clearTimeout(entry.timer);
+    try {
+      const addresses = [...new Set(await this.lookup(host))];
+      if (this.closed || this.entries.get(host) !== entry) return;
+      const before = this.answers.get(host);
+      if (!before || before.length !== addresses.length || before.some((a, i) => a !== addresses[i])) {
+        this.answers.set(host, addresses);
+        this.options.onChange(this.current());
+      }
+    } catch (err) {
+      this.options.onError?.(host, new Error(`resolve ${host}: ${(err as Error).message}`, { cause: err }));
+    }
+    if (this.closed || this.entries.get(host) !== entry) return;
+    entry.timer = setTimeout(() => void this.refresh(entry), entry.query.refreshMs);
+    entry.timer.unref();
   }
 }
