@@ -1,7 +1,7 @@
 // The DNS half of STRICT_DNS/LOGICAL_DNS clusters: lookups on the refresh rate, answers fed back to translate().
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DnsRefresher } from '../src/translate/dns.js';
+import { DnsRefresher } from '../src/agent/dns.js';
 import type { DnsQuery } from '../src/translate/index.js';
 
 const query = (hostname: string, refreshMs = 60_000): DnsQuery => ({

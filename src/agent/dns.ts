@@ -2,7 +2,7 @@
 // I/O half of DNS clusters: translate() lists what to resolve (dnsQueries) and takes the answers
 // back as input, so it stays pure. A failed lookup keeps the last answer, as Envoy keeps its hosts.
 import { lookup as osLookup } from 'node:dns/promises';
-import type { DnsQuery } from './types.js';
+import type { DnsQuery } from '../translate/index.js';
 
 export type Lookup = (hostname: string) => Promise<string[]>;
 
@@ -94,7 +94,8 @@ export class DnsRefresher {
       this.options.onError?.(host, new Error(`resolve ${host}: ${(err as Error).message}`, { cause: err }));
     }
     if (this.closed || this.entries.get(host) !== entry) return;
-    entry.timer = setTimeout(() => void this.refresh(entry), entry.query.refreshMs);
+    // A zero or tiny dns_refresh_rate must not turn into a lookup loop.
+    entry.timer = setTimeout(() => void this.refresh(entry), Math.max(entry.query.refreshMs, 1000));
     entry.timer.unref();
   }
 }

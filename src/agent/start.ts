@@ -10,7 +10,7 @@ import { translate, validateAgainst, type TranslateResult } from '../translate/i
 import { XdsClient } from '../xds/client.js';
 import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
-import { DnsCache } from './dns.js';
+import { DnsRefresher } from './dns.js';
 import { readXdsFile } from './file-reader.js';
 import { FileSource } from './file-source.js';
 import { IstiodSource } from './istiod-source.js';
@@ -116,10 +116,18 @@ export async function startAgent(
   let last: TranslateResult | undefined;
   // DNS answers arrive after the agent exists; the callback reaches it through this holder.
   const holder: { agent?: Agent } = {};
-  const dns = new DnsCache(() => holder.agent?.reapply(), log.child({ stage: 'dns' }));
+  const dnsLog = log.child({ stage: 'dns' });
+  const dns = new DnsRefresher({
+    onChange: (answers) => {
+      dnsLog.info({ answers: Object.fromEntries(answers) }, 'DNS answers changed');
+      holder.agent?.reapply();
+    },
+    onError: (host, err) =>
+      dnsLog.warn({ host, err }, 'DNS lookup failed; the cluster keeps its last addresses'),
+  });
   const translateFn: Translate = (resources, waypoints, previous) => {
-    last = translate({ resources, waypoints, dns: dns.map, ...(previous ? { previous } : {}) });
-    dns.want(last.dnsQueries);
+    last = translate({ resources, waypoints, dns: dns.current(), ...(previous ? { previous } : {}) });
+    dns.update(last.dnsQueries);
     return {
       state: last.desired,
       rejections: last.rejected,
@@ -176,7 +184,7 @@ export async function startAgent(
     node,
     lastTranslation: () => last,
     stop: async () => {
-      dns.stop();
+      dns.close();
       await agent.stop();
       await admin.close();
     },
