@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { canonicalAddress, decodeAddress, encodeAddress } from '../src/dataplane/address.js';
+import { canonicalAddress, decodeAddress, encodeAddress } from '../src/net/address.js';
 import {
   backendCodec,
   frontendKeyCodec,

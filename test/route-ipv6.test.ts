@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 
-import { encodeAddress } from '../src/dataplane/address.js';
+import { encodeAddress } from '../src/net/address.js';
 import { kernelTest } from './support/kernel.js';
 import { openRouting } from './support/routing.js';
 import { Client, createNetns, NetnsBackends, payload, tally } from './support/net.js';

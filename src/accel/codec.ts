@@ -1,6 +1,6 @@
 // Codecs for the acceleration structs of bpf/kernmesh.h. Each lists its C members with offset and
 // size; test/accel-codec.test.ts checks them against the compiled object's BTF.
-import { encodeAddress } from '../dataplane/address.js';
+import { encodeAddress } from '../net/address.js';
 import { layout } from '../dataplane/codec.js';
 import type { AccelAction, AccelRule } from './rules.js';
 

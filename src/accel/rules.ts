@@ -3,7 +3,7 @@
 // Any subset of the matches; `#` starts a comment. Every error names its line and column.
 import { isIP } from 'node:net';
 
-import { decodeAddress, encodeAddress } from '../dataplane/address.js';
+import { decodeAddress, encodeAddress } from '../net/address.js';
 
 export type AccelAction = 'ACCEPT' | 'RETURN';
 

@@ -1,6 +1,6 @@
 // One codec per struct of the routing section of bpf/kernmesh.h. Each lists its C members with
 // offset and size, which test/codec.test.ts checks against the compiled object's BTF.
-import { decodeAddress, encodeAddress, familyOf, type Family } from './address.js';
+import { decodeAddress, encodeAddress, familyOf, type Family } from '../net/address.js';
 import type { LbPolicy, Protocol, ServiceKind } from './model.js';
 
 export interface FieldLayout {

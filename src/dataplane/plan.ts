@@ -1,6 +1,6 @@
 // What one desired Service becomes in the kernel, before ids are known: its service value, its
 // weight-expanded slots per priority group and its Maglev tables. Pure; errors name the problem.
-import { canonicalAddress, familyOf } from './address.js';
+import { canonicalAddress, familyOf } from '../net/address.js';
 import { MAX_PRIORITIES, type ServiceValue } from './codec.js';
 import { maglevSize, maglevTable, normalizeWeights, smoothWeightedOrder } from './layout.js';
 import type { Endpoint, Service } from './model.js';

@@ -1,5 +1,5 @@
 // Which service uses which waypoint, from Istio's workload API (istio.workload.Address → Service).
-import { decodeAddress } from '../dataplane/address.js';
+import { decodeAddress } from '../net/address.js';
 import type { JsonObject, JsonValue, ServiceWaypoint, XdsResource } from './types.js';
 
 function obj(v: JsonValue | undefined): JsonObject | undefined {

@@ -1,4 +1,5 @@
-// IP literals ↔ the 16-byte address fields of bpf/kernmesh.h (IPv4 in the first 4 bytes).
+// IP literals ↔ the 16-byte address fields of bpf/kernmesh.h (IPv4 in the first 4 bytes). Shared by
+// xds/ (workload API addresses), accel/ (rule CIDRs) and dataplane/ (map keys), so it sits beside the stages.
 import { isIPv4, isIPv6 } from 'node:net';
 
 export type Family = 4 | 6;
