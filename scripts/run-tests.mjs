@@ -25,7 +25,8 @@ if (files.length === 0) {
 }
 const r = spawnSync(
   process.execPath,
-  // A hung test fails after 5 minutes instead of holding CI to its limit.
+  // A hung test fails after 5 minutes instead of holding CI to its limit, and a file whose tests are
+  // done exits even if a hung test left handles open (test/support/kernel.ts cleans up on exit).
   [
     '--import',
     'tsx',
@@ -33,6 +34,7 @@ const r = spawnSync(
     '--test',
     '--test-concurrency=1',
     '--test-timeout=300000',
+    '--test-force-exit',
     ...files,
   ],
   { stdio: 'inherit' },

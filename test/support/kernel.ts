@@ -83,6 +83,26 @@ export function removeCgroup(path: string): void {
   }
 }
 
+// What each running kernel test created, for the exit hook below.
+const live = new Set<{ cgroups: string[]; pinDir: string }>();
+
+// A test that hangs past --test-timeout never reaches its finally block: the runner force-exits the
+// file's process, or SIGTERMs it when the whole file timed out. Remove what such tests created on the
+// way out (all of it synchronous), so a hung test leaves no cgroup, pin or attached program behind.
+function removeLeftovers(): void {
+  for (const r of live) {
+    for (const c of [...r.cgroups].reverse()) removeCgroup(c);
+    rmSync(r.pinDir, { recursive: true, force: true });
+  }
+  live.clear();
+}
+process.on('exit', removeLeftovers);
+for (const signal of ['SIGTERM', 'SIGINT'] as const)
+  process.once(signal, () => {
+    removeLeftovers();
+    process.exit(128 + (signal === 'SIGTERM' ? 15 : 2));
+  });
+
 /**
  * Declares a kernel test. It skips only when the machine cannot run kernel tests and
  * KERNMESH_KERNEL_TESTS is not "required"; when required, an unusable machine fails the test.
@@ -107,6 +127,8 @@ export function kernelTest(name: string, fn: (t: TestContext, env: KernelEnv) =>
     };
     const pinDir = join(BPFFS, uniqueName(name));
     mkdirSync(pinDir);
+    const created = { cgroups, pinDir };
+    live.add(created);
     const env: KernelEnv = {
       cgroup: newCgroup(name),
       pinDir,
@@ -125,6 +147,7 @@ export function kernelTest(name: string, fn: (t: TestContext, env: KernelEnv) =>
       }
       for (const c of cgroups.reverse()) removeCgroup(c);
       rmSync(pinDir, { recursive: true, force: true });
+      live.delete(created);
     }
   });
 }
