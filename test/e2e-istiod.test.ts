@@ -6,24 +6,22 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { TestControlPlane } from './support/control-plane.js';
 import {
-  adminAddress,
   assignment,
   blackHoleCluster,
   defaultRoute,
   edsCluster,
-  eventually,
   getJson,
   headerRoute,
   httpListener,
   outbound,
   passthroughCluster,
   routeConfig,
-  runAgent,
-  stopAgent,
   tcpListener,
   virtualHost,
 } from './support/control-plane-istiod.js';
+import { adminAddress, startKernmesh, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
+import { eventually } from './support/wait.js';
 import { Client, startBackend, type Backend } from './support/net.js';
 import { TYPE } from '../src/xds/types.js';
 
@@ -83,7 +81,8 @@ kernelTest(
     cp.setResources(TYPE.listener, [tcpListener(TCP_VIP, TCP_PORT, TCP), httpListener(HTTP_PORT)]);
     cp.setResources(TYPE.route, [routeConfig(HTTP_PORT, [webVhost, reviewsVhost])]);
 
-    const agent = runAgent([
+    const agent = startKernmesh([
+      'run',
       '--xds-address',
       cp.address,
       '--xds-protocol',
@@ -101,7 +100,7 @@ kernelTest(
       '--instance-ip',
       '10.1.2.3',
     ]);
-    env.defer(async () => void (await stopAgent(agent, 'SIGKILL')));
+    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
     const client = new Client(env.cgroup);
     env.defer(() => client.exit());
@@ -178,6 +177,6 @@ kernelTest(
     }
     assert.equal((await client.connect({ host: TCP_VIP, port: TCP_PORT, readId: true })).backend, tcp1.id);
 
-    assert.equal(await stopAgent(agent), 0);
+    assert.equal(await stopProcess(agent), 0);
   },
 );

@@ -6,20 +6,17 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { TestControlPlane } from './support/control-plane.js';
 import {
-  adminAddress,
   assignment,
   edsCluster,
-  eventually,
   getJson,
   outbound,
   passthroughCluster,
-  runAgent,
-  stopAgent,
   tcpListener,
-  type AgentProcess,
   type ServedEndpoint,
 } from './support/control-plane-istiod.js';
+import { adminAddress, startKernmesh, stopProcess, type KernmeshProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
+import { eventually } from './support/wait.js';
 import { Client, startBackend, type Backend, type ConnectResult } from './support/net.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 
@@ -47,7 +44,7 @@ function serve(
 }
 
 /** The map operations of the agent's first apply, from the dataplane's debug line. */
-async function firstApplyOps(agent: AgentProcess): Promise<number> {
+async function firstApplyOps(agent: KernmeshProcess): Promise<number> {
   let line: JsonObject | undefined;
   await eventually('the agent programs its first config', () => {
     line = agent.lines.find((l) => l.msg === 'routing applied');
@@ -95,8 +92,8 @@ kernelTest(
       '--log-level',
       'debug',
     ];
-    const first = runAgent(args);
-    env.defer(async () => void (await stopAgent(first, 'SIGKILL')));
+    const first = startKernmesh(['run', ...args]);
+    env.defer(async () => void (await stopProcess(first, 'SIGKILL')));
     const admin1 = await adminAddress(first);
     const fullOps = await firstApplyOps(first);
     await eventually('/ready is 200', async () => (await getJson(admin1, '/ready')).status === 200);
@@ -128,7 +125,7 @@ kernelTest(
       [g1!, g2!, w1!, w2!].every((b) => seen(b === w1 || b === w2 ? REWEIGHED.vip : GROWS.vip, b.id)),
     );
 
-    assert.equal(await stopAgent(first), 0);
+    assert.equal(await stopProcess(first), 0);
     const during = results.length;
     await eventually('connections keep flowing with the agent down', () => results.length >= during + 24);
 
@@ -137,8 +134,8 @@ kernelTest(
       { ...GROWS, endpoints: [ep(g1!), ep(g2!), ep(g3!)] },
       { ...REWEIGHED, endpoints: [ep(w1!, 2), ep(w2!)] },
     ]);
-    const second = runAgent(args);
-    env.defer(async () => void (await stopAgent(second, 'SIGKILL')));
+    const second = startKernmesh(['run', ...args]);
+    env.defer(async () => void (await stopProcess(second, 'SIGKILL')));
     const admin2 = await adminAddress(second);
     const ops = await firstApplyOps(second);
     await eventually(
@@ -182,6 +179,6 @@ kernelTest(
       maps.frontends.some((f) => f.address === REMOVED.vip),
       false,
     );
-    assert.equal(await stopAgent(second), 0);
+    assert.equal(await stopProcess(second), 0);
   },
 );

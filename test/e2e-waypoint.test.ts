@@ -6,18 +6,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TestControlPlane } from './support/control-plane.js';
-import {
-  adminAddress,
-  assignment,
-  edsCluster,
-  eventually,
-  getJson,
-  outbound,
-  runAgent,
-  stopAgent,
-  tcpListener,
-} from './support/control-plane-istiod.js';
+import { assignment, edsCluster, getJson, outbound, tcpListener } from './support/control-plane-istiod.js';
+import { adminAddress, startKernmesh, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
+import { eventually } from './support/wait.js';
 import { Client, payload, startBackend } from './support/net.js';
 import { TYPE, type XdsResource } from '../src/xds/types.js';
 
@@ -67,7 +59,8 @@ kernelTest(
     cp.setResources(TYPE.listener, [tcpListener(VIP, PORT, CLUSTER)]);
     cp.setResources(TYPE.address, [serviceWithWaypoint({ address: waypoint.address, port: waypoint.port })]);
 
-    const agent = runAgent([
+    const agent = startKernmesh([
+      'run',
       '--xds-address',
       cp.address,
       '--waypoints',
@@ -84,7 +77,7 @@ kernelTest(
       '--instance-ip',
       '10.1.2.3',
     ]);
-    env.defer(async () => void (await stopAgent(agent, 'SIGKILL')));
+    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
     const admin = await adminAddress(agent);
     const client = new Client(env.cgroup);
     env.defer(() => client.exit());
@@ -121,6 +114,6 @@ kernelTest(
       for (let i = 0; i < 100 && endpoint.peers.length === before; i++) await sleep(10);
       return endpoint.peers.length > before;
     });
-    assert.equal(await stopAgent(agent), 0);
+    assert.equal(await stopProcess(agent), 0);
   },
 );

@@ -1,5 +1,6 @@
 // What the agent needs from each stage, in the agent's own terms. stages.ts adapts the real
 // xds/, translate/ and dataplane/ modules to these; the agent itself only sees plain data.
+import type { Attachment } from '../dataplane/dataplane.js';
 import type { DesiredState } from '../dataplane/model.js';
 import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
 import type { KernelGauges } from './metrics.js';
@@ -50,14 +51,7 @@ export type Translate = (
   previous?: DesiredState,
 ) => TranslateResult;
 
-export interface Attachment {
-  program: string;
-  attachType: string;
-  cgroup: string;
-  /** How it was attached: a pinned bpf_link, or the PROG_ATTACH fallback. */
-  via: string;
-  pinned?: string;
-}
+export type { Attachment } from '../dataplane/dataplane.js';
 
 /** The kernel side: programs loaded and attached, maps written only through apply(). */
 export interface Kernel {

@@ -71,12 +71,12 @@ export async function adminGet(admin: string, path: string): Promise<{ status: n
   return { status: r.status, text: await r.text() };
 }
 
-/** Signals the process and returns its exit code (at once if it has already exited). */
+/** Signals the process and returns its exit code (at once if it has already exited, by a signal too). */
 export async function stopProcess(
   child: ChildProcess,
   signal: NodeJS.Signals = 'SIGTERM',
 ): Promise<number | null> {
-  if (child.exitCode !== null) return child.exitCode;
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
   const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   child.kill(signal);
   return done;

@@ -1,15 +1,8 @@
 // What istiod serves a sidecar, in small builders for the end-to-end tests (shapes taken from the
-// real config dumps in ../shared/fixtures/istio/), and the agent run as operators run it: the
-// `kernmesh run` process against the test control plane, its JSON log lines and its admin endpoint.
-import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
+// real config dumps in ../shared/fixtures/istio/), and the agent's admin endpoint read as JSON (the
+// agent itself runs through ./cli.ts).
 import { TYPE, type JsonObject } from '../../src/xds/types.js';
-
-const ROOT = join(import.meta.dirname, '..', '..');
-const MAIN = join(ROOT, 'src', 'cli', 'main.ts');
+import { adminGet } from './cli.js';
 
 const HCM =
   'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager';
@@ -245,66 +238,11 @@ export function routeConfig(port: number, vhosts: JsonObject[]): JsonObject {
   };
 }
 
-export type AgentProcess = ChildProcess & { lines: JsonObject[]; stderrText: () => string };
-
-/** `kernmesh run ARGS` as operators run it (through tsx here), its stdout JSON log lines collected. */
-export function runAgent(args: string[]): AgentProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, 'run', ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }) as AgentProcess;
-  child.lines = [];
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  child.stderrText = () => stderr;
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    try {
-      child.lines.push(JSON.parse(line) as JsonObject);
-    } catch {
-      child.lines.push({ text: line });
-    }
-  });
-  return child;
-}
-
-/** Waits for the startup line and returns the admin address it names (the agent listens on port 0). */
-export async function adminAddress(child: AgentProcess): Promise<string> {
-  for (let i = 0; i < 600; i++) {
-    const started = child.lines.find(
-      (l) => typeof l.msg === 'string' && l.msg.startsWith('kernmesh started'),
-    );
-    if (started) return (started.admin as string).replace('http://', '');
-    if (child.exitCode !== null) throw new Error(`agent exited ${child.exitCode}: ${child.stderrText()}`);
-    await sleep(50);
-  }
-  throw new Error(`agent did not start: ${child.stderrText()} ${JSON.stringify(child.lines.slice(-5))}`);
-}
-
+/** An admin endpoint's answer, its body parsed when it is JSON (the text otherwise). */
 export async function getJson<T>(admin: string, path: string): Promise<{ status: number; body: T }> {
-  const r = await fetch(`http://${admin}${path}`);
-  const text = await r.text();
+  const { status, text } = await adminGet(admin, path);
   return {
-    status: r.status,
+    status,
     body: (text.startsWith('{') || text.startsWith('[') ? JSON.parse(text) : text) as T,
   };
-}
-
-/** Polls until check() holds; the bound is on attempts, the assertion is on state, never on time. */
-export async function eventually(what: string, check: () => Promise<boolean> | boolean): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await sleep(50);
-  }
-  assert.fail(`never happened: ${what}`);
-}
-
-/** Signals the agent and resolves with its exit code. */
-export async function stopAgent(
-  child: ChildProcess,
-  signal: NodeJS.Signals = 'SIGTERM',
-): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-  const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill(signal);
-  return done;
 }
