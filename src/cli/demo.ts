@@ -320,6 +320,7 @@ export async function demo(out: NodeJS.WritableStream, opts: DemoOptions = {}): 
       say('--wait: the agent keeps running; press Ctrl-C to clean up and exit');
       await new Promise<void>(() => undefined);
     }
+    say('the admin endpoint goes with the agent; run `kernmesh demo --wait` to keep both up and look around');
     return results;
   } finally {
     process.off('SIGINT', onSignal);
