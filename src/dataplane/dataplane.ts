@@ -204,7 +204,7 @@ export class Dataplane {
     return this.queue.add(() => {
       const result = this.writer.apply(desired);
       if (result.refused.length) this.log?.warn({ refused: result.refused }, 'routing entries refused');
-      this.log?.debug({ ops: result.ops.length }, 'routing applied');
+      this.log?.debug({ ops: result.ops.length, syscalls: result.syscalls }, 'routing applied');
       return result;
     });
   }

@@ -12,6 +12,13 @@ export interface MapHandle {
   delete(key: Buffer): boolean;
   keys(): Buffer[];
   entries(): [Buffer, Buffer][];
+  /**
+   * One syscall for many entries, where the kernel has batch operations for the map type. The
+   * kernel applies the elements one after another, each atomically, as single updates would.
+   */
+  updateBatch?(keys: Buffer[], values: Buffer[]): void;
+  deleteBatch?(keys: Buffer[]): number;
+  readonly supportsBatch?: boolean;
 }
 
 export const ROUTE_MAPS = [

@@ -46,6 +46,8 @@ export interface Refusal {
 export interface ApplyResult {
   /** Every map write and delete this apply performed, in order. */
   ops: MapOp[];
+  /** The bpf() calls that carried them: fewer than ops where writes went in batches. */
+  syscalls: number;
   refused: Refusal[];
 }
 
@@ -96,6 +98,7 @@ export class RouteWriter {
   /** Entries found at recovery that belong to nothing (a crash mid-apply); deleted by the next apply. */
   private garbage: { map: RouteMapName; key: string }[] = [];
   private ops: MapOp[] = [];
+  private syscalls = 0;
 
   private constructor(
     private readonly maps: RouteMaps,
@@ -166,6 +169,7 @@ export class RouteWriter {
     flag: 'any' | 'noexist' | 'exist' = 'any',
   ): void {
     this.ops.push({ map, op: 'update', key: hex(key) });
+    this.syscalls++;
     try {
       this.maps[map].update(key, value, flag);
     } catch (e) {
@@ -175,12 +179,53 @@ export class RouteWriter {
 
   private delete(map: RouteMapName, key: Buffer): void {
     this.ops.push({ map, op: 'delete', key: hex(key) });
+    this.syscalls++;
     this.maps[map].delete(key);
+  }
+
+  /**
+   * Writes many entries of one map in one batch where the kernel allows it; otherwise, or if the
+   * batch fails part-way, one by one (rewriting an entry with the same value is harmless), so a real
+   * error is reported for the entry at fault.
+   */
+  private updateMany(map: RouteMapName, entries: [Buffer, Buffer][]): void {
+    const m = this.maps[map];
+    if (entries.length > 1 && m.updateBatch && m.supportsBatch !== false) {
+      try {
+        this.syscalls++;
+        m.updateBatch(
+          entries.map(([k]) => k),
+          entries.map(([, v]) => v),
+        );
+        for (const [k] of entries) this.ops.push({ map, op: 'update', key: hex(k) });
+        return;
+      } catch {
+        /* fall back to single updates below */
+      }
+    }
+    for (const [k, v] of entries) this.update(map, k, v);
+  }
+
+  /** Deletes many entries of one map, in one batch where the kernel allows it. */
+  private deleteMany(map: RouteMapName, keys: Buffer[]): void {
+    const m = this.maps[map];
+    if (keys.length > 1 && m.deleteBatch && m.supportsBatch !== false) {
+      try {
+        this.syscalls++;
+        m.deleteBatch(keys);
+        for (const k of keys) this.ops.push({ map, op: 'delete', key: hex(k) });
+        return;
+      } catch {
+        /* some were absent or the batch stopped part-way: finish one by one */
+      }
+    }
+    for (const k of keys) this.delete(map, k);
   }
 
   /** Applies the whole desired state; returns the operations performed and what was refused. */
   apply(desired: DesiredState): ApplyResult {
     this.ops = [];
+    this.syscalls = 0;
     const refused: Refusal[] = [];
     const wanted = new Set<string>();
 
@@ -206,9 +251,13 @@ export class RouteWriter {
 
     for (const s of [...this.services.values()]) if (!wanted.has(s.name)) this.removeService(s);
     this.removeUnusedBackends();
-    for (const g of this.garbage) this.delete(g.map, unhex(g.key));
+    for (const map of new Set(this.garbage.map((g) => g.map)))
+      this.deleteMany(
+        map,
+        this.garbage.filter((g) => g.map === map).map((g) => unhex(g.key)),
+      );
     this.garbage = [];
-    return { ops: this.ops, refused };
+    return { ops: this.ops, syscalls: this.syscalls, refused };
   }
 
   private entriesFor(
@@ -264,6 +313,9 @@ export class RouteWriter {
     if (plan.maglev.length > maglevRoom)
       return `km_maglev full: needs ${plan.maglev.length} table entries, ${maglevRoom} free`;
 
+    // backends before the slots that name them: connection counts zeroed, then the addresses
+    const conns: [Buffer, Buffer][] = [];
+    const addresses: [Buffer, Buffer][] = [];
     for (const key of newBackends) {
       const id = this.freeBackendIds.shift()!;
       const [address, port] = [
@@ -271,10 +323,12 @@ export class RouteWriter {
         Number(key.slice(key.lastIndexOf('|') + 1)),
       ];
       const value = { address, port };
-      this.update('km_backend_conn', u32(id), u32(0));
-      this.update('km_backends', u32(id), backendCodec.encode(value));
+      conns.push([u32(id), u32(0)]);
+      addresses.push([u32(id), backendCodec.encode(value)]);
       this.backends.set(key, { id, value });
     }
+    this.updateMany('km_backend_conn', conns);
+    this.updateMany('km_backends', addresses);
 
     let svc = live;
     if (!svc) {
@@ -297,15 +351,17 @@ export class RouteWriter {
       ['km_slots', slots, svc.slots],
       ['km_maglev', maglev, svc.maglev],
     ] as const) {
+      const writes: [Buffer, Buffer][] = [];
       for (const [k, v] of want) {
         if (have.get(k) === v) continue;
-        this.update(map, unhex(k), unhex(v));
+        writes.push([unhex(k), unhex(v)]);
         if (!have.has(k)) {
           if (map === 'km_slots') this.slotEntries++;
           else this.maglevEntries++;
         }
         have.set(k, v);
       }
+      this.updateMany(map, writes);
     }
     const value: ServiceValue = { ...plan.value, generation };
     const valueBytes = serviceCodec.encode(value);
@@ -318,13 +374,11 @@ export class RouteWriter {
       ['km_slots', slots, svc.slots],
       ['km_maglev', maglev, svc.maglev],
     ] as const) {
-      for (const k of [...have.keys()]) {
-        if (want.has(k)) continue;
-        this.delete(map, unhex(k));
-        have.delete(k);
-        if (map === 'km_slots') this.slotEntries--;
-        else this.maglevEntries--;
-      }
+      const gone = [...have.keys()].filter((k) => !want.has(k));
+      this.deleteMany(map, gone.map(unhex));
+      for (const k of gone) have.delete(k);
+      if (map === 'km_slots') this.slotEntries -= gone.length;
+      else this.maglevEntries -= gone.length;
     }
     return undefined;
   }
@@ -392,8 +446,8 @@ export class RouteWriter {
       this.frontends.delete(k);
     }
     this.delete('km_services', u32(s.id));
-    for (const k of s.slots.keys()) this.delete('km_slots', unhex(k));
-    for (const k of s.maglev.keys()) this.delete('km_maglev', unhex(k));
+    this.deleteMany('km_slots', [...s.slots.keys()].map(unhex));
+    this.deleteMany('km_maglev', [...s.maglev.keys()].map(unhex));
     this.slotEntries -= s.slots.size;
     this.maglevEntries -= s.maglev.size;
     this.delete('km_svc_names', u32(s.id));
