@@ -5,12 +5,19 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { adminAddress, adminGet, runKernmesh, startKernmesh, stopProcess } from './support/cli.js';
+import {
+  adminAddress,
+  adminGet,
+  runAgentServing,
+  runKernmesh,
+  startKernmesh,
+  stopProcess,
+} from './support/cli.js';
 import { TestControlPlane } from './support/control-plane.js';
 import { kernelTest } from './support/kernel.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
 import { eventually } from './support/wait.js';
-import { Client, startBackend, type Backend } from './support/net.js';
+import { startBackend, type Backend } from './support/net.js';
 import { encodeFromJson } from '../src/xds/json.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 
@@ -118,25 +125,14 @@ kernelTest(
     writeFileSync(file, resourcesFile([b1, b2], b3.port));
     const bpffs = join(env.pinDir, 'agent');
 
-    const agent = startKernmesh([
-      'run',
+    const { agent, admin, client } = await runAgentServing(env, [
       '--xds-file',
       file,
-      '--cgroup',
-      env.cgroup,
-      '--bpffs',
-      bpffs,
-      '--admin',
-      '127.0.0.1:0',
       '--log-level',
       'debug',
       '--access-log',
       join(dir, 'access.log'),
     ]);
-    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
-    const admin = await adminAddress(agent);
-    const client = new Client(env.cgroup);
-    env.defer(() => client.exit());
 
     await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
     // Ready means programmed: the very next connects are routed.
@@ -312,18 +308,11 @@ kernelTest(
     env.defer(() => b2.close());
     const vip = '127.100.78.11';
 
-    const agent = startKernmesh([
-      'run',
+    const { agent, admin, client } = await runAgentServing(env, [
       '--xds-address',
       cp.address,
       '--xds-protocol',
       'delta',
-      '--cgroup',
-      env.cgroup,
-      '--bpffs',
-      join(env.pinDir, 'agent'),
-      '--admin',
-      '127.0.0.1:0',
       '--pod-name',
       'kernmesh-test',
       '--pod-namespace',
@@ -332,10 +321,6 @@ kernelTest(
       '10.1.2.3',
       '--accelerate',
     ]);
-    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
-    const admin = await adminAddress(agent);
-    const client = new Client(env.cgroup);
-    env.defer(() => client.exit());
 
     // Connected, nothing sent yet: not ready, and the reason says so.
     await eventually('the agent opens its ADS stream', async () =>

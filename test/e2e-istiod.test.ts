@@ -3,7 +3,6 @@
 // connects. A TCP service and an HTTP service with a plain route are routed; an HTTP service with a
 // header-match route in the SAME RouteConfiguration is refused in the NACK and left untouched.
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { TestControlPlane } from './support/control-plane.js';
 import {
   assignment,
@@ -19,10 +18,10 @@ import {
   tcpListener,
   virtualHost,
 } from './support/control-plane-istiod.js';
-import { adminAddress, startKernmesh, stopProcess } from './support/cli.js';
+import { runAgentServing, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
 import { eventually } from './support/wait.js';
-import { Client, startBackend, type Backend } from './support/net.js';
+import { startBackend, type Backend } from './support/net.js';
 import { TYPE } from '../src/xds/types.js';
 
 const TCP_VIP = '127.100.79.1';
@@ -81,18 +80,11 @@ kernelTest(
     cp.setResources(TYPE.listener, [tcpListener(TCP_VIP, TCP_PORT, TCP), httpListener(HTTP_PORT)]);
     cp.setResources(TYPE.route, [routeConfig(HTTP_PORT, [webVhost, reviewsVhost])]);
 
-    const agent = startKernmesh([
-      'run',
+    const { agent, admin, client } = await runAgentServing(env, [
       '--xds-address',
       cp.address,
       '--xds-protocol',
       'sotw',
-      '--cgroup',
-      env.cgroup,
-      '--bpffs',
-      join(env.pinDir, 'agent'),
-      '--admin',
-      '127.0.0.1:0',
       '--pod-name',
       'kernmesh-e2e',
       '--pod-namespace',
@@ -100,10 +92,6 @@ kernelTest(
       '--instance-ip',
       '10.1.2.3',
     ]);
-    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
-    const admin = await adminAddress(agent);
-    const client = new Client(env.cgroup);
-    env.defer(() => client.exit());
 
     // The RouteConfiguration is NACKed: its path and reason, the Istio object named.
     const nack = await cp.waitForNack(TYPE.route);

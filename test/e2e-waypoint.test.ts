@@ -3,14 +3,13 @@
 // the sidecar's CDS/EDS/LDS. `kernmesh run --waypoints` sends the service's connections to the
 // waypoint, which receives the TLV naming the original VIP and port, then the application's bytes.
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TestControlPlane } from './support/control-plane.js';
 import { assignment, edsCluster, getJson, outbound, tcpListener } from './support/control-plane-istiod.js';
-import { adminAddress, startKernmesh, stopProcess } from './support/cli.js';
+import { runAgentServing, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
 import { eventually } from './support/wait.js';
-import { Client, payload, startBackend } from './support/net.js';
+import { payload, startBackend } from './support/net.js';
 import { TYPE, type XdsResource } from '../src/xds/types.js';
 
 const VIP = '127.100.81.1';
@@ -59,17 +58,10 @@ kernelTest(
     cp.setResources(TYPE.listener, [tcpListener(VIP, PORT, CLUSTER)]);
     cp.setResources(TYPE.address, [serviceWithWaypoint({ address: waypoint.address, port: waypoint.port })]);
 
-    const agent = startKernmesh([
-      'run',
+    const { agent, admin, client } = await runAgentServing(env, [
       '--xds-address',
       cp.address,
       '--waypoints',
-      '--cgroup',
-      env.cgroup,
-      '--bpffs',
-      join(env.pinDir, 'agent'),
-      '--admin',
-      '127.0.0.1:0',
       '--pod-name',
       'kernmesh-e2e',
       '--pod-namespace',
@@ -77,10 +69,6 @@ kernelTest(
       '--instance-ip',
       '10.1.2.3',
     ]);
-    env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
-    const admin = await adminAddress(agent);
-    const client = new Client(env.cgroup);
-    env.defer(() => client.exit());
     await eventually('/ready is 200', async () => (await getJson(admin, '/ready')).status === 200);
     const subscribed = cp.requests.find((r) => r.typeUrl === TYPE.address && r.kind === 'initial');
     assert.equal(subscribed?.mode, 'delta', 'the workload API is subscribed over Delta');

@@ -2,10 +2,13 @@
 // see exit codes, stdout/stderr and the JSON log lines exactly as a shell would.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { JsonObject } from '../../src/xds/types.js';
+import type { KernelEnv } from './kernel.js';
+import { Client } from './net.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
@@ -80,4 +83,29 @@ export async function stopProcess(
   const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   child.kill(signal);
   return done;
+}
+
+/**
+ * `kernmesh run` serving the test's cgroup (pins under <pinDir>/agent, admin on a free port) with the
+ * given source and identity flags, and a client process inside the cgroup; both stop with the test.
+ */
+export async function runAgentServing(
+  env: KernelEnv,
+  args: string[],
+): Promise<{ agent: KernmeshProcess; admin: string; client: Client }> {
+  const agent = startKernmesh([
+    'run',
+    ...args,
+    '--cgroup',
+    env.cgroup,
+    '--bpffs',
+    join(env.pinDir, 'agent'),
+    '--admin',
+    '127.0.0.1:0',
+  ]);
+  env.defer(async () => void (await stopProcess(agent, 'SIGKILL')));
+  const admin = await adminAddress(agent);
+  const client = new Client(env.cgroup);
+  env.defer(() => client.exit());
+  return { agent, admin, client };
 }
