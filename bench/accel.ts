@@ -2,14 +2,15 @@
 // two local sockets, through the TCP/IP stack and through the sockmap, in one run, alternating the
 // two modes round by round. Prints the medians, their ratio and the machine.
 // Run as root: node --import tsx bench/accel.ts [rounds]
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { cpus, release, tmpdir } from 'node:os';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Accelerator } from '../src/accel/accel.js';
-import { BPFFS, cgroup2Mount, removeCgroup } from '../test/support/kernel.js';
+import { BPFFS, cgroup2Mount, removeCgroup, spawnInCgroup } from '../test/support/kernel.js';
+import { machine, median } from './common.js';
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const HOST = '127.0.0.1';
@@ -19,23 +20,9 @@ const PING_COUNT = 20000;
 const BULK_BYTES = 2 * 1024 ** 3;
 const BULK_CHUNK = 64 << 10;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function machine(): string {
-  const model =
-    /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? '?';
-  return `${model}, ${cpus().length} cores, Linux ${release()}`;
-}
-
 /** Runs a command inside the cgroup (the shell joins it, then execs). */
 function inCgroup(cgroup: string, args: string[]): ChildProcess {
-  return spawn('/bin/sh', ['-c', `echo $$ > '${join(cgroup, 'cgroup.procs')}' && exec "$@"`, 'sh', ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  return spawnInCgroup(cgroup, args[0]!, args.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
 }
 
 async function output(child: ChildProcess): Promise<string> {

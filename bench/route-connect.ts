@@ -3,13 +3,13 @@
 // Needs root, bpffs and cgroup v2 (like the kernel tests); creates and removes its own cgroup and
 // pin directory. Prints a table with the machine it ran on. Numbers vary with load: run it alone.
 import { mkdirSync, rmSync } from 'node:fs';
-import { cpus, release } from 'node:os';
 import { join } from 'node:path';
 
 import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { DesiredState, Service } from '../src/dataplane/model.js';
 import { BPFFS, cgroup2Mount, removeCgroup } from '../test/support/kernel.js';
 import { Client, startBackend } from '../test/support/net.js';
+import { machine } from './common.js';
 
 const connects = Number(process.argv[2] ?? 20000);
 const serviceCount = Number(process.argv[3] ?? 2000);
@@ -100,9 +100,7 @@ async function main(): Promise<void> {
     removeCgroup(cgroup);
     rmSync(pinDir, { recursive: true, force: true });
   }
-  console.log(
-    `machine: ${cpus()[0]?.model ?? '?'} x${cpus().length}, Linux ${release()}, Node ${process.version}`,
-  );
+  console.log(`machine: ${machine()}`);
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
 }

@@ -14,7 +14,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { cpus, loadavg, release, tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -28,6 +28,7 @@ import {
   removeCgroup,
   spawnInCgroup,
 } from '../test/support/kernel.js';
+import { machine, median } from './common.js';
 
 const ROUNDS = Number(process.argv[2] ?? 7);
 const CONNECTS = Number(process.argv[3] ?? 5000);
@@ -76,18 +77,6 @@ interface Samples {
   cpuNs: Record<Phase, number>;
   /** What cpuNs was spent on: connections, requests, bytes. */
   work: Record<Phase, number>;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
-function machine(): string {
-  const model =
-    /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpus()[0]?.model ?? '?';
-  return `${model}, ${cpus().length} cores, Linux ${release()}, Node ${process.version}`;
 }
 
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
