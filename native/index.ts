@@ -102,7 +102,7 @@ interface Addon {
   enableStats(): number;
   closeFd(fd: number): void;
   possibleCpus(): number;
-  detachCgroupAll(cgroupPath: string, attachType: string): number;
+  detachCgroupAll(cgroupPath: string, attachType: string, namePrefix?: string): number;
   btfStruct(objectPath: string, name: string): BtfStruct;
 }
 
@@ -384,11 +384,12 @@ export function possibleCpus(): number {
 }
 
 /**
- * Detaches every program of one attach type ('cgroup_inet4_connect' or 'cgroup/connect4') from a
- * cgroup, links and PROG_ATTACH alike. For cleanup tools; returns how many were detached.
+ * Detaches the programs of one attach type ('cgroup_inet4_connect' or 'cgroup/connect4') from a
+ * cgroup, links and PROG_ATTACH alike: all of them, or only those whose name starts with
+ * namePrefix (the kernel keeps 15 characters of a name). For cleanup tools; returns how many.
  */
-export function detachCgroupAll(cgroupPath: string, attachType: string): number {
-  return addon.detachCgroupAll(cgroupPath, attachType);
+export function detachCgroupAll(cgroupPath: string, attachType: string, namePrefix?: string): number {
+  return addon.detachCgroupAll(cgroupPath, attachType, namePrefix);
 }
 
 /** Routes libbpf's log to a pino logger from now on (BpfObject.open's `log` does so during the load). */

@@ -415,9 +415,13 @@ kernelTest(
     prog.attachCgroup(env.cgroup, { forceProgAttach: true }).close();
     await connectFrom(env.cgroup, port);
     assert.equal(counter(counters, COUNTER_CONNECT), 3n);
-    assert.equal(detachCgroupAll(env.cgroup, 'cgroup/connect4'), 2);
+    // a name prefix that is not this program's leaves both attachments in place
+    assert.equal(detachCgroupAll(env.cgroup, 'cgroup/connect4', 'km_'), 0);
     await connectFrom(env.cgroup, port);
-    assert.equal(counter(counters, COUNTER_CONNECT), 3n);
+    assert.equal(counter(counters, COUNTER_CONNECT), 5n);
+    assert.equal(detachCgroupAll(env.cgroup, 'cgroup/connect4', 'test_'), 2);
+    await connectFrom(env.cgroup, port);
+    assert.equal(counter(counters, COUNTER_CONNECT), 5n);
   },
 );
 

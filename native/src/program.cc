@@ -314,10 +314,33 @@ Napi::Object NewObjectProgram(Napi::Env env, std::shared_ptr<ObjectCore> core, b
 
 // detachCgroupAll(cgroupPath, attachType): removes every program of that attach type from the
 // cgroup, links and PROG_ATTACH alike; for cleanup tools. Returns how many were detached.
+// Whether the program behind prog_fd has a name starting with prefix (an empty prefix matches all).
+// The kernel keeps the first 15 characters of a program's name.
+static bool ProgNameStartsWith(int prog_fd, const std::string& prefix) {
+  if (prefix.empty()) return true;
+  bpf_prog_info pi;
+  memset(&pi, 0, sizeof pi);
+  __u32 len = sizeof pi;
+  if (bpf_obj_get_info_by_fd(prog_fd, &pi, &len)) return false;
+  return strncmp(pi.name, prefix.c_str(), prefix.size()) == 0;
+}
+
+static bool LinkProgNameStartsWith(__u32 prog_id, const std::string& prefix) {
+  if (prefix.empty()) return true;
+  int fd = bpf_prog_get_fd_by_id(prog_id);
+  if (fd < 0) return false;
+  bool match = ProgNameStartsWith(fd, prefix);
+  close(fd);
+  return match;
+}
+
 Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
   std::string type_name = info[1].As<Napi::String>();
+  // Only programs whose name starts with this are detached: a cleanup tool must leave other
+  // tools' programs on a shared cgroup alone.
+  std::string prefix = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "";
   bpf_attach_type type;
   if (!ParseAttachType(type_name, &type)) throw Napi::TypeError::New(env, "unknown attach type " + type_name);
   CgroupFd cg(env, path, "open", PathSubject(path));
@@ -334,7 +357,8 @@ Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info) {
     memset(&li, 0, sizeof li);
     __u32 len = sizeof li;
     if (bpf_obj_get_info_by_fd(fd, &li, &len) == 0 && li.type == BPF_LINK_TYPE_CGROUP &&
-        li.cgroup.cgroup_id == st.st_ino && li.cgroup.attach_type == type) {
+        li.cgroup.cgroup_id == st.st_ino && li.cgroup.attach_type == type &&
+        LinkProgNameStartsWith(li.prog_id, prefix)) {
       if (bpf_link_detach(fd) == 0) detached++;
     }
     close(fd);
@@ -351,7 +375,7 @@ Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info) {
     for (__u32 i = 0; i < count && i < 64; i++) {
       int fd = bpf_prog_get_fd_by_id(ids[i]);
       if (fd < 0) continue;
-      if (bpf_prog_detach2(fd, cg.fd, type) == 0) {
+      if (ProgNameStartsWith(fd, prefix) && bpf_prog_detach2(fd, cg.fd, type) == 0) {
         detached++;
         progress = true;
       }

@@ -8,9 +8,9 @@ import { DEFAULTS } from '../config/config.js';
 const HELP = `usage: kernmesh cleanup [--bpffs DIR] [--cgroup PATH ...] [--dry-run]
 
 Detaches the programs kernmesh pinned links for under DIR (default ${DEFAULTS.bpffs}) and
-unpins its maps and links, then removes DIR. --cgroup also detaches kernmesh's attach types
-from that cgroup when they were attached without a link (kernels before 5.7): every program of
-those attach types there, not only kernmesh's.
+unpins its maps and links, then removes DIR. --cgroup also detaches kernmesh's programs (those
+named km_*) from that cgroup, for attachments made without a pinned link (kernels before 5.7);
+other programs on that cgroup are left alone.
 `;
 
 /** Attach types kernmesh uses; --cgroup detaches these only. */
@@ -22,7 +22,11 @@ export const ATTACH_TYPES = [
   'sockops',
   'cgroup_skb/ingress',
   'cgroup_skb/egress',
+  'cgroup/sock_create',
 ];
+
+/** Every kernmesh program's name starts with this (bpf/*.bpf.c); cleanup detaches no other. */
+export const PROGRAM_PREFIX = 'km_';
 
 function onBpffs(path: string): boolean {
   const mounts = readFileSync('/proc/mounts', 'utf8')
@@ -121,7 +125,7 @@ export async function runCleanup(argv: string[], out: NodeJS.WritableStream): Pr
   }
   for (const cg of cgroups) {
     let n = 0;
-    for (const t of ATTACH_TYPES) if (!dryRun) n += detachCgroupAll(cg, t);
+    for (const t of ATTACH_TYPES) if (!dryRun) n += detachCgroupAll(cg, t, PROGRAM_PREFIX);
     out.write(`detached ${n} program(s) from ${cg}\n`);
   }
   return 0;
