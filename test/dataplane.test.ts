@@ -16,7 +16,7 @@ import {
 import { maglevSize, maglevTable, normalizeWeights, smoothWeightedOrder } from '../src/dataplane/layout.js';
 import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
 import type { DesiredState, Endpoint, Service } from '../src/dataplane/model.js';
-import { RouteWriter } from '../src/dataplane/writer.js';
+import { RouteWriter, weightsPlanningTo } from '../src/dataplane/writer.js';
 
 class MemMap implements MapHandle {
   readonly data = new Map<string, Buffer>();
@@ -365,4 +365,120 @@ void test('invalid services are refused with the reason; the rest still applies'
   assert.match(reasons['no-waypoint']!, /without a waypoint/);
   assert.equal(reasons.good, undefined);
   assert.ok(w.serviceId('good'));
+});
+
+void test('after a restart the writer rebuilds what is live as a DesiredState that re-plans to the same entries (0 operations)', () => {
+  const maps = memMaps({ km_maglev: 100000 });
+  const first = RouteWriter.recover(maps);
+  const services: Service[] = [
+    {
+      name: 'weighted',
+      kind: 'endpoints',
+      lbPolicy: 'round_robin',
+      maxConnections: 100,
+      // draining and unhealthy endpoints are never in the maps: the rebuilt service leaves them out
+      endpoints: [
+        ep(1, { weight: 10 }),
+        ep(2, { weight: 30 }),
+        ep(3, { priority: 1 }),
+        ep(4, { health: 'draining' }),
+      ],
+    },
+    // scaled down past 1024 slots to weights 3 and 1020 (gcd 3): the input must be rebuilt, not copied
+    {
+      name: 'scaled',
+      kind: 'endpoints',
+      lbPolicy: 'least_request',
+      endpoints: [ep(5, { weight: 7 }), ep(6, { weight: 2500 })],
+    },
+    { name: 'hashed', kind: 'endpoints', lbPolicy: 'maglev', endpoints: [ep(1), ep(7, { weight: 2 })] },
+    { name: 'v6', kind: 'endpoints', lbPolicy: 'random', endpoints: [ep(8, { address: '::1' })] },
+    { name: 'PassthroughCluster', kind: 'passthrough', lbPolicy: 'random', endpoints: [] },
+    { name: 'BlackHoleCluster', kind: 'blackhole', lbPolicy: 'random', endpoints: [] },
+    {
+      name: 'waypoint|127.0.0.9|15008',
+      kind: 'waypoint',
+      lbPolicy: 'random',
+      endpoints: [],
+      waypoint: { address: '127.0.0.9', port: 15008 },
+    },
+  ];
+  const desired = state(services);
+  desired.frontends.push({ address: '::1', port: 443, protocol: 'tcp', service: 'v6' });
+  assert.deepEqual(first.apply(desired).refused, []);
+  // one service switched generation since: the rebuild reads the live one
+  const weighted = services[0]!;
+  const reweighted = { ...weighted, endpoints: [ep(1, { weight: 2 }), ...weighted.endpoints.slice(1)] };
+  assert.ok(first.apply({ ...desired, services: [reweighted, ...services.slice(1)] }).ops.length > 0);
+  const before = new Map(ROUTE_MAPS.map((n) => [n, new Map((maps[n] as MemMap).data)]));
+
+  const restarted = RouteWriter.recover(maps);
+  const live = restarted.live();
+  assert.deepEqual(live, first.live(), 'the rebuild from the maps is what the running writer holds');
+  assert.deepEqual(
+    live.services.find((s) => s.name === 'weighted'),
+    {
+      name: 'weighted',
+      kind: 'endpoints',
+      lbPolicy: 'round_robin',
+      maxConnections: 100,
+      endpoints: [
+        { address: '127.0.0.1', port: 8001, weight: 1, priority: 0, health: 'healthy' },
+        { address: '127.0.0.2', port: 8002, weight: 15, priority: 0, health: 'healthy' },
+        { address: '127.0.0.3', port: 8003, weight: 1, priority: 1, health: 'healthy' },
+      ],
+    },
+  );
+  assert.deepEqual(live.services.find((s) => s.name === 'waypoint|127.0.0.9|15008')?.waypoint, {
+    address: '127.0.0.9',
+    port: 15008,
+  });
+  const sortFe = (fs: DesiredState['frontends']) =>
+    [...fs].sort((a, b) => `${a.address}|${a.port}`.localeCompare(`${b.address}|${b.port}`));
+  assert.deepEqual(sortFe(live.frontends), sortFe(desired.frontends));
+  assert.deepEqual(
+    live.services.map((s) => s.name),
+    services.map((s) => s.name).sort(),
+  );
+
+  const r = restarted.apply(live);
+  assert.deepEqual(r.refused, []);
+  assert.deepEqual(r.ops, [], 'every rebuilt service re-plans to exactly its live entries');
+  assert.equal(r.syscalls, 0);
+  for (const n of ROUTE_MAPS) assert.deepEqual((maps[n] as MemMap).data, before.get(n), n);
+
+  // A state that keeps one rebuilt service as it is and drops the rest touches only the others.
+  const kept = live.services.find((s) => s.name === 'scaled')!;
+  const r2 = restarted.apply({
+    services: [kept],
+    frontends: live.frontends.filter((f) => f.service === 'scaled'),
+  });
+  const id = restarted.serviceId('scaled')!;
+  const touchesKept = r2.ops.filter(
+    (o) =>
+      (o.map === 'km_services' && o.key === u32(id).toString('hex')) ||
+      (o.map === 'km_slots' && slotKeyCodec.decode(Buffer.from(o.key, 'hex')).serviceId === id),
+  );
+  assert.ok(r2.ops.length > 0);
+  assert.deepEqual(touchesKept, []);
+  assert.deepEqual(
+    reachable(maps, '127.100.0.2', 80).backends,
+    new Set(['127.0.0.5:8005', '127.0.0.6:8006']),
+  );
+});
+
+void test('weightsPlanningTo: planning the result gives back the live weights, scaled-down groups included', () => {
+  const cases: [number[], number][] = [
+    [[1, 3], 1024],
+    [[3, 1020], 1024],
+    [[1, 1, 1], 3],
+    [normalizeWeights([7, 2500, 13, 999], 64), 64],
+    [normalizeWeights([100, 200, 301, 400, 500], 16), 16],
+  ];
+  for (const [w, max] of cases) {
+    const input = weightsPlanningTo(w, max);
+    assert.ok(input, `${w.join(',')} / ${max}`);
+    assert.deepEqual(normalizeWeights(input, max), w, `${w.join(',')} / ${max}`);
+  }
+  assert.equal(weightsPlanningTo([2, 2], 1024), undefined, 'no input normalises to 2:2');
 });

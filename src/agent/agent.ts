@@ -44,7 +44,12 @@ export class Agent implements AdminSource {
   private resources: XdsResource[] = [];
   private waypoints: ServiceWaypoint[] = [];
   private translateRejections: (Rejection & { at: string })[] = [];
-  private state: DesiredState = { services: [], frontends: [] };
+  /**
+   * The last programmed state, translate's `previous`. It starts as what is pinned in the kernel,
+   * so after a restart a service refused by the first config keeps its entries instead of being
+   * deleted (the pinned entries re-plan to themselves: no map write for it).
+   */
+  private state: DesiredState;
   private applied = 0;
   private lastApply?: ApplyRecord;
   private lastError?: string;
@@ -58,6 +63,7 @@ export class Agent implements AdminSource {
 
   constructor(private readonly deps: AgentDeps) {
     this.metrics = deps.metrics ?? new AgentMetrics();
+    this.state = deps.kernel.recovered?.() ?? { services: [], frontends: [] };
     this.metrics.setKernel(deps.kernel.gauges);
     this.metrics.connected = () => deps.source.connected();
   }

@@ -14,8 +14,9 @@ import { Dataplane } from '../dataplane/dataplane.js';
 import { TELEMETRY_CGROUP_PROGRAMS, Telemetry } from '../telemetry/telemetry.js';
 import type { Workload } from '../telemetry/metrics.js';
 import type { Registry } from 'prom-client';
-import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
+import { DEFAULT_CAPACITY, ROUTE_MAPS, type Capacity, type RouteMaps } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
+import { RouteWriter } from '../dataplane/writer.js';
 import type { Attachment, Kernel } from './ports.js';
 
 /** --map-size names: the dataplane's capacity knobs (each sizes one or more maps). */
@@ -29,6 +30,16 @@ export function capacityFrom(mapSizes: Record<string, number>): Partial<Capacity
     out[k as keyof Capacity] = v;
   }
   return out;
+}
+
+/**
+ * The routing state pinned before this process opened the maps, read through a writer's own
+ * recovery (read-only: it writes nothing; the Dataplane keeps its writer to itself). Must run
+ * before the first apply.
+ */
+function pinnedState(dataplane: Dataplane): DesiredState {
+  const maps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, dataplane.map(n)])) as unknown as RouteMaps;
+  return RouteWriter.recover(maps).live();
 }
 
 export interface KernelOptions {
@@ -51,6 +62,7 @@ export class AgentKernel implements Kernel {
   private constructor(
     config: AgentConfig,
     readonly dataplane: Dataplane,
+    private readonly pinned: DesiredState,
     readonly accel: Accelerator | undefined,
     readonly telemetry: Telemetry,
     private readonly log: Logger,
@@ -73,6 +85,20 @@ export class AgentKernel implements Kernel {
       capacity: capacityFrom(config.mapSizes),
       log: log.child({ stage: 'dataplane' }),
     });
+    let pinned: DesiredState;
+    try {
+      pinned = pinnedState(dataplane);
+    } catch (e) {
+      void dataplane.close();
+      throw new Error(`read the routing state pinned in ${config.bpffs}: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    if (pinned.services.length > 0)
+      log.info(
+        { services: pinned.services.length, frontends: pinned.frontends.length },
+        'routing state found pinned: a service refused by the first config keeps these entries',
+      );
     let accel: Accelerator | undefined;
     let telemetry: Telemetry;
     try {
@@ -91,7 +117,7 @@ export class AgentKernel implements Kernel {
       void dataplane.close();
       throw e;
     }
-    const kernel = new AgentKernel(config, dataplane, accel, telemetry, log, opts);
+    const kernel = new AgentKernel(config, dataplane, pinned, accel, telemetry, log, opts);
     try {
       for (const cg of config.cgroups) {
         kernel.attached.push(...dataplane.attach(cg));
@@ -112,6 +138,10 @@ export class AgentKernel implements Kernel {
       throw e;
     }
     return kernel;
+  }
+
+  recovered(): DesiredState {
+    return this.pinned;
   }
 
   private record(a: CgroupAttachment, programs: readonly string[]): void {

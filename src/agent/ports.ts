@@ -58,6 +58,11 @@ export interface Kernel {
   readonly pinDir: string;
   attachments(): Attachment[];
   apply(state: DesiredState): Promise<void>;
+  /**
+   * What was already programmed when the kernel side opened (pinned by the agent that ran before),
+   * as a DesiredState; the first translation's `previous`.
+   */
+  recovered?(): DesiredState;
   gauges: KernelGauges;
   debugMaps(): unknown;
   debugBpf(): unknown;

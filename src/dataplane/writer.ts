@@ -25,9 +25,17 @@ import {
   type Reason,
   type ServiceValue,
 } from './codec.js';
-import { backendKey, DEFAULT_PLAN_OPTIONS, planService, type PlanOptions, type ServicePlan } from './plan.js';
+import { normalizeWeights } from './layout.js';
+import {
+  backendKey,
+  DEFAULT_PLAN_OPTIONS,
+  planService,
+  splitBackendKey,
+  type PlanOptions,
+  type ServicePlan,
+} from './plan.js';
 import type { MapHandle, RouteMapName, RouteMaps } from './maps.js';
-import type { DesiredState } from './model.js';
+import type { DesiredState, Endpoint, Frontend, Service } from './model.js';
 
 export interface MapOp {
   map: RouteMapName;
@@ -78,6 +86,38 @@ function freeIds(max: number, used: Set<number>): number[] {
   const out: number[] = [];
   for (let i = 1; i < max; i++) if (!used.has(i)) out.push(i);
   return out;
+}
+
+/**
+ * Weights that normalizeWeights turns into exactly `live` (one priority group's slot weights, as
+ * written), so a service rebuilt from the maps re-plans to the same slots. Live weights with gcd 1
+ * are their own answer. A gcd above 1 only comes out of the scale-down branch (sum over maxTotal),
+ * whose output sums to more than maxTotal - n; so inputs (L-1)·M + c + 1, with the c (each < M)
+ * adding up to M·(maxTotal - ΣL), take that branch and land on each L. Checked before use.
+ */
+export function weightsPlanningTo(live: readonly number[], maxTotal: number): number[] | undefined {
+  const same = (w: number[]): boolean => {
+    try {
+      const out = normalizeWeights(w, maxTotal);
+      return out.length === live.length && out.every((x, i) => x === live[i]);
+    } catch {
+      return false;
+    }
+  };
+  if (same([...live])) return [...live];
+  const n = live.length;
+  const short = maxTotal - live.reduce((a, b) => a + b, 0);
+  if (short < 0 || short >= n) return undefined;
+  for (let m = Math.max(n, 2); m < Math.max(n, 2) + 64; m++) {
+    let extra = short * m;
+    const w = live.map((l) => {
+      const c = Math.min(m - 1, extra);
+      extra -= c;
+      return (l - 1) * m + c + 1;
+    });
+    if (same(w)) return w;
+  }
+  return undefined;
 }
 
 export interface ServiceCounters {
@@ -465,6 +505,62 @@ export class RouteWriter {
       this.backends.delete(key);
       this.freeBackendIds.push(b.id);
     }
+  }
+
+  /**
+   * What the kernel routes now, as a DesiredState: after recover(), the pinned state of the agent
+   * that ran before. Each service re-plans to exactly its live entries (0 map operations), so a
+   * restarted agent can hand it to translate as `previous` and a service refused at start keeps its
+   * entries. Endpoints are those in the live slots, with the weights as planned and health
+   * 'healthy'; endpoints the kernel never picks (draining, unhealthy) are not in the maps.
+   */
+  live(): DesiredState {
+    const addressOf = new Map<number, string>();
+    for (const [key, b] of this.backends) addressOf.set(b.id, key);
+    const services: Service[] = [];
+    const names = new Map<number, string>();
+    for (const s of this.services.values()) {
+      names.set(s.id, s.name);
+      const service: Service = {
+        name: s.name,
+        kind: s.value.kind,
+        lbPolicy: s.value.lbPolicy,
+        endpoints: [],
+      };
+      if (s.value.maxConnections > 0) service.maxConnections = s.value.maxConnections;
+      if (s.value.waypoint) service.waypoint = { ...s.value.waypoint };
+      // live generation only: the other one holds leftovers of an apply cut short
+      const groups = new Map<number, Map<string, number>>();
+      for (const [k, v] of s.slots) {
+        const key = slotKeyCodec.decode(unhex(k));
+        if (key.generation !== s.value.generation) continue;
+        const slot = slotCodec.decode(unhex(v));
+        const backend = addressOf.get(slot.backendId);
+        if (backend === undefined) continue;
+        const g = groups.get(key.priority) ?? new Map<string, number>();
+        g.set(backend, slot.weight);
+        groups.set(key.priority, g);
+      }
+      for (const [priority, group] of [...groups].sort((a, b) => a[0] - b[0])) {
+        const keys = [...group.keys()].sort();
+        const planned = keys.map((k) => group.get(k)!);
+        const weights = weightsPlanningTo(planned, this.planOptions.maxSlotsPerPriority) ?? planned;
+        keys.forEach((k, i) => {
+          const e: Endpoint = { ...splitBackendKey(k), weight: weights[i]!, priority, health: 'healthy' };
+          service.endpoints.push(e);
+        });
+      }
+      services.push(service);
+    }
+    const frontends: Frontend[] = [];
+    for (const [k, id] of this.frontends) {
+      const service = names.get(id);
+      if (service !== undefined) frontends.push({ ...frontendKeyCodec.decode(unhex(k)), service });
+    }
+    const cmp = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+    services.sort((a, b) => cmp(a.name, b.name));
+    frontends.sort((a, b) => cmp(a.address, b.address) || a.port - b.port || cmp(a.protocol, b.protocol));
+    return { services, frontends };
   }
 
   /** Service id by name, as programmed (undefined when not programmed). */
