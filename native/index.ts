@@ -40,6 +40,27 @@ export interface BtfStruct {
   members: { name: string; offset: number; bitOffset: number; bitSize: number; size: number | null }[];
 }
 
+/** What the kernel says about a link (bpf_link_info); a PROG_ATTACH attachment has id 0. */
+export interface LinkInfo {
+  id: number;
+  /** 'cgroup', 'prog_attach' (the fallback), ... */
+  type: string;
+  /** The program the link runs now. */
+  programId: number;
+  /** Cgroup links: the cgroup directory's inode; 0 once the cgroup is gone (the link is defunct). */
+  cgroupId?: bigint;
+  attachType?: string;
+}
+
+/** A program attached to a cgroup or sockmap, as BPF_PROG_QUERY lists it. */
+export interface AttachedProgram {
+  id: number;
+  /** The kernel's name: the first 15 characters of the C function name. */
+  name?: string;
+  /** Cgroups only: whether it came through a bpf_link or BPF_PROG_ATTACH. */
+  via?: 'bpf_link' | 'prog_attach';
+}
+
 // ---- the addon's raw surface ----
 
 interface NativeMapHandle {
@@ -64,6 +85,9 @@ interface NativeLinkHandle {
   readonly fd: number;
   readonly pinned: string | undefined;
   readonly legacy: boolean;
+  readonly replacedProgramId: number | undefined;
+  update(programFd: number, programName: string, expectedProgramId?: number): number;
+  info(): LinkInfo;
   pin(path: string): void;
   unpin(): void;
   detach(): void;
@@ -75,7 +99,12 @@ interface NativeProgramHandle {
   readonly attachType: string;
   readonly fd: number;
   readonly id: number;
-  attachCgroup(cgroupPath: string, pinPath?: string, forceProgAttach?: boolean): NativeLinkHandle;
+  attachCgroup(
+    cgroupPath: string,
+    pinPath?: string,
+    forceProgAttach?: boolean,
+    replaceSameName?: boolean,
+  ): NativeLinkHandle;
   attachSockmap(map: NativeMapHandle): void;
   detachSockmap(map: NativeMapHandle): void;
   stats(): { runTimeNs: bigint; runCount: bigint };
@@ -103,6 +132,7 @@ interface Addon {
   closeFd(fd: number): void;
   possibleCpus(): number;
   detachCgroupAll(cgroupPath: string, attachType: string, namePrefix?: string): number;
+  attachedPrograms(target: string | NativeMapHandle, attachType: string): AttachedProgram[];
   btfStruct(objectPath: string, name: string): BtfStruct;
 }
 
@@ -205,6 +235,10 @@ export class BpfMap {
   pin(path: string): void {
     this.handle.pin(path);
   }
+  /** The programs attached to this sockmap/sockhash for one attach type (e.g. 'sk_msg_verdict'). */
+  attachedPrograms(attachType: string): AttachedProgram[] {
+    return addon.attachedPrograms(this.handle, attachType);
+  }
   /** Closes a pinned map's fd; a map of a BpfObject is released with the object. */
   close(): void {
     this.handle.close();
@@ -230,6 +264,22 @@ export class BpfLink {
   get legacy(): boolean {
     return this.handle.legacy;
   }
+  /** For a PROG_ATTACH attachment that took over a previous run's program (replaceSameName): its id. */
+  get replacedProgramId(): number | undefined {
+    return this.handle.replacedProgramId;
+  }
+  info(): LinkInfo {
+    return this.handle.info();
+  }
+  /**
+   * Makes the link run `program` from now on, atomically (BPF_LINK_UPDATE: no moment without a
+   * program). With expectedProgramId, only if that is the program it runs now (BPF_F_REPLACE), else
+   * EPERM. A PROG_ATTACH attachment swaps its program with BPF_F_REPLACE (or attach-then-detach
+   * before 5.6). A defunct link (its cgroup gone) fails with ENOLINK. Returns the previous program's id.
+   */
+  update(program: BpfProgram, opts: { expectedProgramId?: number } = {}): number {
+    return this.handle.update(program.fd, program.name, opts.expectedProgramId);
+  }
   pin(path: string): void {
     this.handle.pin(path);
   }
@@ -251,6 +301,23 @@ export interface AttachCgroupOptions {
   pinPath?: string;
   /** Skips bpf_link and uses BPF_PROG_ATTACH (BPF_F_ALLOW_MULTI), as on kernels before 5.7. */
   forceProgAttach?: boolean;
+  /**
+   * PROG_ATTACH only (a link is found again through its pin): a program of the same name already
+   * attached there through PROG_ATTACH, a previous run's, is replaced in place instead of running twice.
+   */
+  replaceSameName?: boolean;
+}
+
+/** How attachOrUpdateCgroup() attached a program. */
+export interface CgroupAttachResult {
+  link: BpfLink;
+  /**
+   * 'bpf_link' (new, pinned), 'existing bpf_link' (a previous run's pinned link, updated to run this
+   * program), 'prog_attach' (the fallback; 'replaced prog_attach' when it took over a previous run's).
+   */
+  via: 'bpf_link' | 'existing bpf_link' | 'prog_attach' | 'replaced prog_attach';
+  /** The program the attachment ran before (a previous run's instance). */
+  replacedProgramId?: number;
 }
 
 export class BpfProgram {
@@ -276,9 +343,47 @@ export class BpfProgram {
   }
   /** bpf_link to the cgroup v2 directory; BPF_PROG_ATTACH only where the kernel lacks cgroup links. */
   attachCgroup(cgroupPath: string, opts: AttachCgroupOptions = {}): BpfLink {
-    return new BpfLink(this.handle.attachCgroup(cgroupPath, opts.pinPath, opts.forceProgAttach ?? false));
+    return new BpfLink(
+      this.handle.attachCgroup(
+        cgroupPath,
+        opts.pinPath,
+        opts.forceProgAttach ?? false,
+        opts.replaceSameName ?? false,
+      ),
+    );
   }
-  /** Attaches an sk_msg / sk_skb program to a sockmap or sockhash. */
+  /**
+   * Attaches through the link pinned at pinPath. A link already pinned there (a previous run's) is
+   * updated in place to run this program, so a restarted or upgraded agent runs its own instances
+   * without a moment unattached; a defunct one (its cgroup gone) is unpinned and replaced. Where
+   * the kernel has no cgroup links, a previous run's PROG_ATTACH program of this name is replaced.
+   */
+  attachOrUpdateCgroup(cgroupPath: string, pinPath: string): CgroupAttachResult {
+    if (existsSync(pinPath)) {
+      const link = BpfLink.openPinned(pinPath);
+      try {
+        return { link, via: 'existing bpf_link', replacedProgramId: link.update(this) };
+      } catch (e) {
+        if (!isBpfError(e) || e.code !== 'ENOLINK') {
+          link.close();
+          throw e;
+        }
+        link.unpin();
+        link.close();
+      }
+    }
+    const link = this.attachCgroup(cgroupPath, { pinPath, replaceSameName: true });
+    if (!link.legacy) return { link, via: 'bpf_link' };
+    const replaced = link.replacedProgramId;
+    return replaced === undefined
+      ? { link, via: 'prog_attach' }
+      : { link, via: 'replaced prog_attach', replacedProgramId: replaced };
+  }
+  /**
+   * Attaches an sk_msg / sk_skb program to a sockmap or sockhash. The map holds one program per
+   * attach type: attaching replaces the one there (a previous run's) for sockets added from now on;
+   * sockets already in the map keep the program they were added with until they close.
+   */
   attachSockmap(map: BpfMap): void {
     this.handle.attachSockmap(map.handle);
   }
@@ -390,6 +495,11 @@ export function possibleCpus(): number {
  */
 export function detachCgroupAll(cgroupPath: string, attachType: string, namePrefix?: string): number {
   return addon.detachCgroupAll(cgroupPath, attachType, namePrefix);
+}
+
+/** The programs attached to a cgroup for one attach type (its own list, not inherited ones). */
+export function attachedPrograms(cgroupPath: string, attachType: string): AttachedProgram[] {
+  return addon.attachedPrograms(cgroupPath, attachType);
 }
 
 /** Routes libbpf's log to a pino logger from now on (BpfObject.open's `log` does so during the load). */

@@ -13,6 +13,7 @@ import {
   BpfMap,
   BpfObject,
   RingBuffer,
+  attachedPrograms,
   btfStruct,
   detachCgroupAll,
   enableStats,
@@ -20,7 +21,8 @@ import {
   possibleCpus,
   type BpfError,
 } from '../native/index.js';
-import { kernelTest, runInCgroup } from './support/kernel.js';
+import { kernelTest, removeCgroup, runInCgroup, spawnInCgroup } from './support/kernel.js';
+import { eventually } from './support/wait.js';
 
 const OBJECT = fileURLToPath(new URL('./bpf/native_test.bpf.o', import.meta.url));
 const NATIVE_INDEX = fileURLToPath(new URL('../native/index.ts', import.meta.url));
@@ -499,3 +501,209 @@ void test('btfStruct reads a struct layout from the object and names what is mis
   assert.deepEqual([missing.code, missing.object], ['ENOENT', 'native_test.bpf.o']);
   assert.match(missing.message, /no struct no_such_struct/);
 });
+
+kernelTest(
+  'a pinned link updated in place runs the new object instance; BPF_F_REPLACE refuses a wrong expectation',
+  async (_t, env) => {
+    const { server, port } = await listener();
+    env.defer(() => void server.close());
+    const linkPath = join(env.pinDir, 'test_connect4_link');
+    const first = openTestObject(env.pinDir);
+    const firstId = first.program('test_connect4').id;
+    first.program('test_connect4').attachCgroup(env.cgroup, { pinPath: linkPath }).close();
+    first.close();
+
+    // the next run: maps reused from the pins, programs loaded afresh
+    const second = openTestObject(env.pinDir);
+    env.defer(() => second.close());
+    const prog = second.program('test_connect4');
+    assert.notEqual(prog.id, firstId);
+    const link = BpfLink.openPinned(linkPath);
+    env.defer(() => link.close());
+    assert.equal(link.info().programId, firstId);
+    assert.equal(link.info().type, 'cgroup');
+    assert.equal(link.info().attachType, 'cgroup_inet4_connect');
+
+    const wrong = bpfErrorOf(() => link.update(prog, { expectedProgramId: prog.id }));
+    assert.deepEqual([wrong.code, wrong.syscall, wrong.link], ['EPERM', 'bpf_link_update', linkPath]);
+    assert.equal(link.info().programId, firstId, 'a refused update changes nothing');
+
+    const stats = enableStats();
+    env.defer(() => stats.close());
+    assert.equal(link.update(prog, { expectedProgramId: firstId }), firstId);
+    assert.equal(link.info().programId, prog.id);
+    assert.deepEqual(
+      attachedPrograms(env.cgroup, 'cgroup/connect4').map((p) => [p.id, p.via]),
+      [[prog.id, 'bpf_link']],
+      'one program on the hook: the new one, through the same link',
+    );
+    const runs = prog.stats().runCount;
+    const counters = second.map('km_test_counters');
+    const connects = counter(counters, COUNTER_CONNECT);
+    await connectFrom(env.cgroup, port);
+    assert.equal(prog.stats().runCount - runs, 1n, 'the new instance counts the run');
+    assert.equal(counter(counters, COUNTER_CONNECT) - connects, 1n, 'exactly one program ran');
+
+    // a program of another type cannot take the link over
+    const wrongType = bpfErrorOf(() => link.update(second.program('test_sockops')));
+    assert.deepEqual([wrongType.code, wrongType.link], ['EINVAL', linkPath]);
+  },
+);
+
+kernelTest(
+  'attachOrUpdateCgroup: a new pinned link, then the next run updates it, and a defunct pin is replaced',
+  async (_t, env) => {
+    const { server, port } = await listener();
+    env.defer(() => void server.close());
+    const linkPath = join(env.pinDir, 'link_connect4');
+    const first = openTestObject(env.pinDir);
+    const a = first.program('test_connect4').attachOrUpdateCgroup(env.cgroup, linkPath);
+    assert.equal(a.via, 'bpf_link');
+    assert.equal(a.replacedProgramId, undefined);
+    const firstId = first.program('test_connect4').id;
+    a.link.close();
+    first.close();
+
+    const second = openTestObject(env.pinDir);
+    env.defer(() => second.close());
+    const b = second.program('test_connect4').attachOrUpdateCgroup(env.cgroup, linkPath);
+    env.defer(() => b.link.close());
+    assert.equal(b.via, 'existing bpf_link');
+    assert.equal(b.replacedProgramId, firstId);
+    assert.equal(b.link.info().programId, second.program('test_connect4').id);
+    await connectFrom(env.cgroup, port);
+    assert.equal(counter(second.map('km_test_counters'), COUNTER_CONNECT), 1n);
+
+    // A link whose cgroup is gone is defunct: the pin at that path is replaced by a new link.
+    const gone = env.newCgroup('gone');
+    const stalePath = join(env.pinDir, 'link_stale');
+    second.program('test_connect4').attachCgroup(gone, { pinPath: stalePath }).close();
+    removeCgroup(gone);
+    const stale = BpfLink.openPinned(stalePath);
+    // the kernel releases a removed cgroup's programs from a work queue, shortly after rmdir
+    await eventually('the removed cgroup releases its link', () => stale.info().cgroupId === 0n);
+    assert.equal(bpfErrorOf(() => stale.update(second.program('test_connect4'))).code, 'ENOLINK');
+    stale.close();
+    const other = env.newCgroup('other');
+    const c = second.program('test_connect4').attachOrUpdateCgroup(other, stalePath);
+    env.defer(() => c.link.close());
+    assert.equal(c.via, 'bpf_link');
+    assert.equal(c.link.info().cgroupId !== 0n, true);
+    assert.equal(attachedPrograms(other, 'cgroup/connect4').length, 1);
+  },
+);
+
+kernelTest(
+  'a PROG_ATTACH program is replaced by the next run of the same name, never run twice; links are left alone',
+  async (_t, env) => {
+    const { server, port } = await listener();
+    env.defer(() => void server.close());
+    env.defer(() => void detachCgroupAll(env.cgroup, 'cgroup/connect4', 'test_'));
+    const first = openTestObject(env.pinDir);
+    const firstId = first.program('test_connect4').id;
+    first.program('test_connect4').attachCgroup(env.cgroup, { forceProgAttach: true }).close();
+    first.close();
+    // another tool's program of the same name through a bpf_link is not ours to replace
+    const bystander = openTestObject(join(env.pinDir, 'bystander'));
+    env.defer(() => bystander.close());
+    const bystanderLink = bystander.program('test_connect4').attachCgroup(env.cgroup);
+    env.defer(() => bystanderLink.close());
+
+    const second = openTestObject(env.pinDir);
+    env.defer(() => second.close());
+    const prog = second.program('test_connect4');
+    const link = prog.attachCgroup(env.cgroup, { forceProgAttach: true, replaceSameName: true });
+    env.defer(() => link.close());
+    assert.equal(link.legacy, true);
+    assert.equal(link.replacedProgramId, firstId);
+    const onHook = () =>
+      attachedPrograms(env.cgroup, 'cgroup/connect4')
+        .map((p) => [p.id, p.via])
+        .sort((x, y) => Number(x[0]) - Number(y[0]));
+    const expected = (id: number) =>
+      [
+        [bystander.program('test_connect4').id, 'bpf_link'],
+        [id, 'prog_attach'],
+      ].sort((x, y) => Number(x[0]) - Number(y[0]));
+    assert.deepEqual(onHook(), expected(prog.id));
+    assert.deepEqual(link.info(), {
+      id: 0,
+      type: 'prog_attach',
+      programId: prog.id,
+      attachType: 'cgroup_inet4_connect',
+    });
+    await connectFrom(env.cgroup, port);
+    assert.equal(counter(second.map('km_test_counters'), COUNTER_CONNECT), 1n, 'only the new one ran');
+
+    // update() swaps the program of a PROG_ATTACH attachment too
+    const third = openTestObject(env.pinDir);
+    env.defer(() => third.close());
+    assert.equal(link.update(third.program('test_connect4')), prog.id);
+    assert.deepEqual(onHook(), expected(third.program('test_connect4').id));
+    assert.equal(link.info().programId, third.program('test_connect4').id);
+  },
+);
+
+// The client keeps one connection open and writes a line whenever the test asks on stdin.
+const HELD_CLIENT = `
+const s = require('net').connect(Number(process.argv[1]), '127.0.0.1');
+s.on('error', (e) => { console.error(e.message); process.exit(2); });
+s.on('connect', () => console.log('connected'));
+require('readline').createInterface({ input: process.stdin }).on('line', (l) => s.write(l + '\\n', () => console.log('sent')));
+`;
+
+kernelTest(
+  "sk_msg attached to a pinned sockhash replaces the previous run's program; sockets already there keep theirs",
+  async (_t, env) => {
+    const { server, port } = await listener();
+    env.defer(() => void server.close());
+    const stats = enableStats();
+    env.defer(() => stats.close());
+    const sockopsPin = join(env.pinDir, 'link_sockops');
+    // The old instance stays open only so the test can read its run count.
+    const first = openTestObject(env.pinDir);
+    env.defer(() => first.close());
+    first.program('test_sockops').attachOrUpdateCgroup(env.cgroup, sockopsPin).link.close();
+    const sockhash = first.map('km_test_sockhash');
+    const oldMsg = first.program('test_sk_msg');
+    oldMsg.attachSockmap(sockhash);
+    assert.deepEqual(
+      sockhash.attachedPrograms('sk_msg_verdict').map((p) => p.id),
+      [oldMsg.id],
+    );
+
+    const held = spawnInCgroup(env.cgroup, process.execPath, ['-e', HELD_CLIENT, String(port)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    env.defer(() => void held.kill('SIGKILL'));
+    const lines: string[] = [];
+    held.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
+    const sent = async (n: number) => eventually(`held client line ${n}`, () => lines.length >= n);
+    await sent(1);
+    held.stdin!.write('before\n');
+    await sent(2);
+    assert.equal(oldMsg.stats().runCount, 1n, 'the first run’s sk_msg saw the held socket');
+
+    const second = openTestObject(env.pinDir);
+    env.defer(() => second.close());
+    const newMsg = second.program('test_sk_msg');
+    second.program('test_sockops').attachOrUpdateCgroup(env.cgroup, sockopsPin).link.close();
+    newMsg.attachSockmap(second.map('km_test_sockhash'));
+    assert.deepEqual(
+      second
+        .map('km_test_sockhash')
+        .attachedPrograms('sk_msg_verdict')
+        .map((p) => p.id),
+      [newMsg.id],
+      'the map holds the new program only',
+    );
+
+    held.stdin!.write('after\n');
+    await sent(3);
+    assert.equal(oldMsg.stats().runCount, 2n, 'a socket added before keeps the program it was added with');
+    assert.equal(newMsg.stats().runCount, 0n);
+    await connectFrom(env.cgroup, port, 'new connection');
+    assert.ok(newMsg.stats().runCount >= 1n, 'sockets added from now on run the new program');
+    assert.equal(oldMsg.stats().runCount, 2n);
+  },
+);

@@ -49,6 +49,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("closeFd", Napi::Function::New<CloseFd>(env, "closeFd"));
   exports.Set("possibleCpus", Napi::Function::New<PossibleCpus>(env, "possibleCpus"));
   exports.Set("detachCgroupAll", Napi::Function::New<DetachCgroupAll>(env, "detachCgroupAll"));
+  exports.Set("attachedPrograms", Napi::Function::New<AttachedPrograms>(env, "attachedPrograms"));
   exports.Set("btfStruct", Napi::Function::New<BtfStruct>(env, "btfStruct"));
   return exports;
 }

@@ -78,6 +78,7 @@ Napi::Object NewObjectProgram(Napi::Env env, std::shared_ptr<ObjectCore> core, b
 int MapFdOf(Napi::Env env, const Napi::Value& v, std::string* name);
 
 Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info);
+Napi::Value AttachedPrograms(const Napi::CallbackInfo& info);
 Napi::Value BtfStruct(const Napi::CallbackInfo& info);
 
 }  // namespace kernmesh

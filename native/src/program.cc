@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common.h"
 
 namespace kernmesh {
@@ -29,12 +31,64 @@ struct CgroupFd {
   }
 };
 
+// The id of the program behind an fd, 0 when the kernel will not say.
+__u32 ProgIdOf(int prog_fd) {
+  bpf_prog_info pi;
+  memset(&pi, 0, sizeof pi);
+  __u32 len = sizeof pi;
+  return bpf_obj_get_info_by_fd(prog_fd, &pi, &len) ? 0 : pi.id;
+}
+
+// Programs of cgroup bpf_links of one attach type on the cgroup whose inode is cgroup_id.
+std::vector<__u32> CgroupLinkProgIds(__u64 cgroup_id, bpf_attach_type type) {
+  std::vector<__u32> out;
+  for (__u32 id = 0;;) {
+    if (bpf_link_get_next_id(id, &id)) break;
+    int fd = bpf_link_get_fd_by_id(id);
+    if (fd < 0) continue;
+    bpf_link_info li;
+    memset(&li, 0, sizeof li);
+    __u32 len = sizeof li;
+    if (bpf_obj_get_info_by_fd(fd, &li, &len) == 0 && li.type == BPF_LINK_TYPE_CGROUP &&
+        li.cgroup.cgroup_id == cgroup_id && li.cgroup.attach_type == type) {
+      out.push_back(li.prog_id);
+    }
+    close(fd);
+  }
+  return out;
+}
+
+// Ids of the programs attached to a cgroup or sockmap (its own list, not the effective one).
+// The kernel says ENOSPC when more than the array holds; 256 is far beyond what kernmesh attaches.
+int QueryProgIds(int target_fd, bpf_attach_type type, std::vector<__u32>* out) {
+  out->assign(256, 0);
+  __u32 count = out->size(), flags = 0;
+  if (bpf_prog_query(target_fd, type, 0, &flags, out->data(), &count)) return errno;
+  out->resize(count);
+  return 0;
+}
+
+// Swaps one PROG_ATTACH program for another on a cgroup with no moment without either:
+// BPF_F_REPLACE where the kernel has it (5.6), else attach the new one, then detach the old.
+int ReplaceProgAttach(int new_fd, int cgroup_fd, bpf_attach_type type, int old_fd, const char** syscall) {
+  LIBBPF_OPTS(bpf_prog_attach_opts, opts, .flags = BPF_F_ALLOW_MULTI | BPF_F_REPLACE,
+              .replace_prog_fd = old_fd);
+  *syscall = "bpf_prog_attach";
+  if (bpf_prog_attach_opts(new_fd, cgroup_fd, type, &opts) == 0) return 0;
+  if (errno != EINVAL) return errno;
+  if (bpf_prog_attach(new_fd, cgroup_fd, type, BPF_F_ALLOW_MULTI)) return errno;
+  *syscall = "bpf_prog_detach2";
+  if (bpf_prog_detach2(old_fd, cgroup_fd, type)) return errno;
+  return 0;
+}
+
 struct LinkInit {
   bpf_link* link = nullptr;  // a real bpf_link
   // or a PROG_ATTACH attachment, identified by (program, cgroup, attach type)
   int legacy_prog_fd = -1, legacy_cgroup_fd = -1;
   bpf_attach_type legacy_type = BPF_CGROUP_INET_INGRESS;
   std::string name, pinned;
+  __u32 replaced_prog_id = 0;  // a previous run's PROG_ATTACH program this attachment took over
 };
 
 class NativeLink : public Napi::ObjectWrap<NativeLink> {
@@ -115,6 +169,106 @@ class NativeLink : public Napi::ObjectWrap<NativeLink> {
     return env.Undefined();
   }
 
+  // update(progFd, progName, expectedProgId?): the link runs the new program from now on, atomically
+  // (BPF_LINK_UPDATE); with expectedProgId only if that program is the one it runs (BPF_F_REPLACE).
+  // A PROG_ATTACH attachment swaps its program the same way. Returns the previous program's id.
+  Napi::Value Update(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int new_fd = info[0].As<Napi::Number>().Int32Value();
+    std::string prog_name = info[1].As<Napi::String>();
+    __u32 expected = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Uint32Value() : 0;
+    const std::string what = "to run " + prog_name;
+    Live(env, Legacy() ? "bpf_prog_attach" : "bpf_link_update");
+    if (new_fd < 0) throw BpfError(env, EBADF, "bpf_link_update", ProgramSubject(prog_name), "its object is closed");
+
+    if (Legacy()) {
+      __u32 previous = ProgIdOf(l_.legacy_prog_fd);
+      if (expected && expected != previous) {
+        throw BpfError(env, EPERM, "bpf_prog_attach", LinkSubject(l_.name),
+                       what + ": it runs program " + std::to_string(previous) + ", not " + std::to_string(expected));
+      }
+      int dup = fcntl(new_fd, F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) throw BpfError(env, errno, "fcntl", LinkSubject(l_.name), what);
+      const char* sc;
+      int err = ReplaceProgAttach(new_fd, l_.legacy_cgroup_fd, l_.legacy_type, l_.legacy_prog_fd, &sc);
+      if (err) {
+        close(dup);
+        throw BpfError(env, err, sc, LinkSubject(l_.name), what);
+      }
+      close(l_.legacy_prog_fd);
+      l_.legacy_prog_fd = dup;
+      return Napi::Number::New(env, previous);
+    }
+
+    int link_fd = bpf_link__fd(l_.link);
+    bpf_link_info li;
+    memset(&li, 0, sizeof li);
+    __u32 len = sizeof li;
+    if (bpf_obj_get_info_by_fd(link_fd, &li, &len)) {
+      throw BpfError(env, errno, "bpf_obj_get_info_by_fd", LinkSubject(l_.name));
+    }
+    LIBBPF_OPTS(bpf_link_update_opts, opts);
+    int old_fd = -1;
+    if (expected) {
+      old_fd = bpf_prog_get_fd_by_id(expected);
+      if (old_fd < 0) {
+        throw BpfError(env, errno, "bpf_prog_get_fd_by_id", LinkSubject(l_.name),
+                       what + ": expected program " + std::to_string(expected));
+      }
+      opts.flags = BPF_F_REPLACE;
+      opts.old_prog_fd = old_fd;
+    }
+    int err = bpf_link_update(link_fd, new_fd, &opts) ? errno : 0;
+    if (old_fd >= 0) close(old_fd);
+    if (err == ENOLINK) {
+      throw BpfError(env, err, "bpf_link_update", LinkSubject(l_.name),
+                     what + ": the link is defunct (its cgroup is gone or it was detached)");
+    }
+    if (err == EPERM && expected) {
+      throw BpfError(env, err, "bpf_link_update", LinkSubject(l_.name),
+                     what + ": it runs program " + std::to_string(li.prog_id) + ", not " + std::to_string(expected));
+    }
+    if (err) throw BpfError(env, err, "bpf_link_update", LinkSubject(l_.name), what);
+    return Napi::Number::New(env, li.prog_id);
+  }
+
+  // info(): what the kernel says about the link: its id, type, program and (cgroup links) cgroup.
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Live(env, "bpf_obj_get_info_by_fd");
+    Napi::Object out = Napi::Object::New(env);
+    if (Legacy()) {
+      const char* t = libbpf_bpf_attach_type_str(l_.legacy_type);
+      out.Set("id", 0);
+      out.Set("type", "prog_attach");
+      out.Set("programId", ProgIdOf(l_.legacy_prog_fd));
+      out.Set("attachType", t ? t : "unknown");
+      return out;
+    }
+    bpf_link_info li;
+    memset(&li, 0, sizeof li);
+    __u32 len = sizeof li;
+    if (bpf_obj_get_info_by_fd(bpf_link__fd(l_.link), &li, &len)) {
+      throw BpfError(env, errno, "bpf_obj_get_info_by_fd", LinkSubject(l_.name));
+    }
+    const char* lt = libbpf_bpf_link_type_str(static_cast<bpf_link_type>(li.type));
+    out.Set("id", li.id);
+    out.Set("type", lt ? lt : "unknown");
+    out.Set("programId", li.prog_id);
+    if (li.type == BPF_LINK_TYPE_CGROUP) {
+      const char* t = libbpf_bpf_attach_type_str(static_cast<bpf_attach_type>(li.cgroup.attach_type));
+      // 0 once the cgroup is gone: the link is defunct
+      out.Set("cgroupId", Napi::BigInt::New(env, static_cast<uint64_t>(li.cgroup.cgroup_id)));
+      out.Set("attachType", t ? t : "unknown");
+    }
+    return out;
+  }
+
+  Napi::Value GetReplacedProgramId(const Napi::CallbackInfo& info) {
+    if (!l_.replaced_prog_id) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), l_.replaced_prog_id);
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Release();
     return info.Env().Undefined();
@@ -138,6 +292,9 @@ class NativeLink : public Napi::ObjectWrap<NativeLink> {
                         InstanceAccessor<&NativeLink::GetFd>("fd"),
                         InstanceAccessor<&NativeLink::GetPinned>("pinned"),
                         InstanceAccessor<&NativeLink::GetLegacy>("legacy"),
+                        InstanceAccessor<&NativeLink::GetReplacedProgramId>("replacedProgramId"),
+                        InstanceMethod<&NativeLink::Update>("update"),
+                        InstanceMethod<&NativeLink::Info>("info"),
                         InstanceMethod<&NativeLink::Pin>("pin"),
                         InstanceMethod<&NativeLink::Unpin>("unpin"),
                         InstanceMethod<&NativeLink::Detach>("detach"),
@@ -170,12 +327,13 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
     return bpf_program__fd(prog_);
   }
 
-  // attachCgroup(path, pinPath?, forceProgAttach?)
+  // attachCgroup(path, pinPath?, forceProgAttach?, replaceSameName?)
   Napi::Value AttachCgroup(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string cgroup = info[0].As<Napi::String>();
     std::string pin = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
     bool force_prog_attach = info.Length() > 2 && info[2].ToBoolean();
+    bool replace_same_name = info.Length() > 3 && info[3].ToBoolean();
     int prog_fd = Fd(env, "bpf_link_create");
     CgroupFd cg(env, cgroup, "open", ProgramSubject(name_));
     LinkInit init;
@@ -203,13 +361,56 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
       }
     }
 
-    if (bpf_prog_attach(prog_fd, cg.fd, attach_type_, BPF_F_ALLOW_MULTI)) {
+    // A PROG_ATTACH program cannot be pinned, so a restarted agent finds its previous one by name:
+    // swap it for ours rather than run both.
+    std::vector<int> previous;
+    if (replace_same_name) previous = SameNameProgAttached(env, cg.fd, cgroup);
+    if (!previous.empty()) {
+      init.replaced_prog_id = ProgIdOf(previous[0]);
+      const char* sc;
+      int err = ReplaceProgAttach(prog_fd, cg.fd, attach_type_, previous[0], &sc);
+      // copies beyond the first (left by an agent that added rather than replaced) go too
+      for (size_t i = 1; i < previous.size() && !err; i++) bpf_prog_detach2(previous[i], cg.fd, attach_type_);
+      for (int fd : previous) close(fd);
+      if (err) {
+        throw BpfError(env, err, sc, ProgramSubject(name_),
+                       "cgroup " + cgroup + ", replacing program " + std::to_string(init.replaced_prog_id));
+      }
+    } else if (bpf_prog_attach(prog_fd, cg.fd, attach_type_, BPF_F_ALLOW_MULTI)) {
       throw BpfError(env, errno, "bpf_prog_attach", ProgramSubject(name_), "cgroup " + cgroup);
     }
     init.legacy_prog_fd = fcntl(prog_fd, F_DUPFD_CLOEXEC, 0);
     init.legacy_cgroup_fd = cg.release();
     init.legacy_type = attach_type_;
     return Data(env)->link_ctor.New({Napi::External<LinkInit>::New(env, &init)});
+  }
+
+  // fds of the PROG_ATTACH programs on the cgroup with this program's attach type and kernel name
+  // (its first 15 characters), other than this very program; links' programs are left out.
+  std::vector<int> SameNameProgAttached(Napi::Env env, int cgroup_fd, const std::string& cgroup) {
+    struct stat st;
+    if (fstat(cgroup_fd, &st)) throw BpfError(env, errno, "fstat", ProgramSubject(name_), cgroup);
+    std::vector<__u32> ids;
+    int err = QueryProgIds(cgroup_fd, attach_type_, &ids);
+    if (err) throw BpfError(env, err, "bpf_prog_query", ProgramSubject(name_), "cgroup " + cgroup);
+    std::vector<__u32> linked = CgroupLinkProgIds(st.st_ino, attach_type_);
+    __u32 own = ProgIdOf(bpf_program__fd(prog_));
+    std::string kernel_name = name_.substr(0, BPF_OBJ_NAME_LEN - 1);
+    std::vector<int> out;
+    for (__u32 id : ids) {
+      if (id == own || std::find(linked.begin(), linked.end(), id) != linked.end()) continue;
+      int fd = bpf_prog_get_fd_by_id(id);
+      if (fd < 0) continue;
+      bpf_prog_info pi;
+      memset(&pi, 0, sizeof pi);
+      __u32 len = sizeof pi;
+      if (bpf_obj_get_info_by_fd(fd, &pi, &len) == 0 && kernel_name == pi.name) {
+        out.push_back(fd);
+      } else {
+        close(fd);
+      }
+    }
+    return out;
   }
 
   Napi::Value AttachSockmap(const Napi::CallbackInfo& info) {
@@ -383,6 +584,48 @@ Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info) {
     }
   }
   return Napi::Number::New(env, detached);
+}
+
+// attachedPrograms(cgroupPath | map, attachType): the programs attached there, each with its id, kernel
+// name and, on a cgroup, whether it came through a bpf_link or BPF_PROG_ATTACH.
+Napi::Value AttachedPrograms(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string type_name = info[1].As<Napi::String>();
+  bpf_attach_type type;
+  if (!ParseAttachType(type_name, &type)) throw Napi::TypeError::New(env, "unknown attach type " + type_name);
+  std::vector<__u32> ids, linked;
+  bool is_cgroup = info[0].IsString();
+  if (is_cgroup) {
+    std::string path = info[0].As<Napi::String>();
+    CgroupFd cg(env, path, "open", PathSubject(path));
+    struct stat st;
+    if (fstat(cg.fd, &st)) throw BpfError(env, errno, "fstat", PathSubject(path));
+    int err = QueryProgIds(cg.fd, type, &ids);
+    if (err) throw BpfError(env, err, "bpf_prog_query", PathSubject(path), type_name);
+    linked = CgroupLinkProgIds(st.st_ino, type);
+  } else {
+    std::string map_name;
+    int map_fd = MapFdOf(env, info[0], &map_name);
+    int err = QueryProgIds(map_fd, type, &ids);
+    if (err) throw BpfError(env, err, "bpf_prog_query", MapSubject(map_name), type_name);
+  }
+  Napi::Array out = Napi::Array::New(env, ids.size());
+  for (size_t i = 0; i < ids.size(); i++) {
+    Napi::Object p = Napi::Object::New(env);
+    p.Set("id", ids[i]);
+    int fd = bpf_prog_get_fd_by_id(ids[i]);
+    bpf_prog_info pi;
+    memset(&pi, 0, sizeof pi);
+    __u32 len = sizeof pi;
+    if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &pi, &len) == 0) p.Set("name", pi.name);
+    if (fd >= 0) close(fd);
+    if (is_cgroup) {
+      bool via_link = std::find(linked.begin(), linked.end(), ids[i]) != linked.end();
+      p.Set("via", via_link ? "bpf_link" : "prog_attach");
+    }
+    out.Set(i, p);
+  }
+  return out;
 }
 
 Napi::Function InitProgram(Napi::Env env) { return NativeProgram::Define(env); }

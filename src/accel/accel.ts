@@ -51,7 +51,8 @@ export interface CgroupAttachment {
 
 /**
  * Attaches programs of an object to a cgroup with bpf_links, pinned under linkPinDir when given as
- * link_<cgroup inode>_<program>. A link already pinned there (a previous run) is reused as is.
+ * link_<cgroup inode>_<program>. A link already pinned there (a previous run's) is updated in place
+ * to run this object's program, so a restarted or upgraded agent runs its own instances.
  */
 export function attachPrograms(
   object: BpfObject,
@@ -63,8 +64,8 @@ export function attachPrograms(
   try {
     for (const name of programs) {
       const pinPath = linkPinDir ? join(linkPinDir, `link_${statSync(cgroup).ino}_${name}`) : undefined;
-      if (pinPath && existsSync(pinPath)) links.push(BpfLink.openPinned(pinPath));
-      else links.push(object.program(name).attachCgroup(cgroup, pinPath ? { pinPath } : {}));
+      const program = object.program(name);
+      links.push(pinPath ? program.attachOrUpdateCgroup(cgroup, pinPath).link : program.attachCgroup(cgroup));
     }
   } catch (e) {
     for (const l of links) {
@@ -105,6 +106,7 @@ export class Accelerator {
       throw new Error(`load acceleration object ${path}: ${(e as Error).message}`, { cause: e });
     }
     try {
+      // replaces a previous run's program on the pinned sockhash (for sockets added from now on)
       object.program('km_accel_redirect').attachSockmap(object.map('km_accel_sockhash'));
     } catch (e) {
       object.close();

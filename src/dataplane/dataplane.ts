@@ -7,7 +7,13 @@ import { fileURLToPath } from 'node:url';
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 
-import { BpfLink, BpfObject, type BpfMap, type BpfProgram } from '../../native/index.js';
+import {
+  BpfLink,
+  BpfObject,
+  type BpfMap,
+  type BpfProgram,
+  type CgroupAttachResult,
+} from '../../native/index.js';
 import {
   backendCodec,
   frontendCodec,
@@ -58,9 +64,14 @@ export interface Attachment {
   program: string;
   attachType: string;
   cgroup: string;
-  /** 'bpf_link', 'prog_attach' (fallback), 'existing bpf_link' (kept from a previous run) or 'sockmap'. */
+  /**
+   * 'bpf_link', 'existing bpf_link' (a previous run's pinned link, updated to run this program),
+   * 'prog_attach' (fallback; 'replaced prog_attach' when it took over a previous run's) or 'sockmap'.
+   */
   via: string;
   pinned?: string;
+  /** The program id the hook ran before this attach (a previous run's instance), when there was one. */
+  replacedProgramId?: number;
 }
 
 export interface ActualService {
@@ -81,6 +92,15 @@ export interface ActualState {
   backends: (BackendValue & { id: number; activeConnections: number })[];
   counters: ServiceCounters[];
   maps: { name: string; type: string; maxEntries: number; entries?: number }[];
+}
+
+/** The program a sockmap runs before ours replaces it; unknown before Linux 6.0 (no BPF_PROG_QUERY there). */
+function previousSockmapProgram(map: BpfMap, program: BpfProgram): number | undefined {
+  try {
+    return map.attachedPrograms(program.attachType).find((p) => p.id !== program.id)?.id;
+  } catch {
+    return undefined;
+  }
 }
 
 export class Dataplane {
@@ -139,42 +159,49 @@ export class Dataplane {
 
   /**
    * Attaches the routing programs to a cgroup v2 directory with pinned bpf_links, so traffic keeps
-   * its routing while the agent is down. A link already pinned from a previous run is kept as is.
+   * its routing while the agent is down. A link pinned by a previous run is updated in place to run
+   * this process's programs (atomically: connects never go unrouted), so an upgrade runs its new code.
    */
   attach(cgroup: string): Attachment[] {
     const out: Attachment[] = [];
     for (const name of CGROUP_PROGRAMS) {
       const prog = this.object.program(name);
-      const pinPath = this.linkPath(cgroup, name);
-      if (existsSync(pinPath)) {
-        out.push({
-          program: name,
-          attachType: prog.attachType,
-          cgroup,
-          via: 'existing bpf_link',
-          pinned: pinPath,
-        });
-        continue;
-      }
-      let link: BpfLink;
+      let result: CgroupAttachResult;
       try {
-        link = prog.attachCgroup(cgroup, { pinPath });
+        result = prog.attachOrUpdateCgroup(cgroup, this.linkPath(cgroup, name));
       } catch (e) {
         throw new Error(`attach ${name} to ${cgroup}: ${(e as Error).message}`, { cause: e });
       }
-      const a: Attachment = {
+      const { link, via, replacedProgramId } = result;
+      out.push({
         program: name,
         attachType: prog.attachType,
         cgroup,
-        via: link.legacy ? 'prog_attach' : 'bpf_link',
-      };
-      if (link.pinned) a.pinned = link.pinned;
+        via,
+        ...(link.pinned ? { pinned: link.pinned } : {}),
+        ...(replacedProgramId !== undefined ? { replacedProgramId } : {}),
+      });
       link.close();
-      out.push(a);
     }
-    // the sockhash holds the program: re-attaching after a restart just replaces it
-    this.object.program(WAYPOINT_MSG_PROGRAM).attachSockmap(this.object.map('km_waypoint_sk'));
-    out.push({ program: WAYPOINT_MSG_PROGRAM, attachType: 'sk_msg_verdict', cgroup, via: 'sockmap' });
+    // The sockhash holds one sk_msg program: attaching replaces a previous run's for sockets added
+    // from now on (sockets already there keep theirs until they close).
+    const sockhash = this.object.map('km_waypoint_sk');
+    const msg = this.object.program(WAYPOINT_MSG_PROGRAM);
+    const before = previousSockmapProgram(sockhash, msg);
+    try {
+      msg.attachSockmap(sockhash);
+    } catch (e) {
+      throw new Error(`attach ${WAYPOINT_MSG_PROGRAM} to km_waypoint_sk: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    out.push({
+      program: WAYPOINT_MSG_PROGRAM,
+      attachType: msg.attachType,
+      cgroup,
+      via: 'sockmap',
+      ...(before !== undefined ? { replacedProgramId: before } : {}),
+    });
     this.attached.push(...out);
     this.log?.info(
       { cgroup, programs: out.map((a) => `${a.program}:${a.via}`) },
