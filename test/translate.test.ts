@@ -3,9 +3,31 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { concernsOneVirtualHost, translate, validate, validateAgainst } from '../src/translate/index.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../src/xds/types.js';
+import { slotKeyCodec, u32 } from '../src/dataplane/codec.js';
+import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import { RouteWriter } from '../src/dataplane/writer.js';
 
 function res(typeUrl: string, name: string, body: JsonObject): XdsResource {
   return { typeUrl, name, version: '1', resource: { '@type': typeUrl, ...body } };
+}
+
+/** Routing maps in memory, as the writer sees them: enough to restart a writer on what one wrote. */
+function memoryMaps(): RouteMaps {
+  const map = (name: string): MapHandle => {
+    const data = new Map<string, Buffer>();
+    return {
+      name,
+      keySize: 0,
+      valueSize: 0,
+      maxEntries: 100000,
+      lookup: (k) => data.get(k.toString('hex')),
+      update: (k, v) => void data.set(k.toString('hex'), Buffer.from(v)),
+      delete: (k) => data.delete(k.toString('hex')),
+      keys: () => [...data.keys()].map((k) => Buffer.from(k, 'hex')),
+      entries: () => [...data].map(([k, v]) => [Buffer.from(k, 'hex'), v]),
+    };
+  };
+  return Object.fromEntries(ROUTE_MAPS.map((n) => [n, map(n)])) as unknown as RouteMaps;
 }
 
 function edsCluster(name: string, extra: JsonObject = {}): XdsResource {
@@ -880,6 +902,70 @@ void describe('translate', () => {
     assert.deepEqual(
       translate({ resources: changed }).desired.frontends.map((f) => f.address),
       ['127.100.0.1'],
+    );
+  });
+
+  void it('after a restart, the state rebuilt from the pinned maps is previous: the refused service keeps it with no map write', () => {
+    const maps = memoryMaps();
+    RouteWriter.recover(maps).apply(translate({ resources: threeServices() }).desired);
+
+    // The agent restarts; meanwhile web's route gained a header match and tcp-echo moved.
+    const restarted = RouteWriter.recover(maps);
+    const previous = restarted.live();
+    const changed = threeServices().map((r) => {
+      const copy = JSON.parse(JSON.stringify(r)) as XdsResource;
+      if (r.typeUrl === TYPE.route) {
+        const vh = (copy.resource.virtual_hosts as JsonObject[])[0] as JsonObject;
+        vh.routes = [
+          toCluster(C2, { prefix: '/', headers: [{ name: 'x-canary', present_match: true }] }),
+          toCluster(B),
+        ];
+      }
+      return copy;
+    });
+    const refusedOnly = translate({ resources: changed, previous });
+    assert.deepEqual(refusedOnly.desired.frontends, previous.frontends);
+    assert.deepEqual(
+      refusedOnly.desired.services.find((s) => s.name === B),
+      previous.services.find((s) => s.name === B),
+    );
+    assert.ok(
+      refusedOnly.status.some((n) => n.note.includes(`keeps its last accepted entries (service ${B})`)),
+    );
+    assert.deepEqual(restarted.apply(refusedOnly.desired).ops, [], 'the refused service re-plans to itself');
+
+    const moved = changed.map((r) =>
+      r.typeUrl === TYPE.endpoint && r.name === A ? cla(A, [['127.0.0.21', 7001]]) : r,
+    );
+    const after = translate({ resources: moved, previous });
+    assert.deepEqual(
+      after.desired.frontends.map((f) => [f.address, f.service]),
+      [
+        ['127.100.0.1', A],
+        ['127.100.0.2', B],
+      ],
+      'reviews, refused from the start, is still not rewritten',
+    );
+    const r = restarted.apply(after.desired);
+    assert.deepEqual(r.refused, []);
+    const web = restarted.serviceId(B)!;
+    assert.ok(r.ops.length > 0);
+    assert.deepEqual(
+      r.ops.filter(
+        (o) =>
+          (o.map === 'km_services' && o.key === u32(web).toString('hex')) ||
+          (o.map === 'km_slots' && slotKeyCodec.decode(Buffer.from(o.key, 'hex')).serviceId === web) ||
+          o.map === 'km_frontends',
+      ),
+      [],
+      'only tcp-echo is written',
+    );
+    assert.deepEqual(
+      restarted
+        .live()
+        .services.find((s) => s.name === A)
+        ?.endpoints.map((e) => e.address),
+      ['127.0.0.21'],
     );
   });
 

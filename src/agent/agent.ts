@@ -47,7 +47,8 @@ export class Agent implements AdminSource {
   /**
    * The last programmed state, translate's `previous`. It starts as what is pinned in the kernel,
    * so after a restart a service refused by the first config keeps its entries instead of being
-   * deleted (the pinned entries re-plan to themselves: no map write for it).
+   * deleted (the pinned entries re-plan to themselves: no map write for it). Chosen over a list of
+   * services for the writer to leave alone: translate already keeps refused entries from `previous`.
    */
   private state: DesiredState;
   private applied = 0;
