@@ -2,6 +2,7 @@
 // and served over HTTP. The agent end-to-end tests check the same routes against a running agent.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ClusterStatsView } from '../src/admin/cluster-stats.js';
 import { buildClusters } from '../src/admin/clusters.js';
 import { applyMask, buildConfigDump } from '../src/admin/config-dump.js';
 import { startAdminServer, type AdminSource } from '../src/admin/server.js';
@@ -117,6 +118,14 @@ void test(
     );
     decodesAs('envoy.admin.v3.ConfigDump', dump);
     decodesAs('envoy.admin.v3.Clusters', buildClusters(resources));
+    // With kernel counts too: host stats are SimpleMetrics Envoy's protos accept.
+    const counts = new ClusterStatsView({
+      services: [
+        { name: 'outbound|9080||reviews.default.svc.cluster.local', activeConnections: 1, counters: {} },
+      ],
+      backends: [{ address: '10.244.0.192', port: 9080, activeConnections: 1 }],
+    });
+    decodesAs('envoy.admin.v3.Clusters', buildClusters(resources, counts));
   },
 );
 

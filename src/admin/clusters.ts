@@ -1,17 +1,12 @@
-// Envoy's /clusters?format=json (envoy.admin.v3.Clusters): every cluster istiod sent, with each
-// host's address, EDS health, weight, priority and locality, as istioctl proxy-config endpoint reads it.
+// Envoy's /clusters (text) and /clusters?format=json (envoy.admin.v3.Clusters): every cluster istiod
+// sent, with each host's address, EDS health, weight, priority, locality and the kernel's counts.
 import { TYPE, type JsonObject, type JsonValue, type XdsResource } from '../xds/types.js';
-
-/** Kernel-side counters for one backend, added to the host's stats when the dataplane has them. */
-export type HostStats = (
-  cluster: string,
-  address: string,
-  port: number,
-) => { name: string; value: number; type: 'COUNTER' | 'GAUGE' }[];
+import type { ClusterStatsView } from './cluster-stats.js';
 
 const obj = (v: JsonValue | undefined): JsonObject =>
   v && typeof v === 'object' && !Array.isArray(v) ? v : {};
 const arr = (v: JsonValue | undefined): JsonValue[] => (Array.isArray(v) ? v : []);
+const str = (v: JsonValue | undefined): string => (typeof v === 'string' ? v : '');
 
 /** A UInt32Value in proto3 JSON is a bare number, but hand-written files sometimes use `{value: n}`. */
 function uint(v: JsonValue | undefined, dflt: number): number {
@@ -21,7 +16,7 @@ function uint(v: JsonValue | undefined, dflt: number): number {
   return typeof inner === 'number' ? inner : dflt;
 }
 
-function hostsOf(cla: JsonObject, cluster: string, stats?: HostStats): JsonObject[] {
+function hostsOf(cla: JsonObject, stats?: ClusterStatsView): JsonObject[] {
   const hosts: JsonObject[] = [];
   for (const group of arr(cla.endpoints)) {
     const g = obj(group);
@@ -32,18 +27,18 @@ function hostsOf(cla: JsonObject, cluster: string, stats?: HostStats): JsonObjec
       const sock = obj(address.socket_address);
       const host: JsonObject = {
         address: address,
+        // SimpleMetric's value is a uint64: a string in proto3 JSON.
+        stats:
+          stats && typeof sock.address === 'string'
+            ? stats
+                .host(sock.address, uint(sock.port_value, 0))
+                .map((s) => ({ ...s, value: String(s.value) }))
+            : [],
         health_status: {
           eds_health_status: typeof e.health_status === 'string' ? e.health_status : 'UNKNOWN',
         },
         weight: uint(e.load_balancing_weight, 1),
         priority,
-        stats:
-          stats && typeof sock.address === 'string'
-            ? stats(cluster, sock.address, uint(sock.port_value, 0)).map((s) => ({
-                ...s,
-                value: String(s.value),
-              }))
-            : [],
       };
       if (g.locality && Object.keys(obj(g.locality)).length) host.locality = g.locality;
       const hostname = obj(e.endpoint).hostname;
@@ -54,7 +49,8 @@ function hostsOf(cla: JsonObject, cluster: string, stats?: HostStats): JsonObjec
   return hosts;
 }
 
-export function buildClusters(resources: XdsResource[], stats?: HostStats): JsonObject {
+/** envoy.admin.v3.Clusters; host stats only where the kernel's counts are given. */
+export function buildClusters(resources: XdsResource[], stats?: ClusterStatsView): JsonObject {
   const assignments = new Map<string, JsonObject>();
   for (const r of resources) if (r.typeUrl === TYPE.endpoint) assignments.set(r.name, r.resource);
   const statuses: JsonObject[] = [];
@@ -63,15 +59,60 @@ export function buildClusters(resources: XdsResource[], stats?: HostStats): Json
     .sort((a, b) => a.name.localeCompare(b.name))) {
     const c = r.resource;
     // EDS clusters are named by eds_cluster_config.service_name when set; others carry load_assignment inline.
-    const edsName = obj(c.eds_cluster_config).service_name;
-    const cla =
-      assignments.get(typeof edsName === 'string' && edsName ? edsName : r.name) ?? obj(c.load_assignment);
-    statuses.push({
+    const edsName = str(obj(c.eds_cluster_config).service_name);
+    const cla = assignments.get(edsName || r.name) ?? obj(c.load_assignment);
+    const status: JsonObject = {
       name: r.name,
       added_via_api: true,
-      observability_name: typeof c.alt_stat_name === 'string' ? c.alt_stat_name : r.name,
-      host_statuses: hostsOf(cla, r.name, stats),
-    });
+      observability_name: str(c.alt_stat_name) || r.name,
+      host_statuses: hostsOf(cla, stats),
+    };
+    if (c.type === 'EDS') status.eds_service_name = edsName || r.name;
+    statuses.push(status);
   }
   return { cluster_statuses: statuses };
+}
+
+/** Envoy's health_flags: "healthy", or the failure flags EDS health sets on the host. */
+function healthFlags(eds: string): string {
+  if (eds === 'UNHEALTHY' || eds === 'TIMEOUT') return '/failed_eds_health';
+  if (eds === 'DEGRADED') return '/degraded_eds_health';
+  if (eds === 'DRAINING') return '/eds_status_draining';
+  return 'healthy';
+}
+
+/**
+ * Envoy's text form of /clusters, one `cluster::[host::]field::value` a line. Cluster-level kernel
+ * counts (upstream_cx_*) are printed as `cluster::stat::value`, which Envoy keeps in /stats instead.
+ */
+export function clustersText(clusters: JsonObject, stats?: ClusterStatsView): string {
+  const lines: string[] = [];
+  for (const c of arr(clusters.cluster_statuses)) {
+    const cs = obj(c);
+    const name = str(cs.name);
+    lines.push(`${name}::observability_name::${str(cs.observability_name)}`);
+    for (const s of stats?.cluster(name) ?? []) lines.push(`${name}::${s.name}::${s.value}`);
+    lines.push(`${name}::added_via_api::true`);
+    if (cs.eds_service_name !== undefined)
+      lines.push(`${name}::eds_service_name::${str(cs.eds_service_name)}`);
+    for (const h of arr(cs.host_statuses)) {
+      const host = obj(h);
+      const sock = obj(obj(host.address).socket_address);
+      const address = str(sock.address);
+      const hp = `${address.includes(':') ? `[${address}]` : address}:${uint(sock.port_value, 0)}`;
+      const locality = obj(host.locality);
+      for (const s of arr(host.stats))
+        lines.push(`${name}::${hp}::${str(obj(s).name)}::${str(obj(s).value)}`);
+      lines.push(`${name}::${hp}::hostname::${str(host.hostname)}`);
+      lines.push(
+        `${name}::${hp}::health_flags::${healthFlags(str(obj(host.health_status).eds_health_status))}`,
+      );
+      lines.push(`${name}::${hp}::weight::${uint(host.weight, 1)}`);
+      lines.push(`${name}::${hp}::region::${str(locality.region)}`);
+      lines.push(`${name}::${hp}::zone::${str(locality.zone)}`);
+      lines.push(`${name}::${hp}::sub_zone::${str(locality.sub_zone)}`);
+      lines.push(`${name}::${hp}::priority::${uint(host.priority, 0)}`);
+    }
+  }
+  return lines.join('\n') + '\n';
 }

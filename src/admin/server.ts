@@ -3,8 +3,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import type { JsonObject } from '../xds/types.js';
-import { buildClusters, type HostStats } from './clusters.js';
+import { TYPE, type JsonObject } from '../xds/types.js';
+import { ClusterStatsView, clusterMetrics, kernelStatsFromMaps, type KernelStats } from './cluster-stats.js';
+import { buildClusters, clustersText } from './clusters.js';
 import { AdminRequestError, buildConfigDump, type ConfigDumpInput } from './config-dump.js';
 
 export interface Readiness {
@@ -18,7 +19,8 @@ export interface AdminSource {
   readiness(): Readiness;
   serverInfo(): JsonObject;
   configDump(): ConfigDumpInput;
-  hostStats?: HostStats;
+  /** The kernel's connection counts; without it they are read from debugMaps(), which costs more. */
+  kernelStats?(): KernelStats | undefined;
   debugXds(): unknown;
   debugMaps(): unknown;
   debugBpf(): unknown;
@@ -42,8 +44,8 @@ const ROUTES: Record<string, string> = {
   '/healthz': 'the process is up',
   '/server_info': 'envoy.admin.v3.ServerInfo',
   '/config_dump': 'envoy.admin.v3.ConfigDump (include_eds, mask, resource, name_regex)',
-  '/clusters': 'clusters and hosts (format=json: envoy.admin.v3.Clusters)',
-  '/stats/prometheus': 'metrics in Prometheus text format',
+  '/clusters': 'clusters and hosts with the kernel connection counts (format=json: envoy.admin.v3.Clusters)',
+  '/stats/prometheus': 'metrics in Prometheus text format, with envoy_cluster_upstream_cx_* per cluster',
   '/metrics': 'same as /stats/prometheus',
   '/debug/xds': 'per type and resource: version, nonce, status, last NACK reason',
   '/debug/maps': 'kernel maps decoded: frontends, services, endpoints, counters, capacity',
@@ -55,7 +57,7 @@ export async function startAdminServer(
   opts: { host: string; port: number; log?: Logger },
 ): Promise<AdminServer> {
   const server: Server = createServer((req, res) => {
-    handle(source, req, res).catch((e: unknown) => {
+    handle(source, req, res, opts).catch((e: unknown) => {
       opts.log?.error({ err: e, url: req.url }, 'admin request failed');
       if (!res.headersSent) send(res, 500, 'text/plain', `internal error: ${(e as Error).message}\n`);
       else res.end();
@@ -97,7 +99,31 @@ function flag(q: URLSearchParams, name: string): boolean {
   return v !== null && v !== 'false' && v !== '0';
 }
 
-async function handle(source: AdminSource, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** The kernel's counts, or undefined (logged) when the kernel cannot be read: the views still serve config. */
+function clusterStats(source: AdminSource, opts: { log?: Logger }): ClusterStatsView | undefined {
+  try {
+    const stats = source.kernelStats ? source.kernelStats() : kernelStatsFromMaps(source.debugMaps());
+    return stats ? new ClusterStatsView(stats) : undefined;
+  } catch (e) {
+    opts.log?.warn({ err: e }, 'kernel counts unreadable; cluster and host stats left out');
+    return undefined;
+  }
+}
+
+/** Appends series to an exposition, before OpenMetrics' `# EOF` when there is one. */
+function withSeries(body: string, series: string): string {
+  if (!series) return body;
+  const eof = body.endsWith('# EOF\n') ? '# EOF\n' : '';
+  const head = eof ? body.slice(0, -eof.length) : body;
+  return `${head}${head.endsWith('\n') || !head ? '' : '\n'}${series}${eof}`;
+}
+
+async function handle(
+  source: AdminSource,
+  req: IncomingMessage,
+  res: ServerResponse,
+  opts: { log?: Logger },
+): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin');
   const q = url.searchParams;
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -161,18 +187,25 @@ async function handle(source: AdminSource, req: IncomingMessage, res: ServerResp
       return;
     }
     case '/clusters': {
-      const clusters = buildClusters(source.configDump().resources, source.hostStats);
+      const stats = clusterStats(source, opts);
+      const clusters = buildClusters(source.configDump().resources, stats);
       if (q.get('format') === 'json') {
         sendJson(res, clusters);
         return;
       }
-      send(res, 200, 'text/plain', clustersText(clusters));
+      send(res, 200, 'text/plain', clustersText(clusters, stats));
       return;
     }
     case '/stats/prometheus':
     case '/metrics': {
       const m = await source.renderMetrics();
-      send(res, 200, m.contentType, m.body);
+      const stats = clusterStats(source, opts);
+      const clusters = source
+        .configDump()
+        .resources.filter((r) => r.typeUrl === TYPE.cluster)
+        .map((r) => r.name)
+        .sort();
+      send(res, 200, m.contentType, withSeries(m.body, stats ? clusterMetrics(clusters, stats) : ''));
       return;
     }
     case '/debug/xds':
@@ -187,26 +220,4 @@ async function handle(source: AdminSource, req: IncomingMessage, res: ServerResp
     default:
       send(res, 404, 'text/plain', `no route ${url.pathname}; GET / lists them\n`);
   }
-}
-
-/** Envoy's text form of /clusters: `cluster::host:port::field::value`, one fact a line. */
-function clustersText(clusters: JsonObject): string {
-  const lines: string[] = [];
-  for (const c of (clusters.cluster_statuses as JsonObject[] | undefined) ?? []) {
-    const name = c.name as string;
-    lines.push(`${name}::observability_name::${c.observability_name as string}`);
-    lines.push(`${name}::added_via_api::true`);
-    for (const h of (c.host_statuses as JsonObject[] | undefined) ?? []) {
-      const sock = ((h.address as JsonObject | undefined)?.socket_address ?? {}) as JsonObject;
-      const hp = `${sock.address as string}:${(sock.port_value as number | undefined) ?? 0}`;
-      for (const s of (h.stats as JsonObject[] | undefined) ?? [])
-        lines.push(`${name}::${hp}::${s.name as string}::${s.value as string}`);
-      lines.push(
-        `${name}::${hp}::health_flags::${(h.health_status as JsonObject).eds_health_status as string}`,
-      );
-      lines.push(`${name}::${hp}::weight::${h.weight as number}`);
-      lines.push(`${name}::${hp}::priority::${h.priority as number}`);
-    }
-  }
-  return lines.join('\n') + '\n';
 }

@@ -1,0 +1,163 @@
+// What the kernel counts, in Envoy's cluster and host stat names: /clusters shows them per cluster and
+// per host, /stats/prometheus per cluster. Only stats the kernel really keeps; none are estimated.
+import { canonicalAddress } from '../net/address.js';
+
+/** The kernel's counts, by kernel service name (normally the Envoy cluster name) and by backend. */
+export interface KernelStats {
+  services: {
+    name: string;
+    /** Established connections, counted by sockops. */
+    activeConnections: number;
+    /** connect() outcomes by reason (routed, no_endpoint, overflow, ...), summed over CPUs. */
+    counters: Record<string, bigint | number>;
+  }[];
+  /** Shared by every cluster listing the same address and port: the kernel counts per backend. */
+  backends: { address: string; port: number; activeConnections: number }[];
+}
+
+export interface EnvoyStat {
+  name: string;
+  value: number;
+  type: 'COUNTER' | 'GAUGE';
+}
+
+/** Envoy cluster stat ← kernel reasons summed into it. map_miss and waypoint have no Envoy cluster stat. */
+const CLUSTER_COUNTERS: { name: string; reasons: string[]; help: string }[] = [
+  {
+    name: 'upstream_cx_total',
+    reasons: ['routed', 'passthrough'],
+    help: 'Connections the kernel sent to an endpoint of the cluster (or let through, for PassthroughCluster)',
+  },
+  {
+    name: 'upstream_cx_none_healthy',
+    reasons: ['no_endpoint', 'blackhole'],
+    help: 'Connections refused because the cluster had no selectable endpoint (BlackHoleCluster: all)',
+  },
+  {
+    name: 'upstream_cx_overflow',
+    reasons: ['overflow'],
+    help: "Connections refused by the cluster's max_connections circuit breaker",
+  },
+];
+
+const num = (v: unknown): number =>
+  typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : typeof v === 'string' ? Number(v) : 0;
+
+/** IPv6 endpoints come in several spellings; the kernel's backends are in canonical form. */
+function hostKey(address: string, port: number): string | undefined {
+  try {
+    return `${canonicalAddress(address)}|${port}`;
+  } catch {
+    return undefined; // a hostname (DNS cluster before resolution): not a kernel backend
+  }
+}
+
+/** Looks up kernel counts by Envoy cluster and host. */
+export class ClusterStatsView {
+  private readonly backends = new Map<string, number>();
+  private readonly services = new Map<string, KernelStats['services'][number]>();
+
+  constructor(stats: KernelStats) {
+    for (const b of stats.backends) {
+      const k = hostKey(b.address, b.port);
+      if (k) this.backends.set(k, (this.backends.get(k) ?? 0) + b.activeConnections);
+    }
+    for (const s of stats.services) this.services.set(s.name, s);
+  }
+
+  /** Envoy host stats: cx_active only (cx_total would need a per-backend total the kernel does not keep). */
+  host(address: string, port: number): EnvoyStat[] {
+    const k = hostKey(address, port);
+    if (!k) return [];
+    return [{ name: 'cx_active', value: this.backends.get(k) ?? 0, type: 'GAUGE' }];
+  }
+
+  /** A cluster's kernel services: its own, plus `<name>|ipv6` when its endpoints span both families. */
+  private servicesOf(cluster: string): KernelStats['services'] {
+    return [this.services.get(cluster), this.services.get(`${cluster}|ipv6`)].filter(
+      (s): s is KernelStats['services'][number] => s !== undefined,
+    );
+  }
+
+  /** Envoy cluster stats; empty for a cluster the kernel has no service for (not programmed, weighted). */
+  cluster(cluster: string): EnvoyStat[] {
+    const services = this.servicesOf(cluster);
+    if (!services.length) return [];
+    const sum = (f: (s: KernelStats['services'][number]) => number) => services.reduce((n, s) => n + f(s), 0);
+    return [
+      ...CLUSTER_COUNTERS.map((c): EnvoyStat => ({
+        name: c.name,
+        value: sum((s) => c.reasons.reduce((n, r) => n + num(s.counters[r]), 0)),
+        type: 'COUNTER',
+      })),
+      { name: 'upstream_cx_active', value: sum((s) => s.activeConnections), type: 'GAUGE' },
+    ];
+  }
+}
+
+/**
+ * Reads KernelStats out of /debug/maps (the dataplane's decoded maps), for sources that offer no
+ * cheaper accessor; undefined when the kernel state is not there (no dataplane, another shape).
+ */
+export function kernelStatsFromMaps(maps: unknown): KernelStats | undefined {
+  if (!maps || typeof maps !== 'object') return undefined;
+  const m = maps as { services?: unknown; backends?: unknown; counters?: unknown };
+  if (!Array.isArray(m.services) || !Array.isArray(m.backends) || !Array.isArray(m.counters))
+    return undefined;
+  const countersByName = new Map<string, Record<string, bigint | number>>();
+  for (const c of m.counters as { service?: unknown; counters?: unknown }[])
+    if (typeof c.service === 'string' && c.counters && typeof c.counters === 'object')
+      countersByName.set(c.service, c.counters as Record<string, bigint | number>);
+  return {
+    services: (m.services as { name?: unknown; activeConnections?: unknown }[])
+      .filter(
+        (s): s is { name: string; activeConnections?: unknown } => typeof s.name === 'string' && !!s.name,
+      )
+      .map((s) => ({
+        name: s.name,
+        activeConnections: num(s.activeConnections),
+        counters: countersByName.get(s.name) ?? {},
+      })),
+    backends: (m.backends as { address?: unknown; port?: unknown; activeConnections?: unknown }[])
+      .filter((b) => typeof b.address === 'string' && typeof b.port === 'number')
+      .map((b) => ({
+        address: b.address as string,
+        port: b.port as number,
+        activeConnections: num(b.activeConnections),
+      })),
+  };
+}
+
+/** Label values escaped as the Prometheus text format wants them. */
+function label(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+/**
+ * Per-cluster stats in the Prometheus text format, named as Envoy exports them (`envoy_cluster_*`,
+ * label `cluster_name` as in Istio's sidecars). Counters whose Envoy name lacks `_total` get it, as
+ * the OpenMetrics spelling of the same counter, so `promtool check metrics` accepts them.
+ */
+export function clusterMetrics(clusters: string[], view: ClusterStatsView): string {
+  const series = new Map<string, { type: string; help: string; lines: string[] }>();
+  const helpOf = (name: string) =>
+    CLUSTER_COUNTERS.find((c) => c.name === name)?.help ??
+    'Connections of the cluster open now (established, counted by sockops)';
+  for (const cluster of clusters) {
+    for (const s of view.cluster(cluster)) {
+      const base = `envoy_cluster_${s.name}`;
+      const metric = s.type === 'COUNTER' && !base.endsWith('_total') ? `${base}_total` : base;
+      const entry = series.get(metric) ?? {
+        type: s.type === 'COUNTER' ? 'counter' : 'gauge',
+        help: helpOf(s.name),
+        lines: [],
+      };
+      entry.lines.push(`${metric}{cluster_name="${label(cluster)}"} ${s.value}`);
+      series.set(metric, entry);
+    }
+  }
+  let out = '';
+  for (const [metric, e] of series)
+    out += `# HELP ${metric} ${e.help}\n# TYPE ${metric} ${e.type}\n${e.lines.join('\n')}\n`;
+  return out;
+}
