@@ -969,6 +969,41 @@ void describe('translate', () => {
     );
   });
 
+  void it('after a restart, a cluster the source refused (so no version of it is held) keeps its entries from previous', () => {
+    const maps = memoryMaps();
+    RouteWriter.recover(maps).apply(translate({ resources: threeServices() }).desired);
+    const previous = RouteWriter.recover(maps).live();
+    const withoutA = threeServices().filter((r) => !(r.typeUrl === TYPE.cluster && r.name === A));
+    const kept = translate({
+      resources: withoutA,
+      previous,
+      refusedBySource: [{ typeUrl: TYPE.cluster, name: A }],
+    });
+    assert.deepEqual(kept.desired.frontends, previous.frontends);
+    assert.deepEqual(
+      kept.desired.services.find((s) => s.name === A),
+      previous.services.find((s) => s.name === A),
+    );
+    // The rebuilt state spells IPv6 VIPs canonically; the listener may not.
+    const v6 = translate({
+      resources: [tcpListener('fd00:0:0::7', 5000, A)],
+      previous: {
+        services: previous.services.filter((s) => s.name === A),
+        frontends: [{ address: 'fd00::7', port: 5000, protocol: 'tcp', service: A }],
+      },
+      refusedBySource: [{ typeUrl: TYPE.cluster, name: A }],
+    });
+    assert.deepEqual(
+      v6.desired.frontends.map((f) => [f.address, f.service]),
+      [['fd00::7', A]],
+    );
+    // Not refused, just absent (deleted or never sent): nothing to keep.
+    assert.deepEqual(
+      translate({ resources: withoutA, previous }).desired.frontends.map((f) => f.address),
+      ['127.100.0.2'],
+    );
+  });
+
   void it('is pure: the same input gives the same output and the input is not modified', () => {
     const input = threeServices();
     const copy = JSON.parse(JSON.stringify(input)) as XdsResource[];

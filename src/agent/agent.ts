@@ -105,7 +105,7 @@ export class Agent implements AdminSource {
     let result;
     try {
       // What the kernel holds now: a service refused in this update keeps its entries from it.
-      result = translate(u.resources, u.waypoints ?? [], this.state);
+      result = translate(u.resources, u.waypoints ?? [], this.state, this.deps.source.rejections());
     } catch (e) {
       this.fail(`translate: ${(e as Error).message}`, e, at, u);
       return;

@@ -44,11 +44,15 @@ export interface TranslateResult {
   notEnforced?: { typeUrl: string; name: string; field: string }[];
 }
 
-/** `previous`: the state last programmed, so a service refused now keeps its entries (DESIGN.md). */
+/**
+ * `previous`: the state last programmed, so a service refused now keeps its entries (DESIGN.md);
+ * `refused`: what the source NACKed, which may hold no accepted version after a restart.
+ */
 export type Translate = (
   resources: XdsResource[],
   waypoints: ServiceWaypoint[],
   previous?: DesiredState,
+  refused?: Rejection[],
 ) => TranslateResult;
 
 export type { Attachment } from '../dataplane/dataplane.js';

@@ -125,8 +125,14 @@ export async function startAgent(
     onError: (host, err) =>
       dnsLog.warn({ host, err }, 'DNS lookup failed; the cluster keeps its last addresses'),
   });
-  const translateFn: Translate = (resources, waypoints, previous) => {
-    last = translate({ resources, waypoints, dns: dns.current(), ...(previous ? { previous } : {}) });
+  const translateFn: Translate = (resources, waypoints, previous, refused) => {
+    last = translate({
+      resources,
+      waypoints,
+      dns: dns.current(),
+      ...(previous ? { previous } : {}),
+      ...(refused ? { refusedBySource: refused } : {}),
+    });
     dns.update(last.dnsQueries);
     return {
       state: last.desired,

@@ -2,6 +2,7 @@
 // desired kernel model and everything an operator needs to know about it out. Pure: no I/O, no clock.
 import { isIP } from 'node:net';
 import type { DesiredState, Endpoint, Frontend, LbPolicy, Service, Waypoint } from '../dataplane/model.js';
+import { canonicalAddress } from '../net/address.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
 import { type ParsedCluster, analyseCluster, describeTransport } from './cluster.js';
 import { type ParsedEndpoint, analyseAssignment, metadataMatches } from './endpoints.js';
@@ -69,6 +70,9 @@ export function translate(input: TranslateInput): TranslateResult {
     }
     clusters.set(state.parsed.name, state);
   }
+
+  for (const r of input.refusedBySource ?? [])
+    if (r.typeUrl === TYPE.cluster && !clusters.has(r.name)) refusedClusters.add(r.name);
 
   const routes = new Map<string, RouteConfigResult>();
   for (const r of byType.get(TYPE.route) ?? []) {
@@ -554,7 +558,7 @@ function buildModel(
   // A refused service keeps its last accepted entries; one that never had any is not rewritten.
   for (const { entry, view, why } of kept) {
     const before = index.previous?.frontends.find(
-      (f) => f.address === entry.address && f.port === entry.port,
+      (f) => f.port === entry.port && sameAddress(f.address, entry.address),
     );
     const service = index.previous?.services.find((s) => s.name === before?.service);
     if (!before || !service) continue;
@@ -639,6 +643,16 @@ function serviceFor(
   });
   const lbPolicy: LbPolicy = clusters.get(heaviest?.cluster ?? '')?.parsed.lbPolicy ?? 'round_robin';
   return { name, kind: 'endpoints', lbPolicy, endpoints };
+}
+
+/** Addresses compared as the kernel keys them: a previous state rebuilt from the maps spells IPv6 canonically. */
+function sameAddress(a: string, b: string): boolean {
+  if (a === b) return true;
+  try {
+    return canonicalAddress(a) === canonicalAddress(b);
+  } catch {
+    return false;
+  }
 }
 
 function cmp(a: string, b: string): number {

@@ -66,6 +66,12 @@ export interface TranslateInput {
   dns?: ReadonlyMap<string, readonly string[]>;
   /** The last desired state: a service refused now keeps the entries it had there (DESIGN: never worse than before). */
   previous?: DesiredState;
+  /**
+   * Resources the source refused (NACKed). A refused cluster absent from `resources` (refused since
+   * the agent started, so no accepted version is held) is treated as refused, not as unknown: its
+   * frontends keep their entries from `previous`.
+   */
+  refusedBySource?: { typeUrl: string; name: string }[];
 }
 
 export interface TranslateResult {
