@@ -173,15 +173,14 @@ kernelTest(
     const open = () => {
       const accel = Accelerator.open({ pinDir: env.pinDir });
       const telemetry = Telemetry.open({ pinDir: env.pinDir });
-      const links = [
-        ...accel.attach(env.cgroup, env.pinDir).links,
-        ...telemetry.attach(env.cgroup, env.pinDir).links,
-      ];
+      const attached = [accel.attach(env.cgroup, env.pinDir), telemetry.attach(env.cgroup, env.pinDir)];
+      const links = attached.flatMap((a) => a.links);
+      const via = attached.flatMap((a) => a.via);
       const programs = [...accel.object.programs(), ...telemetry.object.programs()];
       // links follow ACCEL_CGROUP_PROGRAMS then TELEMETRY_CGROUP_PROGRAMS; each runs this run's instance
       const running = links.map((l) => l.info().programId);
       for (const l of links) l.close();
-      return { accel, telemetry, programs, running };
+      return { accel, telemetry, programs, running, via };
     };
     const first = open();
     // sockets created after the attach: acceleration learns a socket's owner when it is created
@@ -194,6 +193,7 @@ kernelTest(
     const initial = first.accel.counters();
     assert.equal((await client.connect({ host: '127.0.0.1', port, sendSize: 10 })).ok, true);
     assert.equal(first.accel.counters().socketsInserted - initial.socketsInserted, 2n);
+    assert.deepEqual(first.via, Array(6).fill('bpf_link'));
     const firstIds = first.programs.map((p) => p.id);
     assert.ok(first.running.every((id) => firstIds.includes(id)));
     first.accel.close();
@@ -206,6 +206,7 @@ kernelTest(
     });
     const secondIds = second.programs.map((p) => p.id);
     assert.equal(second.running.length, 6);
+    assert.deepEqual(second.via, Array(6).fill('existing bpf_link'));
     for (const id of second.running) {
       assert.ok(secondIds.includes(id), `link runs program ${id}, one of the new instances`);
       assert.ok(!firstIds.includes(id));

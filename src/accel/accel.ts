@@ -46,6 +46,8 @@ export const ACCEL_CGROUP_PROGRAMS = ['km_accel_sock_create', 'km_accel_sockops'
 export interface CgroupAttachment {
   cgroup: string;
   links: BpfLink[];
+  /** Per link: 'bpf_link', 'existing bpf_link' (a previous run's, updated to this program), 'prog_attach'... */
+  via: string[];
   detach(): void;
 }
 
@@ -61,11 +63,16 @@ export function attachPrograms(
   linkPinDir?: string,
 ): CgroupAttachment {
   const links: BpfLink[] = [];
+  const via: string[] = [];
   try {
     for (const name of programs) {
       const pinPath = linkPinDir ? join(linkPinDir, `link_${statSync(cgroup).ino}_${name}`) : undefined;
       const program = object.program(name);
-      links.push(pinPath ? program.attachOrUpdateCgroup(cgroup, pinPath).link : program.attachCgroup(cgroup));
+      const r = pinPath
+        ? program.attachOrUpdateCgroup(cgroup, pinPath)
+        : { link: program.attachCgroup(cgroup), via: 'bpf_link' };
+      links.push(r.link);
+      via.push(r.link.legacy && !pinPath ? 'prog_attach' : r.via);
     }
   } catch (e) {
     for (const l of links) {
@@ -80,6 +87,7 @@ export function attachPrograms(
   return {
     cgroup,
     links,
+    via,
     detach: () => {
       for (const l of links) {
         if (l.pinned) l.unpin();

@@ -153,7 +153,10 @@ export class Telemetry {
     );
   }
 
-  /** Attaches socket creation, sockops and cgroup_skb ingress/egress to a cgroup through bpf_link. */
+  /**
+   * Attaches socket creation, sockops and cgroup_skb ingress/egress to a cgroup through bpf_link; links
+   * pinned in linkPinDir by a previous run are updated to this run's programs.
+   */
   attach(cgroup: string, linkPinDir?: string): CgroupAttachment {
     return attachPrograms(this.object, TELEMETRY_CGROUP_PROGRAMS, cgroup, linkPinDir);
   }
