@@ -4,6 +4,7 @@
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 import type { AdminSource, Readiness } from '../admin/server.js';
+import type { KernelStats } from '../admin/cluster-stats.js';
 import type { ConfigDumpInput } from '../admin/config-dump.js';
 import type { DesiredState } from '../dataplane/model.js';
 import {
@@ -343,6 +344,10 @@ export class Agent implements AdminSource {
       last_apply: this.lastApply ?? null,
       applied_updates: this.applied,
     };
+  }
+
+  kernelStats(): KernelStats | undefined {
+    return this.deps.kernel.kernelStats?.();
   }
 
   debugMaps(): unknown {

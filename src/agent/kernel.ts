@@ -14,9 +14,10 @@ import { Dataplane } from '../dataplane/dataplane.js';
 import { TELEMETRY_CGROUP_PROGRAMS, Telemetry } from '../telemetry/telemetry.js';
 import type { Workload } from '../telemetry/metrics.js';
 import type { Registry } from 'prom-client';
-import { DEFAULT_CAPACITY, ROUTE_MAPS, type Capacity, type RouteMaps } from '../dataplane/maps.js';
+import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
-import { RouteWriter } from '../dataplane/writer.js';
+import { splitBackendKey } from '../dataplane/plan.js';
+import type { KernelStats } from '../admin/cluster-stats.js';
 import type { Attachment, Kernel } from './ports.js';
 
 /** --map-size names: the dataplane's capacity knobs (each sizes one or more maps). */
@@ -30,16 +31,6 @@ export function capacityFrom(mapSizes: Record<string, number>): Partial<Capacity
     out[k as keyof Capacity] = v;
   }
   return out;
-}
-
-/**
- * The routing state pinned before this process opened the maps, read through a writer's own
- * recovery (read-only: it writes nothing; the Dataplane keeps its writer to itself). Must run
- * before the first apply.
- */
-function pinnedState(dataplane: Dataplane): DesiredState {
-  const maps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, dataplane.map(n)])) as unknown as RouteMaps;
-  return RouteWriter.recover(maps).live();
 }
 
 export interface KernelOptions {
@@ -87,7 +78,8 @@ export class AgentKernel implements Kernel {
     });
     let pinned: DesiredState;
     try {
-      pinned = pinnedState(dataplane);
+      // before the first apply, the writer's mirror is exactly what the previous agent left pinned
+      pinned = dataplane.live();
     } catch (e) {
       void dataplane.close();
       throw new Error(`read the routing state pinned in ${config.bpffs}: ${(e as Error).message}`, {
@@ -151,7 +143,7 @@ export class AgentKernel implements Kernel {
         program,
         attachType: this.programByName(program)?.attachType ?? 'cgroup',
         cgroup: a.cgroup,
-        via: l.legacy ? 'prog_attach' : 'bpf_link',
+        via: a.via[i] ?? (l.legacy ? 'prog_attach' : 'bpf_link'),
         ...(l.pinned ? { pinned: l.pinned } : {}),
       });
       // The link is pinned: closing our fd keeps the program attached.
@@ -198,6 +190,23 @@ export class AgentKernel implements Kernel {
     },
     programs: () => this.programs().map((p) => ({ name: p.name, ...p.stats() })),
   };
+
+  /** Connection counts for /clusters and the cluster metrics, from the writer's ids: no map scan. */
+  kernelStats(): KernelStats {
+    const active = this.dataplane.activeConnections();
+    const counters = new Map(this.dataplane.counters().map((c) => [c.service, c.counters]));
+    return {
+      services: Object.entries(active.services).map(([name, activeConnections]) => ({
+        name,
+        activeConnections,
+        counters: counters.get(name) ?? {},
+      })),
+      backends: Object.entries(active.backends).map(([key, activeConnections]) => ({
+        ...splitBackendKey(key),
+        activeConnections,
+      })),
+    };
+  }
 
   debugMaps(): unknown {
     return {

@@ -3,6 +3,7 @@
 import type { Attachment } from '../dataplane/dataplane.js';
 import type { DesiredState } from '../dataplane/model.js';
 import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
+import type { KernelStats } from '../admin/cluster-stats.js';
 import type { KernelGauges } from './metrics.js';
 
 /** A complete view of the accepted resources after an update (xds/ keeps the state; we take snapshots). */
@@ -68,6 +69,8 @@ export interface Kernel {
    */
   recovered?(): DesiredState;
   gauges: KernelGauges;
+  /** Connection counts per service and backend (optional: test kernels may not count). */
+  kernelStats?(): KernelStats;
   debugMaps(): unknown;
   debugBpf(): unknown;
   /** Closes our fds; pinned maps and links stay, so traffic keeps its last programming. */

@@ -240,6 +240,11 @@ export class Dataplane {
     return this.writer.counters();
   }
 
+  /** What is programmed now as a DesiredState (after open: what the previous agent left pinned). */
+  live(): DesiredState {
+    return this.writer.live();
+  }
+
   activeConnections(): { services: Record<string, number>; backends: Record<string, number> } {
     return this.writer.activeConnections();
   }
