@@ -86,9 +86,9 @@ export function removeCgroup(path: string): void {
 // What each running kernel test created, for the exit hook below.
 const live = new Set<{ cgroups: string[]; pinDir: string }>();
 
-// A test that hangs past --test-timeout never reaches its finally block: the runner force-exits the
-// file's process, or SIGTERMs it when the whole file timed out. Remove what such tests created on the
-// way out (all of it synchronous), so a hung test leaves no cgroup, pin or attached program behind.
+// A test that hangs past --test-timeout never reaches its finally block: the runner SIGTERMs the
+// file's process. Remove what such tests created on the way out (all of it synchronous), so a hung
+// test leaves no cgroup, pin or attached program behind.
 function removeLeftovers(): void {
   for (const r of live) {
     for (const c of [...r.cgroups].reverse()) removeCgroup(c);
