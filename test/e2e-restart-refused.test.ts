@@ -19,11 +19,11 @@ import {
   tcpListener,
   virtualHost,
 } from './support/control-plane-istiod.js';
-import { runAgentServing, stopProcess, type KernmeshProcess } from './support/cli.js';
+import { firstApplyOps, runAgentServing, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
 import { eventually } from './support/wait.js';
 import { startBackend, type Backend, type Client } from './support/net.js';
-import { TYPE, type JsonObject } from '../src/xds/types.js';
+import { TYPE } from '../src/xds/types.js';
 
 const TCP_VIP = '127.100.81.1';
 const TCP_PORT = 8093;
@@ -52,17 +52,6 @@ async function backendOf(client: Client, host: string, port: number): Promise<st
   const r = await client.connect({ host, port, readId: true });
   assert.ok(r.ok, `connect ${host}:${port}: ${r.err}`);
   return r.backend;
-}
-
-/** The map operations of the agent's first apply, from the dataplane's debug line. */
-async function firstApplyOps(agent: KernmeshProcess): Promise<number> {
-  let line: JsonObject | undefined;
-  await eventually('the agent programs its first config', () => {
-    line = agent.lines.find((l) => l.msg === 'routing applied');
-    return line !== undefined;
-  });
-  assert.equal(typeof line?.ops, 'number', JSON.stringify(line));
-  return line!.ops as number;
 }
 
 kernelTest(

@@ -14,11 +14,11 @@ import {
   tcpListener,
   type ServedEndpoint,
 } from './support/control-plane-istiod.js';
-import { adminAddress, startKernmesh, stopProcess, type KernmeshProcess } from './support/cli.js';
+import { adminAddress, firstApplyOps, startKernmesh, stopProcess } from './support/cli.js';
 import { kernelTest } from './support/kernel.js';
 import { eventually } from './support/wait.js';
 import { Client, startBackend, type Backend, type ConnectResult } from './support/net.js';
-import { TYPE, type JsonObject } from '../src/xds/types.js';
+import { TYPE } from '../src/xds/types.js';
 
 const PORT = 8081;
 const GROWS = { vip: '127.100.80.1', cluster: outbound('grows.test.svc.cluster.local', PORT) };
@@ -41,17 +41,6 @@ function serve(
     TYPE.listener,
     services.map((s) => tcpListener(s.vip, PORT, s.cluster)),
   );
-}
-
-/** The map operations of the agent's first apply, from the dataplane's debug line. */
-async function firstApplyOps(agent: KernmeshProcess): Promise<number> {
-  let line: JsonObject | undefined;
-  await eventually('the agent programs its first config', () => {
-    line = agent.lines.find((l) => l.msg === 'routing applied');
-    return line !== undefined;
-  });
-  assert.equal(typeof line?.ops, 'number', JSON.stringify(line));
-  return line!.ops as number;
 }
 
 kernelTest(

@@ -1,5 +1,6 @@
 // The kernmesh CLI run as operators run it: its own process (through tsx, no build step), so tests
 // see exit codes, stdout/stderr and the JSON log lines exactly as a shell would.
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -9,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { JsonObject } from '../../src/xds/types.js';
 import type { KernelEnv } from './kernel.js';
 import { Client } from './net.js';
+import { eventually } from './wait.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
@@ -108,4 +110,15 @@ export async function runAgentServing(
   const client = new Client(env.cgroup);
   env.defer(() => client.exit());
   return { agent, admin, client };
+}
+
+/** The map operations of the agent's first apply, from the dataplane's debug line. */
+export async function firstApplyOps(agent: KernmeshProcess): Promise<number> {
+  let line: JsonObject | undefined;
+  await eventually('the agent programs its first config', () => {
+    line = agent.lines.find((l) => l.msg === 'routing applied');
+    return line !== undefined;
+  });
+  assert.equal(typeof line?.ops, 'number', JSON.stringify(line));
+  return line!.ops as number;
 }
