@@ -13,6 +13,7 @@ import { startAdminServer, type AdminSource } from '../src/admin/server.js';
 import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
 import { adminGet, runAgentServing } from './support/cli.js';
+import { tcpListener } from './support/control-plane-istiod.js';
 import { kernelTest } from './support/kernel.js';
 import { startBackend, type Backend } from './support/net.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
@@ -202,28 +203,6 @@ const PORT = 8079;
 const ECHO = 'outbound|8079||echo.test.svc.cluster.local';
 const LIMITED = 'outbound|8079||limited.test.svc.cluster.local';
 
-const tcpListener = (vip: string, clusterName: string): JsonObject => ({
-  '@type': TYPE.listener,
-  name: `${vip}_${PORT}`,
-  address: { socket_address: { address: vip, port_value: PORT } },
-  traffic_direction: 'OUTBOUND',
-  bind_to_port: false,
-  filter_chains: [
-    {
-      filters: [
-        {
-          name: 'envoy.filters.network.tcp_proxy',
-          typed_config: {
-            '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
-            stat_prefix: clusterName,
-            cluster: clusterName,
-          },
-        },
-      ],
-    },
-  ],
-});
-
 kernelTest(
   '/clusters shows cx_active per host equal to the connections a client holds; cluster counters follow the kernel',
   async (_t, env) => {
@@ -243,10 +222,10 @@ kernelTest(
         resources: [
           edsCluster(ECHO),
           assignment(ECHO, [b1, b2]),
-          tcpListener(VIP, ECHO),
+          tcpListener(VIP, PORT, ECHO, {}),
           edsCluster(LIMITED, { circuit_breakers: { thresholds: [{ max_connections: 1 }] } }),
           assignment(LIMITED, [b3]),
-          tcpListener(LIMITED_VIP, LIMITED),
+          tcpListener(LIMITED_VIP, PORT, LIMITED, {}),
         ],
       }),
     );

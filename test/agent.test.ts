@@ -14,6 +14,7 @@ import {
   stopProcess,
 } from './support/cli.js';
 import { TestControlPlane } from './support/control-plane.js';
+import { tcpListener } from './support/control-plane-istiod.js';
 import { kernelTest } from './support/kernel.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
 import { eventually } from './support/wait.js';
@@ -40,28 +41,6 @@ const assignment = (name: string, backends: Backend[]): JsonObject => ({
         endpoint: { address: { socket_address: { address: b.address, port_value: b.port } } },
         health_status: 'HEALTHY',
       })),
-    },
-  ],
-});
-
-const tcpListener = (vip: string, port: number, clusterName: string): JsonObject => ({
-  '@type': TYPE.listener,
-  name: `${vip}_${port}`,
-  address: { socket_address: { address: vip, port_value: port } },
-  traffic_direction: 'OUTBOUND',
-  bind_to_port: false,
-  filter_chains: [
-    {
-      filters: [
-        {
-          name: 'envoy.filters.network.tcp_proxy',
-          typed_config: {
-            '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
-            stat_prefix: clusterName,
-            cluster: clusterName,
-          },
-        },
-      ],
     },
   ],
 });
@@ -99,13 +78,13 @@ function resourcesFile(backends: Backend[], dnsPort: number): string {
   return JSON.stringify({
     resources: [
       dnsCluster(dnsPort),
-      tcpListener(DNS_VIP, VIP_PORT, DNS),
+      tcpListener(DNS_VIP, VIP_PORT, DNS, {}),
       cluster(GOOD),
       assignment(GOOD, backends),
-      tcpListener(VIP, VIP_PORT, GOOD),
+      tcpListener(VIP, VIP_PORT, GOOD, {}),
       // A misspelt field: refused like a NACK, the rest of the file still applies.
       cluster(BAD, 'ROUND_ROBIN', { connect_timout: '1s' }),
-      tcpListener(BAD_VIP, VIP_PORT, BAD),
+      tcpListener(BAD_VIP, VIP_PORT, BAD, {}),
     ],
   });
 }
@@ -346,7 +325,7 @@ kernelTest(
     assert.match(ready.text, /listeners \(LDS\)/);
 
     // The listener arrives: ready, and ready means the VIP already routes.
-    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD)]);
+    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD, {})]);
     await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
     const first = await client.connect({ host: vip, port: VIP_PORT, readId: true });
     assert.equal(first.backend, b1.id);
@@ -406,7 +385,7 @@ kernelTest(
         },
       ],
     };
-    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD), httpListener]);
+    cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD, {}), httpListener]);
     cp.setResources(TYPE.route, [l7Route]);
     const nack = await cp.waitForNack(TYPE.route);
     assert.match(JSON.stringify(nack.json), /header/);

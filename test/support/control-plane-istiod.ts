@@ -103,8 +103,16 @@ export function assignment(name: string, endpoints: ServedEndpoint[]): JsonObjec
   };
 }
 
-/** A TCP service's outbound listener: `<VIP>_<port>` with tcp_proxy to its cluster. */
-export function tcpListener(vip: string, port: number, cluster: string): JsonObject {
+/**
+ * A TCP service's outbound listener: `<VIP>_<port>` with tcp_proxy to its cluster. `tcpProxyExtra`
+ * defaults to the idle timeout istiod sets; `{}` gives a bare tcp_proxy.
+ */
+export function tcpListener(
+  vip: string,
+  port: number,
+  cluster: string,
+  tcpProxyExtra: JsonObject = { idle_timeout: '3600s' },
+): JsonObject {
   return {
     '@type': TYPE.listener,
     name: `${vip}_${port}`,
@@ -120,7 +128,7 @@ export function tcpListener(vip: string, port: number, cluster: string): JsonObj
               '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
               stat_prefix: cluster,
               cluster,
-              idle_timeout: '3600s',
+              ...tcpProxyExtra,
             },
           },
         ],
