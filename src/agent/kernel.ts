@@ -176,8 +176,8 @@ export class AgentKernel implements Kernel {
     maps: () => {
       try {
         return this.dataplane
-          .readActual()
-          .maps.map((m) => ({ name: m.name, entries: m.entries ?? 0, capacity: m.maxEntries }));
+          .mapUsage()
+          .map((m) => ({ name: m.name, entries: m.entries ?? 0, capacity: m.maxEntries }));
       } catch {
         return [];
       }

@@ -311,20 +311,28 @@ export class Dataplane {
       const name = names.get(serviceId);
       return { ...frontendKeyCodec.decode(k), serviceId, ...(name !== undefined ? { service: name } : {}) };
     });
-    const counted = new Set(['hash', 'lru_hash']);
     return {
       pinDir: this.pinDir,
       frontends,
       services,
       backends,
       counters: this.writer.counters(),
-      maps: this.object.maps().map((x) => ({
-        name: x.name,
-        type: x.type,
-        maxEntries: x.maxEntries,
-        ...(counted.has(x.type) ? { entries: x.keys().length } : {}),
-      })),
+      maps: this.mapUsage(),
     };
+  }
+
+  /**
+   * Entries and capacity per map, counted in the kernel (hash maps; arrays are always full): what the
+   * map gauges need, without decoding every service as readActual() does on each scrape.
+   */
+  mapUsage(): ActualState['maps'] {
+    const counted = new Set(['hash', 'lru_hash']);
+    return this.object.maps().map((x) => ({
+      name: x.name,
+      type: x.type,
+      maxEntries: x.maxEntries,
+      ...(counted.has(x.type) ? { entries: x.keys().length } : {}),
+    }));
   }
 
   /** Waits for queued applies, then closes our fds: pinned maps and links keep the routing. */
