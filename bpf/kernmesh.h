@@ -27,6 +27,11 @@
 #define KM_LB_LEAST_REQUEST 2
 #define KM_LB_MAGLEV 3
 
+/* LEAST_REQUEST: active_request_bias in 16.16 fixed point; the kernel computes 0 and 1.0 only. */
+#define KM_LR_BIAS_ONE 65536
+/* LEAST_REQUEST's weighted mode scans the whole group: at most this many endpoints in it. */
+#define KM_LR_MAX_WEIGHTED 1024
+
 /* Counter reasons: index = service_id * KM_REASON_COUNT + reason in km_counters (per CPU). */
 #define KM_REASON_ROUTED 0
 #define KM_REASON_NO_ENDPOINT 1
@@ -61,6 +66,9 @@ struct km_service {
 	__u16 maglev_size;                   /* entries per Maglev table (prime), 0 unless MAGLEV */
 	__u16 waypoint_port;
 	__u8 waypoint_address[16];
+	__u8 lr_weighted; /* LEAST_REQUEST: bit p set when group p's weights differ (weighted mode) */
+	__u8 lr_pad[3];
+	__u32 lr_bias; /* LEAST_REQUEST active_request_bias, KM_LR_BIAS_ONE or 0 */
 };
 
 /* Key of km_slots (dense, weight-expanded endpoint slots) and km_maglev (lookup tables). */

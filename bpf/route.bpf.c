@@ -158,6 +158,65 @@ static __always_inline __u32 backend_conns(__u32 backend_id)
 	return n ? *n : 0;
 }
 
+/* LEAST_REQUEST with unequal weights, as Envoy defines it: each endpoint weighs
+ * weight / (active + 1)^bias at this connect, and one is drawn in proportion (Envoy keeps an EDF
+ * schedule over the same weights: same expected shares, docs/translation.md). One pass, so every
+ * count is read once: the draw keeps endpoint i with probability eff_i / (eff_0 + ... + eff_i). */
+struct lr_draw {
+	struct km_slot_key key;
+	__u32 bias;
+	__u32 backend_id;
+	__u64 total;
+	int miss;
+};
+
+static long lr_draw_step(__u32 index, void *ctx)
+{
+	struct lr_draw *d = ctx;
+	struct km_slot *s;
+	__u64 eff, r;
+
+	d->key.index = index;
+	s = bpf_map_lookup_elem(&km_slots, &d->key);
+	if (!s) {
+		d->miss = 1;
+		return 1;
+	}
+	/* 32 fraction bits: weights sum to at most 1024 (plan.ts), so the total stays below 2^42 and
+	 * the draw's modulo bias below 2^-22; the quotient's rounding is below 2^-32 of a weight */
+	eff = (__u64)s->weight << 32;
+	if (d->bias == KM_LR_BIAS_ONE)
+		eff /= (__u64)backend_conns(s->backend_id) + 1;
+	if (!eff)
+		return 0;
+	d->total += eff;
+	r = ((__u64)bpf_get_prandom_u32() << 32) | bpf_get_prandom_u32();
+	if (r % d->total < eff)
+		d->backend_id = s->backend_id;
+	return 0;
+}
+
+static __always_inline long least_request_weighted(__u32 service_id, const struct km_service *svc, int prio,
+						   __u32 count)
+{
+	struct lr_draw d = {
+		.key = {
+			.service_id = service_id,
+			.priority = prio,
+			.generation = svc->generation,
+		},
+		.bias = svc->lr_bias,
+	};
+
+	/* plan.ts refuses larger weighted groups; the clamp only bounds the loop for the verifier's sake */
+	if (count > KM_LR_MAX_WEIGHTED)
+		count = KM_LR_MAX_WEIGHTED;
+	bpf_loop(count, lr_draw_step, &d, 0);
+	if (d.miss || !d.backend_id)
+		return -1;
+	return d.backend_id;
+}
+
 /* One endpoint of the service's lowest selectable priority group, per its policy. Returns the
  * backend id, 0 when the group is empty, or -1 when a map entry is missing (writer race). */
 static __always_inline long pick_endpoint(__u32 service_id, const struct km_service *svc, __u32 client_hash)
@@ -181,8 +240,10 @@ static __always_inline long pick_endpoint(__u32 service_id, const struct km_serv
 		return s ? s->backend_id : -1;
 	}
 	case KM_LB_LEAST_REQUEST:
-		/* two random choices over weight-expanded slots: at equal load the spread follows the
-		 * weights, and the one with fewer active connections wins (ties: the first) */
+		/* one slot per endpoint; unequal weights take Envoy's weighted mode */
+		if (svc->lr_weighted & (1 << (prio & (KM_MAX_PRIORITIES - 1))))
+			return least_request_weighted(service_id, svc, prio, count);
+		/* equal weights: the better of two random choices (Envoy's P2C; ties: the first) */
 		s = slot_at(service_id, svc, prio, bpf_get_prandom_u32() % count);
 		s2 = slot_at(service_id, svc, prio, bpf_get_prandom_u32() % count);
 		if (!s || !s2)

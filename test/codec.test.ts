@@ -69,9 +69,28 @@ void describe('codecs round-trip', () => {
       slotCount: [3, 0, 7, 0, 0, 0, 0, 65535],
       maglevSize: 1021,
       waypoint: { address: 'fd00::15', port: 15008 },
+      lrWeighted: 0,
+      activeRequestBias: 0,
     };
     const b = serviceCodec.encode(v);
-    assert.equal(b.length, 44);
+    assert.equal(b.length, 52);
+    assert.deepEqual(serviceCodec.decode(b), v);
+  });
+
+  void test('least_request service: weighted groups as a bit per priority, bias in 16.16 fixed point', () => {
+    const v = {
+      kind: 'endpoints' as const,
+      lbPolicy: 'least_request' as const,
+      generation: 0,
+      maxConnections: 0,
+      slotCount: [2, 3, 0, 0, 0, 0, 0, 0],
+      maglevSize: 0,
+      lrWeighted: 0b10,
+      activeRequestBias: 1,
+    };
+    const b = serviceCodec.encode(v);
+    assert.equal(b[44], 0b10);
+    assert.equal(b.readUInt32LE(48), 65536);
     assert.deepEqual(serviceCodec.decode(b), v);
   });
 

@@ -139,10 +139,18 @@ export interface ServiceValue {
   slotCount: number[];
   maglevSize: number;
   waypoint?: { address: string; port: number };
+  /** least_request: bit p set when priority group p has unequal weights (Envoy's weighted mode). */
+  lrWeighted: number;
+  /** least_request: Envoy's active_request_bias, carried as 16.16 fixed point (0 or 1 in the kernel). */
+  activeRequestBias: number;
 }
+/** KM_LR_BIAS_ONE: the fixed-point unit of km_service.lr_bias. */
+export const LR_BIAS_ONE = 65536;
+/** KM_LR_MAX_WEIGHTED: endpoints a least_request group with unequal weights may hold. */
+export const LR_MAX_WEIGHTED = 1024;
 export const serviceCodec: Codec<ServiceValue> = {
   struct: 'km_service',
-  size: 44,
+  size: 52,
   fields: fieldLayout([
     ['kind', 1],
     ['lb_policy', 1],
@@ -153,9 +161,12 @@ export const serviceCodec: Codec<ServiceValue> = {
     ['maglev_size', 2],
     ['waypoint_port', 2],
     ['waypoint_address', 16],
+    ['lr_weighted', 1],
+    ['lr_pad', 3],
+    ['lr_bias', 4],
   ]),
   encode(v) {
-    const b = Buffer.alloc(44);
+    const b = Buffer.alloc(52);
     b.writeUInt8(KINDS.indexOf(v.kind), 0);
     b.writeUInt8(LB_POLICIES.indexOf(v.lbPolicy), 1);
     b.writeUInt8(v.generation, 2);
@@ -167,10 +178,12 @@ export const serviceCodec: Codec<ServiceValue> = {
       b.writeUInt16BE(v.waypoint.port, 26);
       encodeAddress(v.waypoint.address).copy(b, 28);
     }
+    b.writeUInt8(v.lrWeighted, 44);
+    b.writeUInt32LE(Math.round(v.activeRequestBias * LR_BIAS_ONE), 48);
     return b;
   },
   decode(b) {
-    checkSize('km_service', b, 44);
+    checkSize('km_service', b, 52);
     const kind = KINDS[b.readUInt8(0)];
     const lbPolicy = LB_POLICIES[b.readUInt8(1)];
     if (!kind || !lbPolicy)
@@ -184,6 +197,8 @@ export const serviceCodec: Codec<ServiceValue> = {
       maxConnections: b.readUInt32LE(4),
       slotCount,
       maglevSize: b.readUInt16LE(24),
+      lrWeighted: b.readUInt8(44),
+      activeRequestBias: b.readUInt32LE(48) / LR_BIAS_ONE,
     };
     const wf = b.readUInt8(3);
     if (wf) v.waypoint = { address: decodeAddress(b.subarray(28, 44), wf), port: b.readUInt16BE(26) };

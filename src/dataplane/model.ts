@@ -44,6 +44,11 @@ export interface Service {
   lbPolicy: LbPolicy;
   /** circuit_breakers max_connections; undefined means no cap. */
   maxConnections?: number;
+  /**
+   * least_request only: Envoy's active_request_bias, the exponent in weight / (active + 1)^bias
+   * when a group's weights differ. Undefined means Envoy's default, 1; the kernel computes 0 and 1.
+   */
+  activeRequestBias?: number;
   endpoints: Endpoint[];
   /** Set when kind is 'waypoint'. */
   waypoint?: Waypoint;

@@ -1,7 +1,8 @@
 // What one desired Service becomes in the kernel, before ids are known: its service value, its
-// weight-expanded slots per priority group and its Maglev tables. Pure; errors name the problem.
+// slots per priority group (weight-expanded, except least_request's one per endpoint) and its
+// Maglev tables. Pure; errors name the problem.
 import { canonicalAddress, familyOf } from '../net/address.js';
-import { MAX_PRIORITIES, type ServiceValue } from './codec.js';
+import { LR_MAX_WEIGHTED, MAX_PRIORITIES, type ServiceValue } from './codec.js';
 import { maglevSize, maglevTable, normalizeWeights, smoothWeightedOrder } from './layout.js';
 import type { Endpoint, Service } from './model.js';
 
@@ -61,6 +62,8 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
       maxConnections: Math.min(s.maxConnections ?? 0, 0xffffffff),
       slotCount: new Array<number>(MAX_PRIORITIES).fill(0),
       maglevSize: 0,
+      lrWeighted: 0,
+      activeRequestBias: 0,
     },
     slots: [],
     maglev: [],
@@ -74,6 +77,14 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
     return plan;
   }
   if (s.kind !== 'endpoints') return plan;
+  const leastRequest = s.lbPolicy === 'least_request';
+  if (leastRequest) {
+    const bias = s.activeRequestBias ?? 1;
+    // (active + 1)^bias needs a pow the kernel does not have; translate refuses other values first
+    if (bias !== 0 && bias !== 1)
+      throw new Error(`active_request_bias ${bias}: the kernel computes only 0 and 1`);
+    plan.value.activeRequestBias = bias;
+  }
 
   // group selectable endpoints by priority; the same address twice in a group adds its weights
   const groups = new Map<number, Map<BackendKey, number>>();
@@ -103,7 +114,18 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
     );
     const items = keys.map((key, i) => ({ key, weight: weights[i]! }));
     const weightOf = new Map(items.map((i) => [i.key, i.weight]));
-    const order = smoothWeightedOrder(items);
+    let order: BackendKey[];
+    if (leastRequest) {
+      // one slot per endpoint: two random choices among endpoints, or the weighted draw over them
+      order = keys;
+      if (new Set(weights).size > 1) {
+        if (keys.length > LR_MAX_WEIGHTED)
+          throw new Error(
+            `priority ${priority}: ${keys.length} endpoints with unequal weights exceed least_request's ${LR_MAX_WEIGHTED}`,
+          );
+        plan.value.lrWeighted |= 1 << priority;
+      }
+    } else order = smoothWeightedOrder(items);
     order.forEach((backend, index) =>
       plan.slots.push({ priority, index, backend, weight: weightOf.get(backend)! }),
     );

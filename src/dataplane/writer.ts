@@ -528,6 +528,7 @@ export class RouteWriter {
         endpoints: [],
       };
       if (s.value.maxConnections > 0) service.maxConnections = s.value.maxConnections;
+      if (s.value.lbPolicy === 'least_request') service.activeRequestBias = s.value.activeRequestBias;
       if (s.value.waypoint) service.waypoint = { ...s.value.waypoint };
       // live generation only: the other one holds leftovers of an apply cut short
       const groups = new Map<number, Map<string, number>>();
