@@ -27,6 +27,8 @@ export interface ParsedCluster {
   type: string;
   kind: ServiceKind;
   lbPolicy: LbPolicy;
+  /** least_request: active_request_bias when set (Envoy's default is 1). */
+  activeRequestBias?: number;
   maxConnections?: number;
   /** The ClusterLoadAssignment name to wait for (EDS). */
   edsName?: string;
@@ -117,7 +119,7 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
   if (type === 'ORIGINAL_DST') kind = 'passthrough';
   else if (name === 'BlackHoleCluster') kind = 'blackhole';
 
-  const lbPolicy = readLbPolicy(c, type, res);
+  const { lbPolicy, activeRequestBias } = readLbPolicy(c, type, res);
   const maxConnections = readMaxConnections(c, res);
 
   const transport = classifyTransportSocket(c.transport_socket, 'transport_socket');
@@ -140,6 +142,7 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
     localityWeighted: obj(obj(c.common_lb_config)?.locality_weighted_lb_config) !== undefined,
   };
   if (maxConnections !== undefined) parsed.maxConnections = maxConnections;
+  if (activeRequestBias !== undefined) parsed.activeRequestBias = activeRequestBias;
   for (const field of Object.keys(obj(c.common_lb_config) ?? {})) {
     if (field !== 'locality_weighted_lb_config') res.notEnforced(`common_lb_config.${field}`);
   }
@@ -166,23 +169,87 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
   return parsed;
 }
 
-function readLbPolicy(c: JsonObject, type: string, res: ResourceFindings): LbPolicy {
+function readLbPolicy(
+  c: JsonObject,
+  type: string,
+  res: ResourceFindings,
+): { lbPolicy: LbPolicy; activeRequestBias?: number } {
   const typed = objs(obj(c.load_balancing_policy)?.policies);
   if (typed.length > 0) {
-    for (const p of typed) {
-      const t = anyType(obj(p.typed_extension_config)?.typed_config) ?? '';
+    for (const [i, p] of typed.entries()) {
+      const config = obj(p.typed_extension_config)?.typed_config;
+      const t = anyType(config) ?? '';
       const known = TYPED_LB_POLICIES[t.slice(t.lastIndexOf('.') + 1)];
-      if (known) return known;
+      if (!known) continue;
+      if (known !== 'least_request') return { lbPolicy: known };
+      const path = `load_balancing_policy.policies[${i}].typed_extension_config.typed_config`;
+      return { lbPolicy: known, ...readLeastRequest(obj(config), path, res) };
     }
     res.refuse('load_balancing_policy', 'none of its policies is one the kernel implements');
-    return 'round_robin';
+    return { lbPolicy: 'round_robin' };
   }
   const policy = str(c.lb_policy) ?? 'ROUND_ROBIN';
   const known = LB_POLICIES[policy];
-  if (known) return known;
-  if (policy === 'CLUSTER_PROVIDED' && type === 'ORIGINAL_DST') return 'round_robin';
+  const config = obj(c.least_request_lb_config);
+  if (known === 'least_request')
+    return { lbPolicy: known, ...readLeastRequest(config, 'least_request_lb_config', res) };
+  // Envoy reads it only for LEAST_REQUEST either
+  if (config) res.note(`least_request_lb_config: unused with lb_policy ${policy}, as in Envoy`);
+  if (known) return { lbPolicy: known };
+  if (policy === 'CLUSTER_PROVIDED' && type === 'ORIGINAL_DST') return { lbPolicy: 'round_robin' };
   res.refuse('lb_policy', `${policy} is not a policy the kernel implements`);
-  return 'round_robin';
+  return { lbPolicy: 'round_robin' };
+}
+
+/**
+ * Envoy's LEAST_REQUEST settings (Cluster.least_request_lb_config, or the LeastRequest extension):
+ * active_request_bias is carried to the kernel, which computes (active + 1)^bias for 0 and 1 only;
+ * other values are refused. What the kernel does not do is listed as not enforced.
+ */
+function readLeastRequest(
+  config: JsonObject | undefined,
+  path: string,
+  res: ResourceFindings,
+): { activeRequestBias?: number } {
+  if (!config) return {};
+  const out: { activeRequestBias?: number } = {};
+  for (const [field, v] of Object.entries(config)) {
+    if (field === '@type') continue;
+    const at = `${path}.${field}`;
+    switch (field) {
+      case 'active_request_bias': {
+        const bias = obj(v);
+        // a RuntimeDouble: no runtime layer here, so its default_value is the value (proto3: 0 if unset)
+        if (bias?.runtime_key !== undefined) res.notEnforced(`${at}.runtime_key`);
+        const raw = bias?.default_value;
+        const value = raw === undefined ? 0 : typeof raw === 'number' ? raw : Number(raw);
+        if (Number.isNaN(value) || value < 0) {
+          res.note(`${at}: ${JSON.stringify(raw)} is not >= 0; 1.0 applies, as in Envoy`);
+          out.activeRequestBias = 1;
+        } else if (value === 0 || value === 1) out.activeRequestBias = value;
+        else
+          res.refuse(
+            at,
+            `${value}: the kernel computes weight / (active + 1)^bias only for bias 0.0 and 1.0`,
+          );
+        break;
+      }
+      case 'choice_count':
+        // Envoy's default is 2, which is what the kernel does
+        if (num(v) !== 2) res.notEnforced(at);
+        break;
+      case 'selection_method':
+        if (str(v) !== 'N_CHOICES') res.notEnforced(at);
+        break;
+      case 'enable_full_scan':
+        if (bool(v) === true) res.notEnforced(at);
+        break;
+      default:
+        // slow_start_config, locality_lb_config, and anything newer
+        res.notEnforced(at);
+    }
+  }
+  return out;
 }
 
 function readMaxConnections(c: JsonObject, res: ResourceFindings): number | undefined {

@@ -616,6 +616,7 @@ function serviceFor(
         only.parsed.kind === 'endpoints' ? only.endpoints.filter((x) => isIP(x.address) === family) : [],
     };
     if (only.parsed.maxConnections !== undefined) s.maxConnections = only.parsed.maxConnections;
+    if (only.parsed.activeRequestBias !== undefined) s.activeRequestBias = only.parsed.activeRequestBias;
     return s;
   }
   if (states.some((s) => s.parsed.kind !== 'endpoints')) {
@@ -641,8 +642,11 @@ function serviceFor(
       });
     }
   });
-  const lbPolicy: LbPolicy = clusters.get(heaviest?.cluster ?? '')?.parsed.lbPolicy ?? 'round_robin';
-  return { name, kind: 'endpoints', lbPolicy, endpoints };
+  const policyOf = clusters.get(heaviest?.cluster ?? '')?.parsed;
+  const lbPolicy: LbPolicy = policyOf?.lbPolicy ?? 'round_robin';
+  const s: Service = { name, kind: 'endpoints', lbPolicy, endpoints };
+  if (policyOf?.activeRequestBias !== undefined) s.activeRequestBias = policyOf.activeRequestBias;
+  return s;
 }
 
 /** Addresses compared as the kernel keys them: a previous state rebuilt from the maps spells IPv6 canonically. */
