@@ -6,8 +6,9 @@ import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { Endpoint, LbPolicy, Service } from '../src/dataplane/model.js';
 import { kernelTest } from './support/kernel.js';
 import { eventually } from './support/wait.js';
-import { Client, startBackend, tally, type Backend } from './support/net.js';
-import { startRouting } from './support/routing.js';
+import { Client, startBackend, type Backend } from './support/net.js';
+import { connectsAtBaseline, startRouting } from './support/routing.js';
+import { binomialUpperBound } from './support/stats.js';
 
 function ep(b: Backend, extra: Partial<Endpoint> = {}): Endpoint {
   return { address: b.address, port: b.port, weight: 1, priority: 0, health: 'healthy', ...extra };
@@ -180,7 +181,7 @@ kernelTest(
   },
 );
 
-kernelTest('least request sends new connections away from a backend holding open ones', async (_t, env) => {
+kernelTest('least request sends new connections away from a backend holding open ones', async (t, env) => {
   const { dp, backends, client } = await startRouting(env, ['127.0.0.51', '127.0.0.52', '127.0.0.53']);
   const [busy, idle1, idle2] = backends as [Backend, Backend, Backend];
   const fe = [{ address: '127.100.5.1', port: 80, protocol: 'tcp' as const, service: 'lr' }];
@@ -190,12 +191,23 @@ kernelTest('least request sends new connections away from a backend holding open
     assert.equal(r.backend, busy.id);
   }
   await dp.apply({ services: [svc('lr', 'least_request', [ep(busy), ep(idle1), ep(idle2)])], frontends: fe });
-  assert.equal(dp.activeConnections().backends[`${busy.address}|${busy.port}`], 10);
-  const results = await client.batch({ host: '127.100.5.1', port: 80, readId: true, count: 300 });
-  const counts = tally(results.map((r) => r.backend ?? r.err));
-  // the busy one is chosen only when both random choices fall on it: about 1 in 9
+  const key = (b: Backend): string => `${b.address}|${b.port}`;
+  assert.equal(dp.activeConnections().backends[key(busy)], 10);
+  // each connect made with busy at 10 and the others at 0: equal weights, two random choices, and
+  // busy is chosen only when both fall on it, 1/9 of the time, independently: Binomial(300, 1/9)
+  const baseline = new Map([
+    [key(busy), 10],
+    [key(idle1), 0],
+    [key(idle2), 0],
+  ]);
+  const counts = await connectsAtBaseline(dp, client, '127.100.5.1', 300, baseline);
   const toBusy = counts.get(busy.id) ?? 0;
-  assert.ok(toBusy < 75, `busy backend got ${toBusy} of 300: ${JSON.stringify([...counts])}`);
+  // a policy blind to load sends busy 1/3 of them (100 of 300), far above the bound (66 at 1e-7)
+  const { bound, rate } = binomialUpperBound(300, 1 / 9);
+  t.diagnostic(
+    `busy backend got ${toBusy} of 300 (about 33 due; fails at ${bound}, false-failure rate ${rate.toExponential(2)})`,
+  );
+  assert.ok(toBusy < bound, `busy backend got ${toBusy} of 300: ${JSON.stringify([...counts])}`);
   assert.equal((counts.get(idle1.id) ?? 0) + (counts.get(idle2.id) ?? 0) + toBusy, 300);
 });
 

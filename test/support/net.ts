@@ -269,7 +269,7 @@ for (const spec of specs) {
       sock.end();
     });
   });
-  server.listen({ host: spec.address, port: 0 }, () => {
+  server.listen({ host: spec.address, port: spec.port || 0 }, () => {
     id = spec.address + '|' + server.address().port;
     ready.push({ address: spec.address, port: server.address().port, id });
     if (--pending === 0) process.stdout.write(JSON.stringify({ event: 'ready', servers: ready }) + '\n');
@@ -301,7 +301,8 @@ export class NetnsBackends {
   private readonly child: ChildProcess;
   private readonly ready: Promise<void>;
 
-  constructor(netns: string, specs: { address: string; silent?: boolean }[]) {
+  /** `port`: a fixed port (free inside a namespace of the test's own); 0 or absent: any. */
+  constructor(netns: string, specs: { address: string; port?: number; silent?: boolean }[]) {
     this.child = spawn(
       'ip',
       ['netns', 'exec', netns, process.execPath, '-e', SERVER_JS, JSON.stringify(specs)],
