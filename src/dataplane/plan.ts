@@ -43,6 +43,20 @@ export interface PlanOptions {
 
 export const DEFAULT_PLAN_OPTIONS: PlanOptions = { maxSlotsPerPriority: 1024, maxMaglevSize: 65521 };
 
+/**
+ * least_request's slots are not expanded, so its weights keep more precision: a group's weights sum
+ * to at most 2^16, which the kernel's draw (32 fraction bits, 64-bit total) handles with a skew
+ * below 2^-16 (route.bpf.c).
+ */
+export const LR_WEIGHT_TOTAL = 65536;
+
+/** What one group's weights are normalised to sum to at most, for a policy. */
+export function weightTotal(policy: Service['lbPolicy'], opts: PlanOptions): number {
+  return policy === 'least_request'
+    ? Math.max(LR_WEIGHT_TOTAL, opts.maxSlotsPerPriority)
+    : opts.maxSlotsPerPriority;
+}
+
 function selectable(e: Endpoint): boolean {
   return e.health === 'healthy' || e.health === 'unknown';
 }
@@ -110,7 +124,7 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
       );
     const weights = normalizeWeights(
       keys.map((k) => group.get(k)!),
-      opts.maxSlotsPerPriority,
+      weightTotal(s.lbPolicy, opts),
     );
     const items = keys.map((key, i) => ({ key, weight: weights[i]! }));
     const weightOf = new Map(items.map((i) => [i.key, i.weight]));

@@ -31,6 +31,7 @@ import {
   DEFAULT_PLAN_OPTIONS,
   planService,
   splitBackendKey,
+  weightTotal,
   type PlanOptions,
   type ServicePlan,
 } from './plan.js';
@@ -545,7 +546,8 @@ export class RouteWriter {
       for (const [priority, group] of [...groups].sort((a, b) => a[0] - b[0])) {
         const keys = [...group.keys()].sort();
         const planned = keys.map((k) => group.get(k)!);
-        const weights = weightsPlanningTo(planned, this.planOptions.maxSlotsPerPriority) ?? planned;
+        const weights =
+          weightsPlanningTo(planned, weightTotal(s.value.lbPolicy, this.planOptions)) ?? planned;
         keys.forEach((k, i) => {
           const e: Endpoint = { ...splitBackendKey(k), weight: weights[i]!, priority, health: 'healthy' };
           service.endpoints.push(e);
