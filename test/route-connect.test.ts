@@ -252,5 +252,11 @@ kernelTest(
       actual.frontends.map((f) => [f.address, f.port, f.protocol, f.service]),
       [['127.100.6.1', 80, 'tcp', 'fits']],
     );
+    // maps pinned with other sizes (another capacity, or another kernmesh's layout) cannot be
+    // reused: the refusal names the way out
+    assert.throws(
+      () => Dataplane.open({ pinDir: env.pinDir }),
+      /couldn't reuse pinned map .* parameter mismatch.*run `kernmesh cleanup --bpffs /,
+    );
   },
 );

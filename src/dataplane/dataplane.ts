@@ -131,9 +131,13 @@ export class Dataplane {
         ...(opts.log ? { log: opts.log } : {}),
       });
     } catch (e) {
-      throw new Error(`load ${path} with maps pinned in ${opts.pinDir}: ${(e as Error).message}`, {
-        cause: e,
-      });
+      const message = (e as Error).message;
+      // libbpf's words when a pinned map's sizes differ from the object's
+      const hint = /parameter mismatch/.test(message)
+        ? ` (maps pinned with another capacity or by a kernmesh with another map layout: run ` +
+          `\`kernmesh cleanup --bpffs ${opts.pinDir}\`, then start again)`
+        : '';
+      throw new Error(`load ${path} with maps pinned in ${opts.pinDir}: ${message}${hint}`, { cause: e });
     }
     try {
       return new Dataplane(opts.pinDir, object, { ...DEFAULT_PLAN_OPTIONS, ...opts.plan }, opts.log);
