@@ -155,6 +155,8 @@ void test('layout: weights normalised by gcd and capped, smooth order, Maglev si
   assert.equal(maglevSize(50), 8191);
 });
 
+// Deterministic, not statistical: the table is a pure function of fixed keys, so these bounds hold
+// or fail the same way on every run (the kernel test checks clients against such a table exactly).
 void test('maglev table: weights respected, removing one of 10 moves about a tenth', () => {
   const keys = Array.from({ length: 10 }, (_, i) => `10.0.0.${i}|80`);
   const table = maglevTable(
