@@ -68,7 +68,7 @@ export const CLUSTER_FIELDS: FieldTable = {
   per_connection_buffer_limit_bytes: ne('no proxy buffers', 32768),
   cleanup_interval: ne('no connection pools', '5s'),
   lb_subset_config: ne('subset selection needs route metadata_match, which is refused', {}),
-  least_request_lb_config: acc('active_request_bias 0 or 1; the rest not enforced (see Clusters)', {
+  least_request_lb_config: acc('active_request_bias 0 or 1; the rest not enforced (see Least request)', {
     active_request_bias: { default_value: 0 },
   }),
   ring_hash_lb_config: ne('the kernel uses a fixed-size Maglev table', { minimum_ring_size: 1024 }),
