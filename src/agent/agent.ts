@@ -280,7 +280,9 @@ export class Agent implements AdminSource {
 
   readiness(): Readiness {
     const reasons: string[] = [];
-    if (this.deps.kernel.attachments().length === 0) reasons.push('no program attached');
+    const kernelNotReady = this.deps.kernel.notReady?.();
+    if (kernelNotReady) reasons.push(...kernelNotReady);
+    else if (this.deps.kernel.attachments().length === 0) reasons.push('no program attached');
     if (this.applied === 0) {
       if (this.lastError) reasons.push(`first config not applied: ${this.lastError}`);
       else if (this.deps.source.kind === 'istiod' && !this.deps.source.connected())

@@ -1,7 +1,9 @@
 // The agent's kernel side: the routing dataplane (and acceleration when asked), loaded with maps
 // pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { enableStats, type BpfProgram } from '../../native/index.js';
+import { BpfLink, enableStats, type BpfProgram } from '../../native/index.js';
 import { registerAccelMetrics } from '../accel/metrics.js';
 import {
   ACCEL_CGROUP_PROGRAMS,
@@ -43,12 +45,17 @@ export interface KernelOptions {
   workload?: Workload;
 }
 
+/** Routing hooks that act only on sockets connect4/6 routed: they outlive a pod's unenrollment. */
+const STAY_UNTIL_POD_GOES = ['km_sockops', 'km_getpeername4', 'km_getpeername6'];
+
 export class AgentKernel implements Kernel {
   readonly pinDir: string;
   private readonly attached: Attachment[] = [];
   private accelRulesWatch?: { close(): void };
   private readonly statsHandle?: { close(): void };
   private lastRefused: { kind: string; name: string; reason: string }[] = [];
+  /** Set on Kubernetes, where pods come and go: readiness waits for the first list instead. */
+  notReady?: () => string[] | undefined;
 
   private constructor(
     config: AgentConfig,
@@ -130,6 +137,50 @@ export class AgentKernel implements Kernel {
       throw e;
     }
     return kernel;
+  }
+
+  /** Kubernetes: every program on a pod's cgroup, through pinned links (a previous run's are updated). */
+  enrollCgroup(cgroup: string): void {
+    this.dataplane.attachCgroupHooks(cgroup);
+    for (const a of [this.accel?.attach(cgroup, this.pinDir), this.telemetry.attach(cgroup, this.pinDir)])
+      a?.links.forEach((l) => l.close());
+  }
+
+  /**
+   * Kubernetes: detaches what routes and reports new connections. The per-socket routing hooks stay
+   * until the pod goes (forgetCgroup): connections routed before keep their VIP and active counts.
+   */
+  unenrollCgroup(cgroupId: number): void {
+    this.unpinLinks(cgroupId, (program) => !STAY_UNTIL_POD_GOES.includes(program));
+  }
+
+  /** Detaches and unpins every link of a cgroup (the pod is gone, or was never ours to serve). */
+  forgetCgroup(cgroupId: number): void {
+    this.unpinLinks(cgroupId, () => true);
+  }
+
+  /** Cgroup ids (inodes) with links pinned here, and the programs pinned for each. */
+  pinnedCgroups(): Map<number, string[]> {
+    const out = new Map<number, string[]>();
+    for (const f of readdirSync(this.pinDir)) {
+      const m = /^link_(\d+)_(.+)$/.exec(f);
+      if (m) out.set(Number(m[1]), [...(out.get(Number(m[1])) ?? []), m[2]!]);
+    }
+    return out;
+  }
+
+  private unpinLinks(cgroupId: number, which: (program: string) => boolean): void {
+    for (const program of this.pinnedCgroups().get(cgroupId) ?? []) {
+      if (!which(program)) continue;
+      const link = BpfLink.openPinned(join(this.pinDir, `link_${cgroupId}_${program}`));
+      try {
+        link.detach();
+      } catch (e) {
+        this.log.debug({ err: e, cgroupId, program }, 'link already detached (cgroup gone)');
+      }
+      link.unpin();
+      link.close();
+    }
   }
 
   recovered(): DesiredState {

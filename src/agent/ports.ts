@@ -68,6 +68,8 @@ export interface Kernel {
    * as a DesiredState; the first translation's `previous`.
    */
   recovered?(): DesiredState;
+  /** Why the kernel side is not ready, where "a program is attached" is not the test (Kubernetes). */
+  notReady?(): string[] | undefined;
   gauges: KernelGauges;
   /** Connection counts per service and backend (optional: test kernels may not count). */
   kernelStats?(): KernelStats;

@@ -14,6 +14,7 @@ import { DnsRefresher } from './dns.js';
 import { readXdsFile } from './file-reader.js';
 import { FileSource } from './file-source.js';
 import { IstiodSource } from './istiod-source.js';
+import { KubernetesNode } from '../k8s/index.js';
 import { AgentKernel } from './kernel.js';
 import { AgentMetrics } from './metrics.js';
 import type { ConfigSource, Translate } from './ports.js';
@@ -67,7 +68,11 @@ export async function startAgent(
   log: Logger,
   opts: StartOptions = {},
 ): Promise<RunningAgent> {
-  const node = nodeIdentity(config);
+  // On Kubernetes the node's topology labels give the locality of every pod the agent serves.
+  const k8s = config.kubernetes
+    ? await KubernetesNode.connect(config, log.child({ stage: 'k8s' }))
+    : undefined;
+  const node = nodeIdentity(k8s?.withLocality(config) ?? config);
   // A file that cannot be read or parsed stops the start before anything touches the kernel.
   if (config.xdsFile) {
     try {
@@ -172,6 +177,7 @@ export async function startAgent(
     await kernel.close();
     throw e;
   }
+  k8s?.start(config, kernel);
   metrics.xdsConnected.set(source.connected() ? 1 : 0);
   log.info(
     {
@@ -191,6 +197,7 @@ export async function startAgent(
     lastTranslation: () => last,
     stop: async () => {
       dns.close();
+      await k8s?.stop();
       await agent.stop();
       await admin.close();
     },

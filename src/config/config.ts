@@ -41,6 +41,10 @@ export interface AgentConfig {
   serverName: string;
   identity: Identity;
   cgroups: string[];
+  /** Serve the pods of this node that Kubernetes labels enroll (src/k8s/). */
+  kubernetes: boolean;
+  /** The kubelet's cgroup root (holds kubepods.slice or kubepods); discovered when absent. */
+  kubeletCgroupRoot?: string;
   bpffs: string;
   admin: HostPort;
   waypoints: boolean;
@@ -124,6 +128,16 @@ export const OPTIONS: OptionSpec[] = [
   },
   { name: 'label', kind: 'map', help: 'pod label KEY=VALUE (repeatable)' },
   { name: 'cgroup', kind: 'list', help: 'cgroup v2 directory whose processes are served (repeatable)' },
+  {
+    name: 'kubernetes',
+    kind: 'bool',
+    help: 'serve the pods of --node-name labelled istio.io/dataplane-mode=kernmesh (Kubernetes API)',
+  },
+  {
+    name: 'kubelet-cgroup-root',
+    kind: 'string',
+    help: "cgroup v2 directory holding the kubelet's kubepods(.slice) (default: discovered)",
+  },
   { name: 'bpffs', kind: 'string', help: 'bpffs directory for pinned maps and links' },
   { name: 'admin', kind: 'string', help: 'admin endpoint ADDR:PORT' },
   { name: 'waypoints', kind: 'bool', help: "send traffic to services' waypoints (workload API)" },
@@ -438,6 +452,10 @@ export function loadConfig(
   for (const [k, v] of Object.entries(env))
     if (k.startsWith('ISTIO_META_') && v !== undefined) extraMetadata[k.slice(11)] = v;
 
+  const kubernetes = (get('kubernetes')?.value as boolean | undefined) ?? false;
+  const kubeletCgroupRoot = str('kubelet-cgroup-root');
+  if (kubernetes && !str('node-name'))
+    throw new ConfigError('--kubernetes needs the node whose pods it serves: --node-name or NODE_NAME');
   const podNamespace = str('pod-namespace') ?? 'default';
   const config: AgentConfig = {
     xdsAddress,
@@ -462,6 +480,8 @@ export function loadConfig(
       extraMetadata,
     },
     cgroups,
+    kubernetes,
+    kubeletCgroupRoot,
     bpffs: str('bpffs') ?? DEFAULTS.bpffs,
     admin,
     waypoints: (get('waypoints')?.value as boolean | undefined) ?? false,
@@ -478,16 +498,21 @@ export function loadConfig(
     if (tls && xdsAddress) readable(rootCa, src('root-ca'), 'root certificate');
     if (tokenFile) readable(tokenFile, src('token-file'), 'token file');
     if (accelRules) readable(accelRules, src('accel-rules'), 'acceleration rules');
-    if (requireSource && cgroups.length === 0)
-      throw new ConfigError('no cgroup to serve: give --cgroup PATH (a cgroup v2 directory) at least once');
-    for (const cg of cgroups) {
+    if (requireSource && cgroups.length === 0 && !kubernetes)
+      throw new ConfigError(
+        'no cgroup to serve: give --cgroup PATH (a cgroup v2 directory) at least once, or --kubernetes',
+      );
+    for (const [cg, from] of [
+      ...cgroups.map((c) => [c, 'cgroup']),
+      ...(kubeletCgroupRoot ? [[kubeletCgroupRoot, 'kubelet-cgroup-root']] : []),
+    ] as [string, string][]) {
       let isDir = false;
       try {
         isDir = statSync(cg).isDirectory() && statSync(join(cg, 'cgroup.procs')).isFile();
       } catch {
         /* reported below */
       }
-      if (!isDir) throw new ConfigError(`${cg} is not a cgroup v2 directory`, src('cgroup'));
+      if (!isDir) throw new ConfigError(`${cg} is not a cgroup v2 directory`, src(from));
     }
   }
   return config;

@@ -167,26 +167,7 @@ export class Dataplane {
    * this process's programs (atomically: connects never go unrouted), so an upgrade runs its new code.
    */
   attach(cgroup: string): Attachment[] {
-    const out: Attachment[] = [];
-    for (const name of CGROUP_PROGRAMS) {
-      const prog = this.object.program(name);
-      let result: CgroupAttachResult;
-      try {
-        result = prog.attachOrUpdateCgroup(cgroup, this.linkPath(cgroup, name));
-      } catch (e) {
-        throw new Error(`attach ${name} to ${cgroup}: ${(e as Error).message}`, { cause: e });
-      }
-      const { link, via, replacedProgramId } = result;
-      out.push({
-        program: name,
-        attachType: prog.attachType,
-        cgroup,
-        via,
-        ...(link.pinned ? { pinned: link.pinned } : {}),
-        ...(replacedProgramId !== undefined ? { replacedProgramId } : {}),
-      });
-      link.close();
-    }
+    const out = this.attachCgroupHooks(cgroup);
     // The sockhash holds one sk_msg program: attaching replaces a previous run's for sockets added
     // from now on (sockets already there keep theirs until they close).
     const sockhash = this.object.map('km_waypoint_sk');
@@ -211,6 +192,31 @@ export class Dataplane {
       { cgroup, programs: out.map((a) => `${a.program}:${a.via}`) },
       'routing programs attached',
     );
+    return out;
+  }
+
+  /** attach()'s cgroup hooks alone, not recorded: pod cgroups (Kubernetes) come and go. */
+  attachCgroupHooks(cgroup: string): Attachment[] {
+    const out: Attachment[] = [];
+    for (const name of CGROUP_PROGRAMS) {
+      const prog = this.object.program(name);
+      let result: CgroupAttachResult;
+      try {
+        result = prog.attachOrUpdateCgroup(cgroup, this.linkPath(cgroup, name));
+      } catch (e) {
+        throw new Error(`attach ${name} to ${cgroup}: ${(e as Error).message}`, { cause: e });
+      }
+      const { link, via, replacedProgramId } = result;
+      out.push({
+        program: name,
+        attachType: prog.attachType,
+        cgroup,
+        via,
+        ...(link.pinned ? { pinned: link.pinned } : {}),
+        ...(replacedProgramId !== undefined ? { replacedProgramId } : {}),
+      });
+      link.close();
+    }
     return out;
   }
 

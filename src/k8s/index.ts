@@ -1,0 +1,95 @@
+// The agent on a Kubernetes node: the node's locality for the xDS identity, then the informers feeding
+// the enroller, which attaches the kernel's programs to enrolled pods' cgroups.
+import { statSync } from 'node:fs';
+import type { KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+
+import type { AgentConfig } from '../config/config.js';
+import { discoverKubeletRoot } from './cgroups.js';
+import { Enroller, type PodKernel } from './enroller.js';
+import { ClusterWatch, kubeConfig, nodeLocality } from './informers.js';
+
+export { decide, DATAPLANE_MODE } from './enrollment.js';
+export type { EnrollmentView } from './enroller.js';
+
+export class KubernetesNode {
+  private watch?: ClusterWatch;
+  private enroller?: Enroller;
+
+  private constructor(
+    private readonly kc: KubeConfig,
+    readonly cgroupRoot: string,
+    readonly locality: string | undefined,
+    private readonly log: Logger,
+  ) {}
+
+  /** Finds the API (in-cluster or KUBECONFIG), the kubelet's cgroup root and the node's locality. */
+  static async connect(config: AgentConfig, log: Logger): Promise<KubernetesNode> {
+    const kc = kubeConfig();
+    const cgroupRoot = config.kubeletCgroupRoot ?? discoverKubeletRoot();
+    const nodeName = config.identity.nodeName;
+    let locality = config.identity.locality;
+    if (locality === undefined) {
+      try {
+        locality = await nodeLocality(kc, nodeName);
+      } catch (e) {
+        throw new Error(
+          `read node ${nodeName}'s topology labels from ${kc.getCurrentCluster()?.server}: ${(e as Error).message} (--locality skips this)`,
+          { cause: e },
+        );
+      }
+    }
+    log.info(
+      { node: nodeName, cgroupRoot, locality, api: kc.getCurrentCluster()?.server },
+      'Kubernetes node',
+    );
+    return new KubernetesNode(kc, cgroupRoot, locality, log);
+  }
+
+  withLocality(config: AgentConfig): AgentConfig {
+    return this.locality === undefined
+      ? config
+      : { ...config, identity: { ...config.identity, locality: this.locality } };
+  }
+
+  /** Starts the informers; enrollment decisions begin once pods and namespaces are both listed. */
+  start(config: AgentConfig, kernel: PodKernel & { notReady?: () => string[] | undefined }): void {
+    const enroller = new Enroller({
+      kernel,
+      view: { pods: () => this.watch?.pods() ?? [], namespace: (n) => this.watch?.namespace(n) },
+      cgroupRoot: this.cgroupRoot,
+      self: { name: config.identity.podName, namespace: config.identity.podNamespace },
+      log: this.log,
+      keep: config.cgroups.map((c) => statSync(c).ino),
+    });
+    this.enroller = enroller;
+    this.watch = new ClusterWatch(
+      this.kc,
+      config.identity.nodeName,
+      {
+        pod: (p, c, at) => enroller.onPod(p, c, at),
+        namespace: (n, c, at) => enroller.onNamespace(n, c, at),
+      },
+      this.log,
+    );
+    kernel.notReady = () =>
+      enroller.isSynced() ? [] : ['pods and namespaces not yet listed from the Kubernetes API'];
+    this.watch.start().then(
+      () => {
+        if (!this.watch?.synced()) return; // stopped before the first list
+        enroller.sync();
+        this.log.info({ pods: enroller.view().filter((p) => p.enrolled).length }, 'enrollment synced');
+      },
+      (e: unknown) => this.log.error({ err: e }, 'Kubernetes informers did not start'),
+    );
+  }
+
+  enrollment(): ReturnType<Enroller['view']> {
+    return this.enroller?.view() ?? [];
+  }
+
+  async stop(): Promise<void> {
+    this.enroller?.stop();
+    await this.watch?.stop();
+  }
+}
