@@ -138,9 +138,15 @@ export class Enroller {
         s.enrolled = this.opts.kernel.pinnedCgroups().get(s.cgroupId)?.includes('km_connect4') ?? false;
       }
     }
-    if (d.enroll !== s.wanted || d.reason !== s.reason) s.eventAt = at;
+    const changed = d.enroll !== s.wanted || d.reason !== s.reason;
+    if (changed) s.eventAt = at;
     s.wanted = d.enroll;
     s.reason = d.reason;
+    if (changed && s.wanted && s.cgroup === undefined)
+      this.opts.log.info(
+        { pod: s.pod, uid, reason: s.reason },
+        'pod enrolled by its labels; waiting for its cgroup',
+      );
     if (s.wanted && (!s.enrolled || resync)) this.enroll(s);
     else if (!s.wanted && s.enrolled) this.unenroll(s);
     this.pollWhilePending();

@@ -23,7 +23,7 @@ type Obj = {
 } & Record<string, unknown>;
 type Kind = 'pods' | 'namespaces' | 'nodes';
 
-interface Event {
+export interface ApiEvent {
   rv: number;
   kind: Kind;
   type: 'ADDED' | 'MODIFIED' | 'DELETED';
@@ -54,7 +54,7 @@ export interface PodSpec {
 
 export class KubeApiServer {
   private readonly store = new Map<string, { kind: Kind; obj: Obj }>();
-  private readonly history: Event[] = [];
+  private readonly history: ApiEvent[] = [];
   private rv = 100;
   /** Events at or below this resourceVersion are no longer retained: watching from there is 410. */
   private compactedTo = 0;
@@ -116,7 +116,7 @@ export class KubeApiServer {
     return `${kind}/${namespace ?? ''}/${name}`;
   }
 
-  private put(kind: Kind, obj: Obj, type?: Event['type']): Event {
+  private put(kind: Kind, obj: Obj, type?: ApiEvent['type']): ApiEvent {
     const k = this.key(kind, obj.metadata.name, obj.metadata.namespace);
     const existed = this.store.has(k);
     const rv = ++this.rv;
@@ -124,7 +124,7 @@ export class KubeApiServer {
     stored.metadata.resourceVersion = String(rv);
     if (type === 'DELETED') this.store.delete(k);
     else this.store.set(k, { kind, obj: stored });
-    const ev: Event = {
+    const ev: ApiEvent = {
       rv,
       kind,
       type: type ?? (existed ? 'MODIFIED' : 'ADDED'),
@@ -141,7 +141,7 @@ export class KubeApiServer {
     return o ? structuredClone(o) : undefined;
   }
 
-  namespace(name: string, labels: Record<string, string> = {}): Event {
+  namespace(name: string, labels: Record<string, string> = {}): ApiEvent {
     const old = this.get('namespaces', name);
     return this.put('namespaces', {
       apiVersion: 'v1',
@@ -150,7 +150,7 @@ export class KubeApiServer {
     });
   }
 
-  node(name: string, labels: Record<string, string> = {}): Event {
+  node(name: string, labels: Record<string, string> = {}): ApiEvent {
     return this.put('nodes', {
       apiVersion: 'v1',
       kind: 'Node',
@@ -158,7 +158,7 @@ export class KubeApiServer {
     });
   }
 
-  pod(p: PodSpec): Event {
+  pod(p: PodSpec): ApiEvent {
     const old = this.get('pods', p.name, p.namespace);
     return this.put('pods', {
       apiVersion: 'v1',
@@ -183,14 +183,14 @@ export class KubeApiServer {
   }
 
   /** Changes labels of an existing pod (a MODIFIED event). */
-  relabelPod(namespace: string, name: string, labels: Record<string, string>): Event {
+  relabelPod(namespace: string, name: string, labels: Record<string, string>): ApiEvent {
     const o = this.get('pods', name, namespace);
     if (!o) throw new Error(`no pod ${namespace}/${name}`);
     (o.metadata as { labels?: Record<string, string> }).labels = labels;
     return this.put('pods', o);
   }
 
-  deletePod(namespace: string, name: string): Event {
+  deletePod(namespace: string, name: string): ApiEvent {
     const o = this.get('pods', name, namespace);
     if (!o) throw new Error(`no pod ${namespace}/${name}`);
     return this.put('pods', o, 'DELETED');
@@ -248,7 +248,7 @@ export class KubeApiServer {
     return (obj.spec as { nodeName?: string } | undefined)?.nodeName === s.nodeName;
   }
 
-  private send(s: WatchStream, ev: Event): void {
+  private send(s: WatchStream, ev: ApiEvent): void {
     if (!this.matches(s, ev.kind, ev.object)) return;
     s.res.write(JSON.stringify({ type: ev.type, object: ev.object }) + '\n');
     ev.writtenAt.push(Date.now());
