@@ -226,3 +226,67 @@ kernelTest(
     assert.equal(await stopProcess(agent), 0);
   },
 );
+
+kernelTest(
+  'kubernetes restart: enrolled pods keep connecting through a stop, a slow API and a restart; 0 connects unrouted',
+  async (t, env) => {
+    const { api, cp, backend } = await world(env);
+    api.namespace('shop', { [MODE]: 'kernmesh' });
+    api.node('node-1');
+    const node = new SimNode(env, 'node-1', 'cgroupfs', api);
+    const enrolled = [
+      node.addPod({ namespace: 'shop', name: 'a', qosClass: 'Guaranteed' }),
+      node.addPod({ namespace: 'shop', name: 'b', qosClass: 'Burstable' }),
+    ];
+    const first = await node.startAgent(cp.address);
+    await eventually('/ready', async () => (await getJson(node.admin!, '/ready')).status === 200);
+
+    const results: ConnectResult[] = [];
+    let running = true;
+    const loops = enrolled.map(async (pod) => {
+      while (running)
+        results.push(...(await pod.client.batch({ host: VIP, port: PORT, readId: true, count: 4 })));
+    });
+    env.defer(async () => {
+      running = false;
+      await Promise.all(loops).catch(() => undefined);
+    });
+    await eventually('connections flow', () => results.length >= 40);
+    assert.equal(await stopProcess(first), 0);
+    const down = results.length;
+    await eventually('connections flow with the agent down', () => results.length >= down + 40);
+    // the restarted agent cannot list for a while: it must not touch the pinned links meanwhile
+    api.failPath('/api/v1/pods', 3);
+    const mark = results.length;
+    const second = await node.startAgent(cp.address);
+    await eventually(
+      '/ready after the restart',
+      async () => (await getJson(node.admin!, '/ready')).status === 200,
+    );
+    await eventually('enrollment synced', () => second.lines.some((l) => l.msg === 'enrollment synced'));
+    const synced = second.lines.find((l) => l.msg === 'enrollment synced');
+    assert.equal(synced?.pods, 2, 'both pods enrolled again from the API and the pinned links');
+    await eventually('connections flow after the restart', () => results.length >= mark + 80);
+    running = false;
+    await Promise.all(loops);
+
+    const unrouted = results.filter((r) => !r.ok || r.backend !== backend.id);
+    t.diagnostic(
+      `${results.length} connects across stop and restart (the first list of pods failed 3 times)`,
+    );
+    assert.deepEqual(unrouted, [], `${unrouted.length} of ${results.length} connects were not routed`);
+    for (const pod of enrolled)
+      assert.deepEqual(node.pinned(pod), [
+        'km_connect4',
+        'km_connect6',
+        'km_getpeername4',
+        'km_getpeername6',
+        'km_sockops',
+        'km_telemetry_egress',
+        'km_telemetry_ingress',
+        'km_telemetry_sock_create',
+        'km_telemetry_sockops',
+      ]);
+    assert.equal(await stopProcess(second), 0);
+  },
+);

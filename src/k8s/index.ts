@@ -1,6 +1,7 @@
 // The agent on a Kubernetes node: the node's locality for the xDS identity, then the informers feeding
 // the enroller, which attaches the kernel's programs to enrolled pods' cgroups.
 import { statSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
@@ -8,6 +9,7 @@ import type { AgentConfig } from '../config/config.js';
 import { discoverKubeletRoot } from './cgroups.js';
 import { Enroller, type PodKernel } from './enroller.js';
 import { ClusterWatch, kubeConfig, nodeLocality } from './informers.js';
+import { Backoff } from '../xds/backoff.js';
 
 export { decide, DATAPLANE_MODE } from './enrollment.js';
 export type { EnrollmentView } from './enroller.js';
@@ -29,16 +31,22 @@ export class KubernetesNode {
     const cgroupRoot = config.kubeletCgroupRoot ?? discoverKubeletRoot();
     const nodeName = config.identity.nodeName;
     let locality = config.identity.locality;
-    if (locality === undefined) {
+    // Without it EDS priorities would be wrong for every pod of the node: wait for the API rather
+    // than start without it (pinned state carries traffic meanwhile); a node that does not exist fails.
+    const backoff = new Backoff();
+    while (locality === undefined) {
       try {
-        locality = await nodeLocality(kc, nodeName);
+        locality = (await nodeLocality(kc, nodeName)) ?? '';
       } catch (e) {
-        throw new Error(
-          `read node ${nodeName}'s topology labels from ${kc.getCurrentCluster()?.server}: ${(e as Error).message} (--locality skips this)`,
-          { cause: e },
-        );
+        const why = `read node ${nodeName}'s topology labels from ${kc.getCurrentCluster()?.server}: ${(e as Error).message.split('\n')[0]}`;
+        if ((e as { code?: number }).code === 404)
+          throw new Error(`${why} (is --node-name right?)`, { cause: e });
+        const retryInMs = backoff.next();
+        log.warn({ retryInMs }, `${why} (--locality skips this)`);
+        await sleep(retryInMs);
       }
     }
+    locality ||= undefined;
     log.info(
       { node: nodeName, cgroupRoot, locality, api: kc.getCurrentCluster()?.server },
       'Kubernetes node',

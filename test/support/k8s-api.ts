@@ -60,6 +60,7 @@ export class KubeApiServer {
   private compactedTo = 0;
   private readonly streams = new Set<WatchStream>();
   private failures = 0;
+  private pathFailures: { prefix: string; left: number }[] = [];
   /** '410-event' (kube-apiserver's way) or '410-status' (an HTTP 410 on the watch request). */
   goneAs: '410-event' | '410-status' = '410-event';
   /** Every request as "METHOD path?query". */
@@ -219,6 +220,11 @@ export class KubeApiServer {
     this.failures = n;
   }
 
+  /** The next n requests for paths starting with prefix fail with 503. */
+  failPath(prefix: string, n: number): void {
+    this.pathFailures.push({ prefix, left: n });
+  }
+
   /** Sends a BOOKMARK with the current resourceVersion to every watch that asked for bookmarks. */
   bookmark(): number {
     let n = 0;
@@ -263,8 +269,10 @@ export class KubeApiServer {
     };
     const status = (code: number, reason: string, message: string): void =>
       json(code, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code, reason, message });
-    if (this.failures > 0) {
-      this.failures--;
+    const pathFailure = this.pathFailures.find((f) => f.left > 0 && url.pathname.startsWith(f.prefix));
+    if (this.failures > 0 || pathFailure) {
+      if (pathFailure) pathFailure.left--;
+      else this.failures--;
       return status(503, 'ServiceUnavailable', 'the test API server is down');
     }
     if (req.method !== 'GET') return status(405, 'MethodNotAllowed', `${req.method} is not allowed here`);
@@ -328,6 +336,7 @@ export class KubeApiServer {
 
   async close(): Promise<void> {
     this.dropWatches();
+    this.server?.closeAllConnections();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     this.pki?.cleanup();
   }
