@@ -12,17 +12,35 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the BPF toolchain, libbpf for the addon, iproute2 for network-namespace tests,
-# promtool (package prometheus) to check the metrics exposition, openssl for the TLS test CA.
-pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl)
+# promtool (package prometheus) to check the metrics exposition, openssl for the TLS test CA,
+# kubectl with kustomize (package kubernetes-client) to render deploy/kubernetes offline, and
+# util-linux's setpriv to run the agent with only the capabilities the DaemonSet grants.
+pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl kubernetes-client util-linux)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+# Another package may own /usr/bin/kubectl (a cloud SDK's); then Debian's is unpacked under .tools/
+# instead of installed, and the tests use it from there.
+kubectl_owner=$(dpkg-query -S /usr/bin/kubectl 2>/dev/null | cut -d: -f1 || true)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  if [ "$p" = kubernetes-client ] && [ -n "$kubectl_owner" ] && [ "$kubectl_owner" != kubernetes-client ]; then
+    continue
+  fi
+  installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -n "$kubectl_owner" ] && [ "$kubectl_owner" != kubernetes-client ] && [ ! -x .tools/kubernetes-client/usr/bin/kubectl ]; then
+  say "unpacking Debian's kubernetes-client into .tools/ (/usr/bin/kubectl belongs to $kubectl_owner)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq kubernetes-client >/dev/null 2>&1 || { apt-get update -qq && apt-get download -qq kubernetes-client; })
+  mkdir -p .tools/kubernetes-client
+  dpkg-deb -x "$tmp"/kubernetes-client_*.deb .tools/kubernetes-client
+  rm -rf "$tmp"
 fi
 
 # Pinned maps and links live on bpffs; some machines boot without it mounted.
