@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import { ClusterStatsView, kernelStatsFromMaps, type KernelStats } from '../src/admin/cluster-stats.js';
 import { buildClusters, clustersText } from '../src/admin/clusters.js';
 import { startAdminServer, type AdminSource } from '../src/admin/server.js';
-import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
+import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
 import { adminGet, runAgentServing } from './support/cli.js';
 import { tcpListener } from './support/control-plane-istiod.js';

@@ -8,7 +8,7 @@ import { applyMask, buildConfigDump } from '../src/admin/config-dump.js';
 import { startAdminServer, type AdminSource } from '../src/admin/server.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
-import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
+import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
 import { fixturesMissing, readFixture } from './support/fixtures.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
 

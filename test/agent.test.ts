@@ -19,7 +19,7 @@ import { kernelTest } from './support/kernel.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
 import { eventually } from './support/wait.js';
 import { startBackend, type Backend } from './support/net.js';
-import { encodeFromJson } from '../src/xds/json.js';
+import { encodeFromJson } from '../src/xds/proto-json.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 
 const cluster = (name: string, lb = 'ROUND_ROBIN', extra: JsonObject = {}): JsonObject => ({

@@ -9,7 +9,7 @@ import {
   fromJson,
   normalizeJson,
   toJson,
-} from '../src/xds/json.js';
+} from '../src/xds/proto-json.js';
 import { lookupType } from '../src/xds/protos.js';
 import type { JsonObject, JsonValue } from '../src/xds/types.js';
 import { readFixture } from './support/fixtures.js';

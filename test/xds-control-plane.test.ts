@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { test } from 'node:test';
-import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
+import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
 import { TYPE, type JsonObject } from '../src/xds/types.js';
 import { TestControlPlane } from './support/control-plane.js';
 

@@ -309,8 +309,8 @@ void test('a whole-resource refusal next to a partial one keeps the last accepte
     resources: [{ ...route('8080', ['a']), version: '1' }],
     removed_resources: [],
   });
-  const both: Validator = (typeUrl, resources) => [
-    ...refuseVhost('canary')(typeUrl, resources),
+  const both: Validator = (typeUrl, resources, held) => [
+    ...refuseVhost('canary')(typeUrl, resources, held),
     { typeUrl, name: '8080', reason: 'request_headers_to_add: header rewrite is L7' },
   ];
   const r = s.handleResponse(

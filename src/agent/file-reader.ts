@@ -4,7 +4,7 @@
 // and the others are kept.
 import { validate } from '../translate/index.js';
 import { parseXdsFile } from '../xds/file.js';
-import { normalizeJson } from '../xds/json.js';
+import { normalizeJson } from '../xds/proto-json.js';
 import { TYPE, type JsonObject, type Rejection, type XdsResource } from '../xds/types.js';
 import type { FileReader } from './file-source.js';
 

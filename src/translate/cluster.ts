@@ -1,10 +1,13 @@
 // CDS: what kind of service a cluster is, its load-balancing policy, its connection cap, and which
 // transport each endpoint would get (the kernel forwards plaintext only).
 import type { LbPolicy, ServiceKind } from '../dataplane/model.js';
-import type { JsonObject, JsonValue } from '../xds/types.js';
+import { anyType, bool, durationMs, num, obj, objs, str } from '../xds/read-json.js';
+import { edsServiceName } from '../xds/resource-types/index.js';
+import type { HeldResources } from '../xds/state.js';
+import { TYPE, type JsonObject, type JsonValue, type Rejection, type XdsResource } from '../xds/types.js';
+import { analysed, type Analyser } from './analysis.js';
+import { ENDPOINT_ANALYSER, analyseAssignment, metadataMatches, type ParsedEndpoint } from './endpoints.js';
 import { CLUSTER_FIELDS, checkFields } from './fields.js';
-import { anyType, bool, durationMs, num, obj, objs, str } from './json.js';
-import { analyseAssignment } from './endpoints.js';
 import { type DnsQuery, ResourceFindings } from './types.js';
 
 /** What a transport socket asks of a connection. */
@@ -148,7 +151,7 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
   }
 
   if (type === 'EDS') {
-    parsed.edsName = str(obj(c.eds_cluster_config)?.service_name) ?? name;
+    parsed.edsName = edsServiceName(c) ?? name;
   } else if (type === 'STATIC' || type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
     const la = obj(c.load_assignment);
     if (la) {
@@ -298,3 +301,119 @@ function dnsFamily(v: string | undefined): DnsQuery['family'] {
       return 'any';
   }
 }
+
+function transportFor(c: ParsedCluster, e: ParsedEndpoint): TransportChoice {
+  return c.transportMatches.find((m) => metadataMatches(m.match, e.tlsMatch)) ?? c.transport;
+}
+
+/**
+ * What only shows when a cluster meets its endpoints: the kernel forwards plaintext only, so each
+ * endpoint's transport is chosen as Envoy would choose it; HBONE endpoints need a tunnel.
+ */
+export function checkEndpoints(parsed: ParsedCluster, eps: ParsedEndpoint[], res: ResourceFindings): void {
+  const tls = eps
+    .filter((e) => e.internal === undefined)
+    .map((e) => ({ e, t: transportFor(parsed, e) }))
+    .filter((x) => x.t.kind !== 'plaintext');
+  const firstTls = tls[0];
+  if (firstTls) {
+    const meta = Object.keys(firstTls.e.tlsMatch).length ? ` (${JSON.stringify(firstTls.e.tlsMatch)})` : '';
+    res.refuse(
+      firstTls.t.label.split(' ')[0] ?? 'transport_socket',
+      `endpoint ${firstTls.e.address}:${firstTls.e.port}${meta}${tls.length > 1 ? ` and ${tls.length - 1} more` : ''}: ${describeTransport(firstTls.t)}, and no plaintext match applies to it`,
+    );
+  }
+  const internal = eps.filter((e) => e.internal !== undefined);
+  const firstInternal = internal[0];
+  if (firstInternal?.internal) {
+    res.refuse(
+      'endpoints',
+      `endpoint ${firstInternal.internal.endpointId} is reached through internal listener ${firstInternal.internal.listener} (HBONE: mTLS HTTP/2 CONNECT), which the kernel cannot originate${internal.length > 1 ? ` (and ${internal.length - 1} more)` : ''}`,
+    );
+  }
+}
+
+/** The endpoints a cluster would use: inline, or from a held ClusterLoadAssignment (undefined: none usable). */
+function endpointsOf(
+  a: ParsedCluster,
+  own: JsonObject,
+  assignment: XdsResource | undefined,
+): ParsedEndpoint[] | undefined {
+  if (a.kind !== 'endpoints') return undefined;
+  if (a.edsName === undefined) {
+    if (!a.loadAssignment) return undefined;
+    return analyseAssignment(
+      a.loadAssignment,
+      ResourceFindings.scratch(TYPE.cluster, a.name).res,
+      'load_assignment',
+      a.dns !== undefined,
+    ).endpoints;
+  }
+  if (!assignment) return undefined;
+  const cla = analysed(ENDPOINT_ANALYSER, assignment.name, assignment.resource);
+  return cla.refused ? undefined : cla.parsed.endpoints;
+}
+
+/** Held resources whose content differs from what a response carries (only those need checking again). */
+function changedOnly(candidates: readonly XdsResource[], held: readonly XdsResource[]): XdsResource[] {
+  const before = new Map(held.map((r) => [r.name, r.resource]));
+  return candidates.filter((c) => {
+    const b = before.get(c.name);
+    return b === undefined || (b !== c.resource && JSON.stringify(b) !== JSON.stringify(c.resource));
+  });
+}
+
+/** A CDS response against the held ClusterLoadAssignments: clusters whose endpoints would need mTLS. */
+function clustersMeetEndpoints(candidates: readonly XdsResource[], held: HeldResources): Rejection[] {
+  const out: Rejection[] = [];
+  const assignments = new Map(held(TYPE.endpoint).map((r) => [r.name, r]));
+  for (const c of changedOnly(candidates, held(TYPE.cluster))) {
+    const a = analysed(CLUSTER_ANALYSER, c.name, c.resource);
+    if (a.refused || !a.parsed) continue;
+    const eps = endpointsOf(
+      a.parsed,
+      c.resource,
+      a.parsed.edsName ? assignments.get(a.parsed.edsName) : undefined,
+    );
+    if (!eps) continue;
+    const { findings, res } = ResourceFindings.scratch(TYPE.cluster, c.name);
+    checkEndpoints(a.parsed, eps, res);
+    out.push(...findings.rejected);
+  }
+  return out;
+}
+
+/**
+ * An EDS response against the held clusters using it: a refusal of the cluster is reported on the
+ * ClusterLoadAssignment, whose content caused it (the cluster was accepted on its own).
+ */
+function endpointsMeetClusters(candidates: readonly XdsResource[], held: HeldResources): Rejection[] {
+  const changed = changedOnly(candidates, held(TYPE.endpoint));
+  if (changed.length === 0) return [];
+  const wanted = new Set(changed.map((c) => c.name));
+  const users = new Map<string, XdsResource[]>();
+  for (const c of held(TYPE.cluster)) {
+    const eds = edsServiceName(c.resource);
+    if (eds !== undefined && wanted.has(eds)) users.set(eds, [...(users.get(eds) ?? []), c]);
+  }
+  const out: Rejection[] = [];
+  for (const cla of changed) {
+    const parsedCla = analysed(ENDPOINT_ANALYSER, cla.name, cla.resource);
+    if (parsedCla.refused) continue;
+    for (const c of users.get(cla.name) ?? []) {
+      const a = analysed(CLUSTER_ANALYSER, c.name, c.resource);
+      if (a.refused || !a.parsed) continue;
+      const { findings, res } = ResourceFindings.scratch(TYPE.cluster, c.name);
+      checkEndpoints(a.parsed, parsedCla.parsed.endpoints, res);
+      for (const r of findings.rejected)
+        out.push({ typeUrl: TYPE.endpoint, name: cla.name, reason: `cluster ${c.name}: ${r.reason}` });
+    }
+  }
+  return out;
+}
+
+export const CLUSTER_ANALYSER: Analyser<ParsedCluster | undefined> = {
+  typeUrl: TYPE.cluster,
+  analyse: analyseCluster,
+  crossChecks: { [TYPE.cluster]: clustersMeetEndpoints, [TYPE.endpoint]: endpointsMeetClusters },
+};

@@ -2,9 +2,10 @@
 // and endpoints the kernel cannot reach directly (unix sockets, Envoy internal/HBONE addresses).
 import { isIP } from 'node:net';
 import type { EndpointHealth, Locality } from '../dataplane/model.js';
-import type { JsonObject } from '../xds/types.js';
+import { TYPE, type JsonObject } from '../xds/types.js';
+import type { Analyser } from './analysis.js';
 import { CLA_FIELDS, checkFields } from './fields.js';
-import { num, obj, objs, str } from './json.js';
+import { num, obj, objs, str } from '../xds/read-json.js';
 import type { ResourceFindings } from './types.js';
 
 export interface ParsedEndpoint {
@@ -180,3 +181,8 @@ export function readSocketAddress(
 export function metadataMatches(match: JsonObject, meta: JsonObject): boolean {
   return Object.entries(match).every(([k, v]) => JSON.stringify(meta[k]) === JSON.stringify(v));
 }
+
+export const ENDPOINT_ANALYSER: Analyser<ParsedAssignment> = {
+  typeUrl: TYPE.endpoint,
+  analyse: (cla, res) => analyseAssignment(cla, res, '', false),
+};

@@ -2,7 +2,9 @@
 // sends where. The kernel decides at connect(), before any byte: chains that differ only by what
 // the first bytes say (TLS or HTTP sniffing) must agree, or the HTTP route wins (see below).
 import { isIP } from 'node:net';
-import type { JsonObject } from '../xds/types.js';
+import { listenerName } from '../xds/resource-types/index.js';
+import { TYPE, type JsonObject } from '../xds/types.js';
+import type { Analyser } from './analysis.js';
 import {
   CHAIN_MATCH_FIELDS,
   FILTER_CHAIN_FIELDS,
@@ -12,7 +14,7 @@ import {
   TCP_PROXY_FIELDS,
   checkFields,
 } from './fields.js';
-import { anyType, arr, bool, num, obj, objs, str } from './json.js';
+import { anyType, arr, bool, num, obj, objs, str } from '../xds/read-json.js';
 import {
   type Destination,
   type RouteConfigResult,
@@ -52,13 +54,6 @@ export interface ListenerResult {
 }
 
 const WILDCARDS = new Set(['0.0.0.0', '::']);
-
-export function listenerName(l: JsonObject): string {
-  const name = str(l.name);
-  if (name) return name;
-  const sa = obj(obj(l.address)?.socket_address);
-  return `${str(sa?.address) ?? ''}_${num(sa?.port_value) ?? 0}`;
-}
 
 export function analyseListener(l: JsonObject, res: ResourceFindings): ListenerResult {
   const name = listenerName(l);
@@ -322,3 +317,8 @@ function noteUnenforcedAuthorization(l: JsonObject, res: ResourceFindings): void
   };
   walk({ filter_chains: arr(l.filter_chains) }, '');
 }
+
+export const LISTENER_ANALYSER: Analyser<ListenerResult> = {
+  typeUrl: TYPE.listener,
+  analyse: analyseListener,
+};

@@ -1,6 +1,7 @@
 // RDS: which virtual hosts are L4-equivalent (every request goes to one destination, or to weighted
 // clusters chosen per connection) and which carry real L7 intent that must be refused.
 import { TYPE, type JsonObject, type JsonValue } from '../xds/types.js';
+import type { Analyser } from './analysis.js';
 import {
   HTTP_FILTERS,
   ROUTE_ACTION_FIELDS,
@@ -10,7 +11,7 @@ import {
   VHOST_FIELDS,
   checkFields,
 } from './fields.js';
-import { arr, describeIstioConfig, istioConfig, num, obj, objs, str } from './json.js';
+import { arr, describeIstioConfig, istioConfig, num, obj, objs, str } from '../xds/read-json.js';
 import type { ResourceFindings } from './types.js';
 
 export type Destination =
@@ -239,8 +240,8 @@ export function checkHttpFilter(f: JsonObject, path: string, res: ResourceFindin
 function matchesEverything(m: JsonObject | undefined): boolean {
   if (!m) return false;
   if (NARROWING.some((f) => m[f] !== undefined)) return false;
-  const prefix = str(m.prefix);
-  if (prefix !== undefined) return prefix === '' || prefix === '/';
+  // prefix is in a oneof, so an empty prefix is present (and matches every path).
+  if (typeof m.prefix === 'string') return m.prefix === '' || m.prefix === '/';
   const regex = str(obj(m.safe_regex)?.regex);
   if (regex !== undefined) return EVERYTHING_REGEX.has(regex);
   // A CONNECT matcher takes every tunnel request (HBONE termination).
@@ -264,10 +265,15 @@ function describeMatch(m: JsonObject | undefined): string {
   if (m.tls_context !== undefined) return 'TLS context match';
   if (m.dynamic_metadata !== undefined) return 'dynamic metadata match';
   if (str(m.path) !== undefined) return `path match ${str(m.path)}`;
-  if (str(m.prefix) !== undefined) return `prefix match ${str(m.prefix)}`;
+  if (typeof m.prefix === 'string') return `prefix match ${m.prefix}`;
   if (str(m.path_separated_prefix) !== undefined) return `prefix match ${str(m.path_separated_prefix)}`;
   const regex = str(obj(m.safe_regex)?.regex);
   if (regex !== undefined) return `regex match ${regex}`;
   if (m.path_match_policy !== undefined) return 'path template match';
   return 'match';
 }
+
+export const ROUTE_ANALYSER: Analyser<RouteConfigResult> = {
+  typeUrl: TYPE.route,
+  analyse: (rc, res) => analyseRouteConfig(rc, res),
+};

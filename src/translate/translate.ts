@@ -3,12 +3,13 @@
 import { isIP } from 'node:net';
 import type { DesiredState, Endpoint, Frontend, LbPolicy, Service, Waypoint } from '../dataplane/model.js';
 import { canonicalAddress } from '../net/address.js';
-import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
-import { type ParsedCluster, analyseCluster, describeTransport } from './cluster.js';
-import { type ParsedEndpoint, analyseAssignment, metadataMatches } from './endpoints.js';
-import { str } from './json.js';
-import { type ListenerResult, analyseListener, isPassthrough } from './listener.js';
-import { type Destination, type RouteConfigResult, analyseRouteConfig, destinationName } from './route.js';
+import { TYPE, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
+import { analysed } from './analysis.js';
+import { CLUSTER_ANALYSER, type ParsedCluster, checkEndpoints } from './cluster.js';
+import { ENDPOINT_ANALYSER, type ParsedEndpoint, analyseAssignment } from './endpoints.js';
+import { LISTENER_ANALYSER, type ListenerResult, isPassthrough } from './listener.js';
+import { ROUTE_ANALYSER, type Destination, type RouteConfigResult, destinationName } from './route.js';
+import { analyserOf } from './validate.js';
 import {
   type ClusterView,
   type DnsQuery,
@@ -48,17 +49,17 @@ export function translate(input: TranslateInput): TranslateResult {
   const findings = new Findings();
   const byType = groupByType(input.resources, findings);
 
-  const claByName = new Map<string, JsonObject>();
-  for (const r of byType.get(TYPE.endpoint) ?? [])
-    claByName.set(str(r.resource.cluster_name) ?? r.name, r.resource);
+  const claByName = new Map<string, XdsResource>();
+  for (const r of byType.get(TYPE.endpoint) ?? []) claByName.set(r.name, r);
 
   const dnsQueries = new Map<string, DnsQuery>();
   const clusters = new Map<string, ClusterState>();
   const usedClas = new Set<string>();
   const refusedClusters = new Set<string>();
   for (const r of byType.get(TYPE.cluster) ?? []) {
-    const res = findings.forResource(TYPE.cluster, r.name);
-    const parsed = analyseCluster(r.resource, res);
+    const a = analysed(CLUSTER_ANALYSER, r.name, r.resource);
+    const res = findings.continueWith(a.findings, TYPE.cluster, r.name);
+    const parsed = a.parsed;
     if (parsed?.edsName) usedClas.add(parsed.edsName);
     const state =
       parsed && !res.refused
@@ -76,15 +77,18 @@ export function translate(input: TranslateInput): TranslateResult {
 
   const routes = new Map<string, RouteConfigResult>();
   for (const r of byType.get(TYPE.route) ?? []) {
-    routes.set(r.name, analyseRouteConfig(r.resource, findings.forResource(TYPE.route, r.name)));
+    const a = analysed(ROUTE_ANALYSER, r.name, r.resource);
+    findings.merge(a.findings);
+    routes.set(r.name, a.parsed);
   }
 
   let outboundPolicy: OutboundPolicy | undefined;
   const entries: FrontendEntry[] = [];
   const referencedRoutes = new Set<string>();
   for (const r of byType.get(TYPE.listener) ?? []) {
-    const res = findings.forResource(TYPE.listener, r.name);
-    const lr = analyseListener(r.resource, res);
+    const a = analysed(LISTENER_ANALYSER, r.name, r.resource);
+    const res = findings.continueWith(a.findings, TYPE.listener, r.name);
+    const lr = a.parsed;
     if (res.refused) continue;
     if (lr.outboundPolicy) outboundPolicy = lr.outboundPolicy;
     entries.push(...listenerEntries(lr, routes, referencedRoutes, res));
@@ -108,8 +112,9 @@ export function translate(input: TranslateInput): TranslateResult {
   for (const [name, cla] of claByName) {
     if (usedClas.has(name) || clusters.has(name)) continue;
     // EDS without CDS (an endpoints-only dump): shown so the operator sees them, never programmed.
-    const res = findings.forResource(TYPE.endpoint, name);
-    const parsed = analyseAssignment(cla, res, '', false);
+    const a = analysed(ENDPOINT_ANALYSER, name, cla.resource);
+    const res = findings.continueWith(a.findings, TYPE.endpoint, name);
+    const parsed = a.parsed;
     for (const s of parsed.skipped) res.note(`${s}: not reachable by a connect() rewrite, skipped`);
     for (const e of parsed.endpoints) {
       if (e.internal) {
@@ -147,11 +152,10 @@ export function translate(input: TranslateInput): TranslateResult {
 }
 
 function groupByType(resources: XdsResource[], findings: Findings): Map<string, XdsResource[]> {
-  const known = new Set<string>([TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route]);
   const out = new Map<string, XdsResource[]>();
   const seen = new Set<string>();
   for (const r of resources) {
-    if (!known.has(r.typeUrl)) {
+    if (!analyserOf(r.typeUrl)) {
       if (r.typeUrl !== TYPE.address) {
         findings.forResource(r.typeUrl, r.name).note('resource type not used on the outbound kernel path');
       }
@@ -172,7 +176,7 @@ function groupByType(resources: XdsResource[], findings: Findings): Map<string, 
 
 function buildCluster(
   parsed: ParsedCluster,
-  clas: Map<string, JsonObject>,
+  clas: Map<string, XdsResource>,
   dns: ReadonlyMap<string, readonly string[]> | undefined,
   dnsQueries: Map<string, DnsQuery>,
   findings: Findings,
@@ -201,14 +205,14 @@ function buildCluster(
       setPending(`waiting for its ClusterLoadAssignment "${parsed.edsName}" (EDS)`);
       return state;
     }
-    const claRes = findings.forResource(TYPE.endpoint, parsed.edsName);
-    const a = analyseAssignment(cla, claRes, '', false);
+    const a = analysed(ENDPOINT_ANALYSER, parsed.edsName, cla.resource);
+    const claRes = findings.continueWith(a.findings, TYPE.endpoint, parsed.edsName);
     if (claRes.refused) {
       setPending(`its ClusterLoadAssignment "${parsed.edsName}" was refused`);
       return state;
     }
-    eps = a.endpoints;
-    for (const s of a.skipped) claRes.note(`${s}: not reachable by a connect() rewrite, skipped`);
+    eps = a.parsed.endpoints;
+    for (const s of a.parsed.skipped) claRes.note(`${s}: not reachable by a connect() rewrite, skipped`);
   } else if (parsed.loadAssignment) {
     const a = analyseAssignment(parsed.loadAssignment, res, 'load_assignment', parsed.dns !== undefined);
     eps = a.endpoints;
@@ -217,27 +221,7 @@ function buildCluster(
 
   if (parsed.dns) eps = resolveDns(parsed, eps, dns, dnsQueries, setPending);
 
-  // The kernel forwards plaintext only: each endpoint's transport is chosen as Envoy would choose it.
-  const needsTls = eps
-    .filter((e) => e.internal === undefined)
-    .map((e) => ({ e, t: transportFor(parsed, e) }));
-  const tls = needsTls.filter((x) => x.t.kind !== 'plaintext');
-  const firstTls = tls[0];
-  if (firstTls) {
-    const meta = Object.keys(firstTls.e.tlsMatch).length ? ` (${JSON.stringify(firstTls.e.tlsMatch)})` : '';
-    res.refuse(
-      firstTls.t.label.split(' ')[0] ?? 'transport_socket',
-      `endpoint ${firstTls.e.address}:${firstTls.e.port}${meta}${tls.length > 1 ? ` and ${tls.length - 1} more` : ''}: ${describeTransport(firstTls.t)}, and no plaintext match applies to it`,
-    );
-  }
-  const internal = eps.filter((e) => e.internal !== undefined);
-  const firstInternal = internal[0];
-  if (firstInternal?.internal) {
-    res.refuse(
-      'endpoints',
-      `endpoint ${firstInternal.internal.endpointId} is reached through internal listener ${firstInternal.internal.listener} (HBONE: mTLS HTTP/2 CONNECT), which the kernel cannot originate${internal.length > 1 ? ` (and ${internal.length - 1} more)` : ''}`,
-    );
-  }
+  checkEndpoints(parsed, eps, res);
 
   view.endpoints = eps.flatMap((e) => toKernelEndpoints(e, e.weight));
   const weights = kernelWeights(parsed, eps);
@@ -287,10 +271,6 @@ function familyAllowed(family: DnsQuery['family'], address: string): boolean {
   if (family === 'v4') return f === 4;
   if (family === 'v6') return f === 6;
   return f !== 0;
-}
-
-function transportFor(c: ParsedCluster, e: ParsedEndpoint) {
-  return c.transportMatches.find((m) => metadataMatches(m.match, e.tlsMatch)) ?? c.transport;
 }
 
 /** Locality weighting: each locality gets its weight's share of its priority, split by endpoint weight. */

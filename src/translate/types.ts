@@ -96,6 +96,17 @@ export class Findings {
     return new ResourceFindings(this, typeUrl, name);
   }
 
+  /**
+   * Takes in the findings of an earlier analysis of one resource (cached, see analyse.ts) and goes on
+   * collecting for it: the returned collector counts the refusals already made.
+   */
+  continueWith(earlier: Findings, typeUrl: string, name: string): ResourceFindings {
+    this.merge(earlier);
+    const res = new ResourceFindings(this, typeUrl, name);
+    res.countEarlier(earlier.rejected);
+    return res;
+  }
+
   merge(other: Findings): void {
     this.rejected.push(...other.rejected);
     this.notEnforced.push(...other.notEnforced);
@@ -112,6 +123,14 @@ export class ResourceFindings {
     readonly typeUrl: string,
     readonly name: string,
   ) {}
+
+  /** Counts refusals made by an earlier analysis of the same resource. */
+  countEarlier(rejected: readonly Rejection[]): void {
+    for (const r of rejected) {
+      this.refusals++;
+      if (!r.partial) this.wholeRefusals++;
+    }
+  }
 
   refuse(path: string, reason: string): void {
     this.refusals++;

@@ -1,37 +1,33 @@
-// Per-type validation for the xDS client: what it must NACK, each reason with its path inside the
-// resource. The same analysis runs inside translate(), so a resource validate() accepts is one
-// translate() can use (cross-resource refusals, such as mTLS-only endpoints, come from translate()).
-import { TYPE, type JsonObject, type Rejection, type XdsResource } from '../xds/types.js';
-import { analyseCluster } from './cluster.js';
-import { analyseAssignment } from './endpoints.js';
-import { analyseListener } from './listener.js';
-import { analyseRouteConfig } from './route.js';
-import { translate } from './translate.js';
-import { Findings } from './types.js';
+// The check on receipt, for whichever source hands in resources (ADS or a file): each resource is
+// analysed by its type's analyser (analysis.ts keeps the result for translate()), and a response is
+// checked against the held resources of the types it meets. Nothing here translates the world.
+import type { HeldResources } from '../xds/state.js';
+import type { Rejection, XdsResource } from '../xds/types.js';
+import { analysed, type Analyser } from './analysis.js';
+import { CLUSTER_ANALYSER } from './cluster.js';
+import { ENDPOINT_ANALYSER } from './endpoints.js';
+import { LISTENER_ANALYSER } from './listener.js';
+import { ROUTE_ANALYSER } from './route.js';
 
+/** translate/'s side of every resource type it reads; the workload API is read by xds/waypoints.ts. */
+export const ANALYSERS: readonly Analyser<unknown>[] = [
+  CLUSTER_ANALYSER,
+  ENDPOINT_ANALYSER,
+  LISTENER_ANALYSER,
+  ROUTE_ANALYSER,
+];
+
+const byType = new Map(ANALYSERS.map((a) => [a.typeUrl, a]));
+
+export function analyserOf(typeUrl: string): Analyser<unknown> | undefined {
+  return byType.get(typeUrl);
+}
+
+/** Each resource's own refusals, each with its path inside the resource. */
 export function validate(typeUrl: string, resources: readonly XdsResource[]): Rejection[] {
-  const findings = new Findings();
-  for (const r of resources) {
-    const res = findings.forResource(typeUrl, r.name);
-    switch (typeUrl) {
-      case TYPE.cluster:
-        analyseCluster(r.resource, res);
-        break;
-      case TYPE.endpoint:
-        analyseAssignment(r.resource, res, '', false);
-        break;
-      case TYPE.listener:
-        analyseListener(r.resource, res);
-        break;
-      case TYPE.route:
-        analyseRouteConfig(r.resource, res);
-        break;
-      default:
-        // Other types (the workload API) are validated by their own decoders.
-        break;
-    }
-  }
-  return findings.rejected;
+  const a = byType.get(typeUrl);
+  if (!a) return []; // other types (the workload API) are checked by their own decoders
+  return resources.flatMap((r) => analysed(a, r.name, r.resource).findings.rejected);
 }
 
 /**
@@ -44,69 +40,34 @@ export function concernsOneVirtualHost(r: Rejection): boolean {
   return r.partial === true;
 }
 
-/** The accepted resources of a type, as the xDS client holds them (warming clusters included). */
-export type AcceptedResources = (typeUrl: string) => readonly XdsResource[];
+/** The accepted resources of a type, as the source holds them (warming clusters included). */
+export type AcceptedResources = HeldResources;
 
 /**
- * validate() plus the refusals that only show when CDS and EDS meet (a cluster requiring Istio mTLS
+ * validate() plus the refusals that only show when two types meet (a cluster requiring Istio mTLS
  * whose endpoints have no plaintext match, HBONE-only endpoints): a CDS response is checked against
- * the accepted ClusterLoadAssignments, an EDS response against the accepted clusters using it.
- * Only resources whose content changed are checked, so a push costs what it changes; an EDS
- * refusal of a cluster is reported on the ClusterLoadAssignment of the response that caused it.
+ * the held ClusterLoadAssignments, an EDS response against the held clusters using it. Only content
+ * that changed is checked again, so a push costs what it changes.
  */
 export function validateAgainst(
   typeUrl: string,
   candidates: readonly XdsResource[],
-  accepted: AcceptedResources,
+  held: HeldResources,
 ): Rejection[] {
   const own = validate(typeUrl, candidates);
-  if (typeUrl !== TYPE.cluster && typeUrl !== TYPE.endpoint) return own;
   const refused = new Set(own.map((r) => r.name));
-  const before = new Map(accepted(typeUrl).map((r) => [r.name, r.resource]));
-  const changed = candidates.filter((c) => !refused.has(c.name) && !sameJson(before.get(c.name), c.resource));
-  if (changed.length === 0) return own;
-
-  let clusters: XdsResource[];
-  let assignments: XdsResource[];
-  if (typeUrl === TYPE.cluster) {
-    clusters = changed;
-    const wanted = new Set(clusters.map((c) => edsNameOf(c)).filter((n): n is string => n !== undefined));
-    assignments = accepted(TYPE.endpoint).filter((a) => wanted.has(a.name));
-  } else {
-    assignments = changed;
-    const names = new Set(changed.map((a) => a.name));
-    clusters = accepted(TYPE.cluster).filter((c) => names.has(edsNameOf(c) ?? ''));
-  }
-  if (clusters.length === 0) return own;
-  const edsOf = new Map(clusters.map((c) => [c.name, edsNameOf(c)]));
-  const known = new Set(own.map((r) => `${r.typeUrl} ${r.name} ${r.reason}`));
+  const fine = candidates.filter((c) => !refused.has(c.name));
   const out = [...own];
-  for (const r of translate({ resources: [...clusters, ...assignments] }).rejected) {
-    let found: Rejection | undefined;
-    if (typeUrl === TYPE.cluster && r.typeUrl === TYPE.cluster) found = r;
-    else if (typeUrl === TYPE.endpoint && r.typeUrl === TYPE.cluster) {
-      const eds = edsOf.get(r.name);
-      // The cluster was accepted on its own: what refuses it now is this assignment's content.
-      if (eds !== undefined)
-        found = { typeUrl: TYPE.endpoint, name: eds, reason: `cluster ${r.name}: ${r.reason}` };
+  const known = new Set(own.map((r) => `${r.name}\u0000${r.reason}`));
+  for (const a of ANALYSERS) {
+    const check = a.crossChecks?.[typeUrl];
+    if (!check || fine.length === 0) continue;
+    for (const r of check(fine, held)) {
+      const key = `${r.name}\u0000${r.reason}`;
+      if (known.has(key)) continue;
+      known.add(key);
+      out.push(r);
     }
-    if (!found) continue;
-    const key = `${found.typeUrl} ${found.name} ${found.reason}`;
-    if (known.has(key)) continue;
-    known.add(key);
-    out.push(found);
   }
   return out;
-}
-
-function sameJson(a: JsonObject | undefined, b: JsonObject): boolean {
-  return a !== undefined && JSON.stringify(a) === JSON.stringify(b);
-}
-
-/** The ClusterLoadAssignment name an EDS cluster uses; undefined for other discovery types. */
-function edsNameOf(c: XdsResource): string | undefined {
-  if (c.resource['type'] !== 'EDS') return undefined;
-  const eds = c.resource['eds_cluster_config'];
-  const service = eds && typeof eds === 'object' && !Array.isArray(eds) ? eds['service_name'] : undefined;
-  return typeof service === 'string' && service ? service : c.name;
 }

@@ -1,15 +1,23 @@
-// The xDS client for the life of the agent: subscriptions that follow each other (CDS → EDS,
-// LDS → RDS), EDS warming, update events with the full accepted snapshot per type, and status()
-// as plain data for the admin endpoint. The protocol itself lives in connection.ts and state.ts.
+// The xDS client for the life of the agent: ConfigState (what is accepted, warming, subscriptions
+// that follow each other) fed by one control-plane connection, and status() as plain data for the
+// admin endpoint. The protocol itself lives in connection.ts and state.ts.
 import { EventEmitter } from 'node:events';
 import { pino, type Logger } from 'pino';
 import { systemClock, type Clock } from './backoff.js';
-import { ServerConnection, subscribedTypes, type ConnectionStatus, type XdsProtocol } from './connection.js';
+import {
+  ConfigState,
+  DEFAULT_INITIAL_FETCH_TIMEOUT_MS,
+  type ConfigStateEvents,
+  type XdsProtocol,
+} from './config-state.js';
+import { ServerConnection, type ConnectionStatus } from './connection.js';
 import type { NodeIdentity } from './identity.js';
-import { edsNamesOfClusters, rdsNamesOfListeners } from './resources.js';
-import type { DeltaRequest, ResponseOutcome, SotwRequest, TypeStatus, Validator } from './state.js';
-import { TYPE, type Rejection, type ServiceWaypoint, type XdsResource } from './types.js';
-import { serviceWaypoints } from './waypoints.js';
+import { subscribedTypes } from './resource-types/index.js';
+import type { TypeStatus, Validator } from './state.js';
+import type { Rejection, ServiceWaypoint, XdsResource } from './types.js';
+
+export type { XdsRejectionEvent, XdsUpdate } from './config-state.js';
+export { DEFAULT_INITIAL_FETCH_TIMEOUT_MS };
 
 export interface XdsClientOptions {
   /** host:port of istiod: 15010 plaintext, 15012 TLS. */
@@ -33,17 +41,6 @@ export interface XdsClientOptions {
   logger?: Logger;
 }
 
-export interface XdsUpdate {
-  typeUrl: string;
-  /** Every accepted resource of the type (for CDS: the warm clusters). */
-  resources: XdsResource[];
-}
-
-export interface XdsRejectionEvent {
-  typeUrl: string;
-  rejections: Rejection[];
-}
-
 export interface XdsClientStatus {
   node: { id: string; cluster: string };
   connection: ConnectionStatus;
@@ -52,247 +49,107 @@ export interface XdsClientStatus {
   warming: string[];
 }
 
-export interface XdsClientEvents {
-  update: [XdsUpdate];
-  waypoints: [ServiceWaypoint[]];
-  rejected: [XdsRejectionEvent];
+export interface XdsClientEvents extends ConfigStateEvents {
   connection: [ConnectionStatus];
-  /** The initial fetch is complete (or timed out): emitted once, after the update events it covers. */
-  initialized: [{ timedOut: boolean; missing: string[] }];
 }
 
-export const DEFAULT_INITIAL_FETCH_TIMEOUT_MS = 15_000;
-
 export class XdsClient extends EventEmitter<XdsClientEvents> {
+  readonly config: ConfigState;
   private readonly opts: XdsClientOptions;
-  private readonly clock: Clock;
   private readonly connection: ServerConnection;
-  private readonly logger: Logger;
-  /** cluster name → EDS service name, for the EDS clusters of the current CDS snapshot. */
-  private edsOfCluster = new Map<string, string>();
-  /** EDS clusters usable by translate/: their first ClusterLoadAssignment arrived, or the wait timed out. */
-  private readonly warm = new Set<string>();
-  private readonly fetchTimers = new Map<string, unknown>();
-  private lastClusterEvent: string | undefined;
-  private initialDone = false;
-  private initialTimer: unknown;
 
   constructor(opts: XdsClientOptions) {
     super();
     this.opts = opts;
-    this.clock = opts.clock ?? systemClock;
-    this.logger = opts.logger ?? pino({ name: 'xds', level: process.env['KERNMESH_LOG_LEVEL'] ?? 'info' });
+    const clock = opts.clock ?? systemClock;
+    const logger = opts.logger ?? pino({ name: 'xds', level: process.env['KERNMESH_LOG_LEVEL'] ?? 'info' });
+    const now = () => new Date(clock.now());
     const types = subscribedTypes(opts.waypoints ?? false);
+    const protocol = opts.protocol ?? 'delta';
+    this.config = new ConfigState({
+      types,
+      protocol,
+      ...(opts.validate ? { validate: opts.validate } : {}),
+      ...(opts.initialFetchTimeoutMs !== undefined
+        ? { initialFetchTimeoutMs: opts.initialFetchTimeoutMs }
+        : {}),
+      clock,
+      now,
+      logger,
+    });
+    for (const event of ['update', 'waypoints', 'rejected', 'initialized'] as const)
+      this.config.on(event, (...args: unknown[]) => this.emit(event, ...(args as [never])));
     this.connection = new ServerConnection(
+      this.config,
       {
         address: opts.address,
         tls: opts.tls,
         tokenFile: opts.tokenFile,
         clusterId: opts.clusterId,
         keepaliveMs: opts.keepaliveMs,
-        protocol: opts.protocol ?? 'delta',
+        protocol,
         node: opts.node,
-        sotwOrDeltaTypes: types.envoy,
-        deltaOnlyTypes: types.workload,
-        validate: opts.validate,
-        clock: this.clock,
+        deltaOnlyTypes: types.filter((t) => t.deltaOnly).map((t) => t.typeUrl),
+        clock,
         random: opts.random ?? Math.random,
         backoff: opts.backoff,
-        logger: this.logger,
-        now: () => new Date(this.clock.now()),
+        logger,
+        now,
       },
-      {
-        onApplied: (typeUrl, outcome) => this.onApplied(typeUrl, outcome),
-        onStateChange: (s) => this.emit('connection', s),
-      },
+      { onStateChange: (s) => this.emit('connection', s) },
     );
   }
 
   start(): void {
-    if (!this.initialDone && this.initialTimer === undefined) {
-      const timeout = this.opts.initialFetchTimeoutMs ?? DEFAULT_INITIAL_FETCH_TIMEOUT_MS;
-      this.initialTimer = this.clock.setTimeout(() => {
-        this.initialTimer = undefined;
-        this.finishInitialFetch(true);
-      }, timeout);
-    }
+    this.config.start();
     this.connection.start();
   }
 
   stop(): void {
-    if (this.initialTimer !== undefined) this.clock.clearTimeout(this.initialTimer);
-    this.initialTimer = undefined;
+    this.config.stop();
     this.connection.stop();
-    for (const t of this.fetchTimers.values()) this.clock.clearTimeout(t);
-    this.fetchTimers.clear();
   }
 
-  /** The accepted resources of a type (for CDS, only warm clusters), as update events carry them. */
-  snapshot(typeUrl: string): XdsResource[] {
-    const all = this.connection.states.get(typeUrl)?.snapshot() ?? [];
-    if (typeUrl !== TYPE.cluster) return all;
-    return all.filter((c) => !this.edsOfCluster.has(c.name) || this.warm.has(c.name));
+  /** The accepted resources of a type, as update events carry them (for CDS, only warm clusters). */
+  snapshot(typeUrl: string): readonly XdsResource[] {
+    return this.config.snapshot(typeUrl);
   }
 
   /** Which services use which waypoint (empty unless waypoints are enabled). */
   waypoints(): ServiceWaypoint[] {
-    return serviceWaypoints(this.connection.states.get(TYPE.address)?.snapshot() ?? []);
+    return this.config.waypoints();
   }
 
   /** Every accepted resource of a type, warming clusters included (for validating a response against them). */
-  accepted(typeUrl: string): XdsResource[] {
-    return this.connection.states.get(typeUrl)?.snapshot() ?? [];
+  accepted(typeUrl: string): readonly XdsResource[] {
+    return this.config.accepted(typeUrl);
   }
 
-  /**
-   * Whether the initial fetch is complete, as Envoy's init manager sees it: CDS and LDS answered,
-   * every EDS cluster warm, every route named by LDS received (and the workload API answered when
-   * subscribed). Until then a snapshot is partial: programming it would drop what a restarted
-   * agent finds pinned. The initial fetch timeout ends the wait regardless.
-   */
+  /** The refusals of the resources NACKED now. */
+  rejections(): Rejection[] {
+    return this.config.rejections();
+  }
+
+  /** See ConfigState.initialized(). */
   initialized(): boolean {
-    return this.initialDone;
+    return this.config.initialized();
   }
 
   /** What the initial fetch still waits for, in the operator's words (empty once complete). */
   initialFetchMissing(): string[] {
-    const missing: string[] = [];
-    const state = (t: string) => this.connection.states.get(t);
-    if (!state(TYPE.cluster)?.answered()) missing.push('clusters (CDS)');
-    if (!state(TYPE.listener)?.answered()) missing.push('listeners (LDS)');
-    const addresses = state(TYPE.address);
-    if (addresses && !addresses.answered()) missing.push('addresses (workload API)');
-    let warming = 0;
-    for (const c of this.edsOfCluster.keys()) if (!this.warm.has(c)) warming++;
-    if (warming > 0) missing.push(`endpoints of ${warming} cluster(s) (EDS)`);
-    const routes = state(TYPE.route)?.awaited() ?? [];
-    if (routes.length > 0) missing.push(`route(s) ${routes.join(', ')} (RDS)`);
-    return missing;
+    return this.config.initialFetchMissing();
   }
 
-  private checkInitialized(): void {
-    if (!this.initialDone && this.initialFetchMissing().length === 0) this.finishInitialFetch(false);
-  }
-
-  private finishInitialFetch(timedOut: boolean): void {
-    if (this.initialDone) return;
-    this.initialDone = true;
-    if (this.initialTimer !== undefined) this.clock.clearTimeout(this.initialTimer);
-    this.initialTimer = undefined;
-    const missing = timedOut ? this.initialFetchMissing() : [];
-    if (timedOut)
-      this.logger.warn({ missing }, 'initial xDS fetch timed out: using the config received so far');
-    this.emit('initialized', { timedOut, missing });
+  connected(): boolean {
+    return this.connection.status().state === 'CONNECTED';
   }
 
   status(): XdsClientStatus {
     return {
       node: { id: this.opts.node.id, cluster: this.opts.node.cluster },
       connection: this.connection.status(),
-      types: [...this.connection.states.values()].map((s) => s.status()),
-      warming: [...this.edsOfCluster.keys()].filter((c) => !this.warm.has(c)).sort(),
+      types: this.config.status(),
+      warming: this.config.warming(),
     };
-  }
-
-  private onApplied(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
-    this.applyOutcome(typeUrl, outcome);
-    this.checkInitialized();
-  }
-
-  private applyOutcome(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
-    if (outcome.rejections.length > 0) this.emit('rejected', { typeUrl, rejections: outcome.rejections });
-    if (!outcome.changed) return;
-    switch (typeUrl) {
-      case TYPE.cluster:
-        this.onClustersChanged();
-        break;
-      case TYPE.endpoint:
-        this.emit('update', { typeUrl, resources: this.snapshot(typeUrl) });
-        this.refreshWarmth();
-        break;
-      case TYPE.listener:
-        this.emit('update', { typeUrl, resources: this.snapshot(typeUrl) });
-        this.resubscribe(TYPE.route, rdsNamesOfListeners(this.snapshot(TYPE.listener)));
-        break;
-      case TYPE.address:
-        this.emit('update', { typeUrl, resources: this.snapshot(typeUrl) });
-        this.emit('waypoints', this.waypoints());
-        break;
-      default:
-        this.emit('update', { typeUrl, resources: this.snapshot(typeUrl) });
-    }
-  }
-
-  private resubscribe(typeUrl: string, names: string[]): void {
-    if (this.connection.subscribe(typeUrl, names)) {
-      // Unsubscribed resources were dropped from the snapshot.
-      this.emit('update', { typeUrl, resources: this.snapshot(typeUrl) });
-    }
-  }
-
-  private onClustersChanged(): void {
-    const clusters = this.connection.states.get(TYPE.cluster)?.snapshot() ?? [];
-    this.edsOfCluster = edsNamesOfClusters(clusters);
-    for (const c of [...this.warm]) if (!this.edsOfCluster.has(c)) this.warm.delete(c);
-    const edsNames = [...new Set(this.edsOfCluster.values())].sort();
-    this.resubscribe(TYPE.endpoint, edsNames);
-    for (const [name, timer] of this.fetchTimers) {
-      if (!edsNames.includes(name)) {
-        this.clock.clearTimeout(timer);
-        this.fetchTimers.delete(name);
-      }
-    }
-    this.refreshWarmth();
-  }
-
-  /** Marks EDS clusters warm whose endpoints arrived; starts the initial fetch timer for the others. */
-  private refreshWarmth(): void {
-    const eds = this.connection.states.get(TYPE.endpoint);
-    for (const [cluster, edsName] of this.edsOfCluster) {
-      if (this.warm.has(cluster)) continue;
-      const st = eds?.resourceState(edsName);
-      if (st?.accepted || st?.status === 'DOES_NOT_EXIST') {
-        this.warm.add(cluster);
-        continue;
-      }
-      if (!this.fetchTimers.has(edsName)) {
-        const timeout = this.opts.initialFetchTimeoutMs ?? DEFAULT_INITIAL_FETCH_TIMEOUT_MS;
-        this.fetchTimers.set(
-          edsName,
-          this.clock.setTimeout(() => this.onInitialFetchTimeout(edsName), timeout),
-        );
-      }
-    }
-    for (const [name, timer] of this.fetchTimers) {
-      if (eds?.resourceState(name)?.accepted) {
-        this.clock.clearTimeout(timer);
-        this.fetchTimers.delete(name);
-      }
-    }
-    this.emitClusters();
-  }
-
-  private onInitialFetchTimeout(edsName: string): void {
-    this.fetchTimers.delete(edsName);
-    const eds = this.connection.states.get(TYPE.endpoint);
-    if (eds?.markDoesNotExist(edsName)) {
-      this.logger.warn(
-        { cluster: edsName },
-        'no endpoints within the initial fetch timeout; cluster used without them',
-      );
-    }
-    this.refreshWarmth();
-    this.checkInitialized();
-  }
-
-  /** Emits the warm clusters when they differ from the last emitted set (warming can hold a change back). */
-  private emitClusters(): void {
-    const resources = this.snapshot(TYPE.cluster);
-    const key = resources
-      .map((r) => `${r.name}\u0000${r.version}\u0000${r.lastUpdated ?? ''}`)
-      .join('\u0001');
-    if (key === this.lastClusterEvent) return;
-    this.lastClusterEvent = key;
-    this.emit('update', { typeUrl: TYPE.cluster, resources });
   }
 }

@@ -4,24 +4,15 @@ import { readFile } from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { Backoff, type Clock } from './backoff.js';
+import type { ConfigState, Subscriber, XdsProtocol } from './config-state.js';
 import type { NodeIdentity } from './identity.js';
-import { encodeFromJson } from './json.js';
+import { encodeFromJson } from './proto-json.js';
 import { requireType } from './protos.js';
-import { decodeResource, type RawAny } from './resources.js';
-import {
-  DeltaTypeState,
-  SotwTypeState,
-  type DecodedResource,
-  type DeltaRequest,
-  type ResponseOutcome,
-  type SotwRequest,
-  type TypeState,
-  type Validator,
-} from './state.js';
-import { TYPE } from './types.js';
+import { decodeResource, type RawAny } from './decode.js';
+import type { DecodedResource, DeltaRequest, ResponseOutcome, SotwRequest } from './state.js';
 import type { JsonObject } from './types.js';
 
-export type XdsProtocol = 'delta' | 'sotw';
+export type { XdsProtocol } from './config-state.js';
 
 export const ADS_SERVICE = 'envoy.service.discovery.v3.AggregatedDiscoveryService';
 export const SOTW_METHOD = `/${ADS_SERVICE}/StreamAggregatedResources`;
@@ -56,8 +47,6 @@ export interface ConnectionStatus {
 }
 
 export interface ConnectionEvents {
-  /** A response was applied to a type's state (ACK/NACK already sent). */
-  onApplied(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void;
   onStateChange(status: ConnectionStatus): void;
 }
 
@@ -66,8 +55,6 @@ export interface ServerConnectionOptions extends TransportOptions {
   node: NodeIdentity;
   /** Types carried over Delta even when the protocol is SotW (Istio's workload API). */
   deltaOnlyTypes: string[];
-  sotwOrDeltaTypes: string[];
-  validate?: Validator;
   clock: Clock;
   random: () => number;
   backoff?: { initialMs?: number; maxMs?: number };
@@ -127,8 +114,8 @@ class AdsStream {
   }
 }
 
-export class ServerConnection {
-  readonly states = new Map<string, TypeState>();
+export class ServerConnection implements Subscriber {
+  private readonly config: ConfigState;
   private readonly opts: ServerConnectionOptions;
   private readonly backoff: Backoff;
   private client: grpc.Client | undefined;
@@ -139,17 +126,12 @@ export class ServerConnection {
   private stat: ConnectionStatus;
   private readonly events: ConnectionEvents;
 
-  constructor(opts: ServerConnectionOptions, events: ConnectionEvents) {
+  constructor(config: ConfigState, opts: ServerConnectionOptions, events: ConnectionEvents) {
+    this.config = config;
     this.opts = opts;
     this.events = events;
     this.backoff = new Backoff({ ...opts.backoff, random: opts.random });
-    for (const t of opts.sotwOrDeltaTypes) {
-      this.states.set(
-        t,
-        opts.protocol === 'delta' ? new DeltaTypeState(t, opts.now) : new SotwTypeState(t, opts.now),
-      );
-    }
-    for (const t of opts.deltaOnlyTypes) this.states.set(t, new DeltaTypeState(t, opts.now));
+    config.setSubscriber(this);
     this.stat = {
       address: opts.address,
       protocol: opts.protocol,
@@ -181,7 +163,7 @@ export class ServerConnection {
 
   /** Changes a non-wildcard type's names, sending the request now if a stream carries the type. */
   subscribe(typeUrl: string, names: string[]): boolean {
-    const state = this.states.get(typeUrl);
+    const state = this.config.states.get(typeUrl);
     if (!state) throw new Error(`no subscription state for ${typeUrl}`);
     const { request, changed } = state.setSubscription(names);
     const stream = this.streamFor(typeUrl);
@@ -291,7 +273,7 @@ export class ServerConnection {
 
   private sendInitialRequests(stream: AdsStream): void {
     // CDS and LDS first, as Envoy does; EDS and RDS when they have names (after a reconnect).
-    for (const [typeUrl, state] of this.states) {
+    for (const [typeUrl, state] of this.config.states) {
       if (this.streamFor(typeUrl) !== stream) continue;
       if (!state.wildcard && state.subscription().length === 0) continue;
       stream.started.add(typeUrl);
@@ -322,21 +304,22 @@ export class ServerConnection {
       resources?: RawAny[];
     };
     const typeUrl = resp.type_url ?? '';
-    const state = this.states.get(typeUrl);
-    if (!(state instanceof SotwTypeState)) {
+    if (!this.config.states.has(typeUrl) || this.streamFor(typeUrl) !== stream) {
       this.opts.logger.warn({ typeUrl }, 'response for a type we did not subscribe to, ignored');
       return;
     }
     const decoded: DecodedResource[] = (resp.resources ?? []).map((any, i) =>
       decodeResource(typeUrl, any, `resources[${i}]`),
     );
-    const outcome = state.handleResponse(
-      { version_info: resp.version_info ?? '', nonce: resp.nonce ?? '', resources: decoded },
-      this.opts.validate,
-    );
+    const outcome = this.config.handleSotw(typeUrl, {
+      version_info: resp.version_info ?? '',
+      nonce: resp.nonce ?? '',
+      resources: decoded,
+    });
+    if (!outcome) return;
     stream.send(outcome.request);
     this.log(typeUrl, outcome, resp.version_info ?? '', resp.nonce ?? '', decoded.length);
-    this.events.onApplied(typeUrl, outcome);
+    this.config.settle(typeUrl, outcome);
   }
 
   private onDeltaResponse(stream: AdsStream, bytes: Buffer): void {
@@ -350,8 +333,7 @@ export class ServerConnection {
       removed_resources?: string[];
     };
     const typeUrl = resp.type_url ?? '';
-    const state = this.states.get(typeUrl);
-    if (!(state instanceof DeltaTypeState)) {
+    if (!this.config.states.has(typeUrl) || this.streamFor(typeUrl) !== stream) {
       this.opts.logger.warn({ typeUrl }, 'response for a type we did not subscribe to, ignored');
       return;
     }
@@ -361,18 +343,16 @@ export class ServerConnection {
       const d = decodeResource(typeUrl, r.resource, `resources[${i}]`, r.name || undefined);
       decoded.push({ ...d, version: r.version ?? '' });
     });
-    const outcome = state.handleResponse(
-      {
-        system_version_info: resp.system_version_info ?? '',
-        nonce: resp.nonce ?? '',
-        resources: decoded,
-        removed_resources: resp.removed_resources ?? [],
-      },
-      this.opts.validate,
-    );
+    const outcome = this.config.handleDelta(typeUrl, {
+      system_version_info: resp.system_version_info ?? '',
+      nonce: resp.nonce ?? '',
+      resources: decoded,
+      removed_resources: resp.removed_resources ?? [],
+    });
+    if (!outcome) return;
     stream.send(outcome.request);
     this.log(typeUrl, outcome, resp.system_version_info ?? '', resp.nonce ?? '', decoded.length);
-    this.events.onApplied(typeUrl, outcome);
+    this.config.settle(typeUrl, outcome);
   }
 
   private log(
@@ -400,7 +380,7 @@ export class ServerConnection {
   }
 
   private onStreamEnd(stream: AdsStream, s: grpc.StatusObject): void {
-    for (const t of stream.started) this.states.get(t)?.streamEnded();
+    for (const t of stream.started) this.config.states.get(t)?.streamEnded();
     const unavailable = s.code === grpc.status.UNAVAILABLE;
     // istiod closes streams about every 30 minutes and answers "not ready" with Unavailable at start-up.
     const reason = `ADS stream to ${this.describeTarget()} closed: ${grpc.status[s.code] ?? s.code} ${s.details}`;
@@ -415,7 +395,7 @@ export class ServerConnection {
     const streams = this.streams;
     this.streams = [];
     for (const st of streams) {
-      for (const t of st.started) this.states.get(t)?.streamEnded();
+      for (const t of st.started) this.config.states.get(t)?.streamEnded();
       st.close();
     }
     this.client?.close();
@@ -437,12 +417,4 @@ export class ServerConnection {
       if (!this.stopped) void this.connect();
     }, delay);
   }
-}
-
-/** The types a client subscribes to: Envoy's four, plus the workload API when waypoints are on. */
-export function subscribedTypes(waypoints: boolean): { envoy: string[]; workload: string[] } {
-  return {
-    envoy: [TYPE.cluster, TYPE.listener, TYPE.endpoint, TYPE.route],
-    workload: waypoints ? [TYPE.address] : [],
-  };
 }

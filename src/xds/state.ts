@@ -1,8 +1,9 @@
 // The per-type xDS protocol state, without I/O: what is subscribed, what was accepted under which
 // version, the nonce to echo, and the request each response or subscription change calls for.
 // The accepted resources and versions outlive a stream; the nonce does not (streamStarted resets it).
+// Each resource keeps its own refusals: this is the one store of what the source refused.
+import { resourceType } from './resource-types/index.js';
 import type { JsonObject, Rejection, XdsResource } from './types.js';
-import { TYPE } from './types.js';
 
 export type ResourceStatus = 'REQUESTED' | 'ACKED' | 'NACKED' | 'DOES_NOT_EXIST';
 
@@ -15,6 +16,10 @@ export interface ResourceState {
   version?: string;
   lastError?: string;
   lastErrorTime?: string;
+  /** The refusals of the latest version, while NACKED (as the NACK listed them). */
+  rejections?: Rejection[];
+  /** The content last refused, for config_dump's failed_configuration. */
+  refused?: JsonObject;
 }
 
 /** One resource of a response, already decoded to proto3 JSON (or the reason it could not be). */
@@ -26,7 +31,14 @@ export interface DecodedResource {
   error?: string;
 }
 
-export type Validator = (typeUrl: string, resources: XdsResource[]) => Rejection[];
+/** The accepted resources of a type as the state holds them (warming ones included). */
+export type HeldResources = (typeUrl: string) => readonly XdsResource[];
+
+/**
+ * Checks a response's resources (already decoded): each refusal names a resource and its path. `held`
+ * gives what is accepted of other types, for the checks that only show when two types meet.
+ */
+export type Validator = (typeUrl: string, resources: XdsResource[], held: HeldResources) => Rejection[];
 
 export interface ErrorDetail {
   /** google.rpc.Code; INVALID_ARGUMENT (3) for refused config. */
@@ -70,6 +82,10 @@ export interface ResponseOutcome<R> {
   /** Whether the accepted snapshot changed (an update event is due). */
   changed: boolean;
   rejections: Rejection[];
+  /** Names whose accepted content is new or changed. */
+  upserted: string[];
+  /** Names whose accepted content is gone. */
+  removed: string[];
 }
 
 export interface TypeStatus {
@@ -95,7 +111,7 @@ const INVALID_ARGUMENT = 3;
 
 /** CDS, LDS and the workload API are wildcard subscriptions; EDS and RDS name what they want. */
 export function isWildcardType(typeUrl: string): boolean {
-  return typeUrl === TYPE.cluster || typeUrl === TYPE.listener || typeUrl === TYPE.address;
+  return resourceType(typeUrl)?.wildcard ?? false;
 }
 
 function sameContent(a: XdsResource | undefined, b: JsonObject): boolean {
@@ -120,9 +136,9 @@ abstract class TypeStateBase {
   protected anyResponse = false;
   protected readonly now: () => Date;
 
-  constructor(typeUrl: string, now: () => Date = () => new Date()) {
+  constructor(typeUrl: string, now: () => Date = () => new Date(), wildcard = isWildcardType(typeUrl)) {
     this.typeUrl = typeUrl;
-    this.wildcard = isWildcardType(typeUrl);
+    this.wildcard = wildcard;
     this.now = now;
   }
 
@@ -133,6 +149,18 @@ abstract class TypeStateBase {
       const r = this.resources.get(name)?.accepted;
       if (r) out.push(r);
     }
+    return out;
+  }
+
+  /** Every resource's state, in name order (the status and the refusals of each). */
+  resourceStates(): ResourceState[] {
+    return [...this.resources.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /** The refusals of the resources that are NACKED now. */
+  rejections(): Rejection[] {
+    const out: Rejection[] = [];
+    for (const r of this.resourceStates()) if (r.status === 'NACKED') out.push(...(r.rejections ?? []));
     return out;
   }
 
@@ -203,7 +231,8 @@ abstract class TypeStateBase {
     decoded: DecodedResource[],
     responseVersion: string,
     validate: Validator | undefined,
-  ): { changed: boolean; rejections: Rejection[]; present: Set<string> } {
+    held: HeldResources,
+  ): { upserted: string[]; rejections: Rejection[]; present: Set<string> } {
     const time = this.now().toISOString();
     const rejections: Rejection[] = [];
     const candidates: XdsResource[] = [];
@@ -234,36 +263,40 @@ abstract class TypeStateBase {
     }
     if (validate && candidates.length > 0) {
       try {
-        rejections.push(...validate(this.typeUrl, candidates));
+        rejections.push(...validate(this.typeUrl, candidates, held));
       } catch (err) {
         // A validator bug must not take the stream down; refuse this response with its reason.
         const reason = `validation failed: ${(err as Error).message}`;
         for (const c of candidates) rejections.push({ typeUrl: this.typeUrl, name: c.name, reason });
       }
     }
-    const rejected = new Map<string, string[]>();
+    const rejected = new Map<string, Rejection[]>();
     // A resource whose every refusal is scoped to a part that translate skips is still applied.
     const refusedWhole = new Set<string>();
     for (const r of rejections) {
-      rejected.set(r.name, [...(rejected.get(r.name) ?? []), r.reason]);
+      rejected.set(r.name, [...(rejected.get(r.name) ?? []), r]);
       if (!r.partial) refusedWhole.add(r.name);
     }
 
-    let changed = false;
+    const upserted: string[] = [];
     for (const c of candidates) {
       const state = this.resources.get(c.name) ?? { name: c.name, status: 'REQUESTED' as ResourceStatus };
       this.resources.set(c.name, state);
       state.version = c.version;
-      const reasons = rejected.get(c.name);
-      if (reasons) {
+      const refusals = rejected.get(c.name);
+      if (refusals) {
         state.status = 'NACKED';
-        state.lastError = reasons.join('; ');
+        state.lastError = refusals.map((r) => r.reason).join('; ');
         state.lastErrorTime = time;
+        state.rejections = refusals;
+        state.refused = c.resource;
         if (refusedWhole.has(c.name)) continue;
       } else {
         state.status = 'ACKED';
         delete state.lastError;
         delete state.lastErrorTime;
+        delete state.rejections;
+        delete state.refused;
       }
       if (sameContent(state.accepted, c.resource)) {
         // Same content resent (reconnect, unrelated push): not an update. SotW keeps the version it
@@ -273,22 +306,24 @@ abstract class TypeStateBase {
         continue;
       }
       state.accepted = c;
-      changed = true;
+      upserted.push(c.name);
     }
     // Resources that failed to decode never reach validation: record them too.
-    for (const [name, reasons] of rejected) {
-      if (candidates.some((c) => c.name === name)) continue;
+    const candidateNames = new Set(candidates.map((c) => c.name));
+    for (const [name, refusals] of rejected) {
+      if (candidateNames.has(name)) continue;
       const state = this.resources.get(name) ?? { name, status: 'NACKED' as ResourceStatus };
       state.status = 'NACKED';
-      state.lastError = reasons.join('; ');
+      state.lastError = refusals.map((r) => r.reason).join('; ');
       state.lastErrorTime = time;
+      state.rejections = refusals;
       this.resources.set(name, state);
     }
     this.anyResponse = true;
     if (rejections.length > 0) this.typeError = { message: formatRejections(rejections), time };
     else this.typeError = undefined;
-    if (changed) this.lastUpdated = time;
-    return { changed, rejections, present };
+    if (upserted.length > 0) this.lastUpdated = time;
+    return { upserted, rejections, present };
   }
 
   /** Sets the explicit subscription; returns the names added and removed. */
@@ -338,26 +373,32 @@ export class SotwTypeState extends TypeStateBase {
     return this.active ? { request: this.request(), changed } : { changed };
   }
 
-  handleResponse(resp: SotwResponse, validate?: Validator): ResponseOutcome<SotwRequest> {
+  handleResponse(
+    resp: SotwResponse,
+    validate?: Validator,
+    held: HeldResources = () => [],
+  ): ResponseOutcome<SotwRequest> {
     this.nonce = resp.nonce;
-    const {
-      changed: applied,
-      rejections,
-      present,
-    } = this.applyResources(resp.resources, resp.version_info, validate);
-    let changed = applied;
+    const { upserted, rejections, present } = this.applyResources(
+      resp.resources,
+      resp.version_info,
+      validate,
+      held,
+    );
+    const removed: string[] = [];
     if (this.wildcard) {
       // SotW CDS/LDS: a resource missing from the response no longer exists.
       for (const name of [...this.resources.keys()]) {
         if (present.has(name)) continue;
-        if (this.resources.get(name)?.accepted) changed = true;
+        if (this.resources.get(name)?.accepted) removed.push(name);
         this.resources.delete(name);
       }
-      if (changed) this.lastUpdated = this.now().toISOString();
+      if (removed.length > 0) this.lastUpdated = this.now().toISOString();
     }
+    const changed = upserted.length > 0 || removed.length > 0;
     if (rejections.length === 0) {
       this.acceptedVersion = resp.version_info;
-      return { request: this.request(), changed, rejections };
+      return { request: this.request(), changed, rejections, upserted, removed };
     }
     return {
       request: {
@@ -366,6 +407,8 @@ export class SotwTypeState extends TypeStateBase {
       },
       changed,
       rejections,
+      upserted,
+      removed,
     };
   }
 
@@ -422,22 +465,28 @@ export class DeltaTypeState extends TypeStateBase {
     };
   }
 
-  handleResponse(resp: DeltaResponse, validate?: Validator): ResponseOutcome<DeltaRequest> {
+  handleResponse(
+    resp: DeltaResponse,
+    validate?: Validator,
+    held: HeldResources = () => [],
+  ): ResponseOutcome<DeltaRequest> {
     this.nonce = resp.nonce;
     this.systemVersion = resp.system_version_info;
-    const { changed: applied, rejections } = this.applyResources(
+    const { upserted, rejections } = this.applyResources(
       resp.resources,
       resp.system_version_info,
       validate,
+      held,
     );
-    let changed = applied;
+    const removed: string[] = [];
     for (const name of resp.removed_resources) {
       const r = this.resources.get(name);
-      if (r?.accepted) changed = true;
+      if (r?.accepted) removed.push(name);
       if (this.wildcard || !this.wanted.has(name)) this.resources.delete(name);
       else this.resources.set(name, { name, status: 'DOES_NOT_EXIST' });
     }
-    if (changed) this.lastUpdated = this.now().toISOString();
+    const changed = upserted.length > 0 || removed.length > 0;
+    if (removed.length > 0) this.lastUpdated = this.now().toISOString();
     const request: DeltaRequest = {
       type_url: this.typeUrl,
       resource_names_subscribe: [],
@@ -447,7 +496,7 @@ export class DeltaTypeState extends TypeStateBase {
     };
     if (rejections.length > 0)
       request.error_detail = { code: INVALID_ARGUMENT, message: formatRejections(rejections) };
-    return { request, changed, rejections };
+    return { request, changed, rejections, upserted, removed };
   }
 }
 

@@ -19,7 +19,7 @@ export function ipFromBase64(b64: string): string | undefined {
 }
 
 /** The services of the workload API snapshot that name a waypoint, in resource-name order. */
-export function serviceWaypoints(addresses: XdsResource[]): ServiceWaypoint[] {
+export function serviceWaypoints(addresses: readonly XdsResource[]): ServiceWaypoint[] {
   const out: ServiceWaypoint[] = [];
   for (const a of addresses) {
     const svc = obj(a.resource['service']);

@@ -7,7 +7,7 @@
 // encoded with the project's fromJson, so what the client decodes went through real protobuf bytes.
 import { createHash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { anyFromJson, decodeToJson } from '../../src/xds/json.js';
+import { anyFromJson, decodeToJson } from '../../src/xds/proto-json.js';
 import { requireType } from '../../src/xds/protos.js';
 import { isWildcardType } from '../../src/xds/state.js';
 import type { JsonObject, JsonValue, XdsResource } from '../../src/xds/types.js';

@@ -1,6 +1,7 @@
-// Small typed readers over proto3 JSON (snake_case, defaults omitted, 64-bit integers possibly as
-// strings), so the translation code reads fields without casts scattered everywhere.
-import type { JsonObject, JsonValue } from '../xds/types.js';
+// The one set of typed readers over proto3 JSON resources (snake_case, defaults left out, 64-bit
+// integers possibly strings). Every reader of a resource or dump uses these, so an absent field
+// reads the same everywhere: `undefined`, never '' or 0 (callers choose their default with `??`).
+import type { JsonObject, JsonValue } from './types.js';
 
 export function isObject(v: JsonValue | undefined): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -18,8 +19,9 @@ export function objs(v: JsonValue | undefined): JsonObject[] {
   return arr(v).filter(isObject);
 }
 
+/** A string field; an empty string is proto3's default, so it reads as absent too. */
 export function str(v: JsonValue | undefined): string | undefined {
-  return typeof v === 'string' ? v : undefined;
+  return typeof v === 'string' && v !== '' ? v : undefined;
 }
 
 /** proto3 JSON prints uint64/int64 as strings and wrappers (UInt32Value) sometimes as `{value}`. */

@@ -1,0 +1,46 @@
+// One resource of an ADS response, from its Any to proto3 JSON with "@type" and its name, or the
+// reason it cannot be: a wrong or unknown type, Envoy's v2 API, bytes that do not decode.
+import { decodeToJson } from './proto-json.js';
+import { lookupType } from './protos.js';
+import { resourceType, v2Predecessor } from './resource-types/index.js';
+import type { DecodedResource } from './state.js';
+import type { JsonObject } from './types.js';
+
+/** A google.protobuf.Any as protobufjs decodes it. */
+export interface RawAny {
+  type_url?: string;
+  value?: Uint8Array;
+}
+
+/** Why a v2 resource is refused, in one sentence: it is never read as if it were v3. */
+export const V2_REFUSAL = "xDS v2 is not supported (Envoy's v2 API, removed in Istio 1.8; istiod sends v3)";
+
+/**
+ * Decodes one Any of a response. Errors become the resource's rejection reason, named by
+ * `fallbackName` (the resource's index) when the resource has no name of its own.
+ */
+export function decodeResource(
+  expectedTypeUrl: string,
+  any: RawAny,
+  fallbackName: string,
+  wrapperName?: string,
+): DecodedResource {
+  const typeUrl = any.type_url ?? '';
+  if (typeUrl !== expectedTypeUrl) {
+    const reason =
+      v2Predecessor(typeUrl)?.typeUrl === expectedTypeUrl
+        ? V2_REFUSAL
+        : `resource of type ${typeUrl} in a ${expectedTypeUrl} response`;
+    return { name: wrapperName ?? fallbackName, error: reason };
+  }
+  if (!lookupType(typeUrl))
+    return { name: wrapperName ?? fallbackName, error: `unknown resource type ${typeUrl}` };
+  try {
+    const json = decodeToJson(typeUrl, any.value ?? new Uint8Array()) as JsonObject;
+    const name = wrapperName ?? resourceType(typeUrl)?.nameOf(json) ?? '';
+    if (!name) return { name: fallbackName, error: 'resource has no name' };
+    return { name, resource: { '@type': typeUrl, ...json } };
+  } catch (err) {
+    return { name: wrapperName ?? fallbackName, error: `cannot decode: ${(err as Error).message}` };
+  }
+}
