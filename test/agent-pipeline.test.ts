@@ -5,12 +5,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import pino from 'pino';
 import { Agent } from '../src/agent/agent.js';
-import type { ConfigSource, Kernel, SourceUpdate } from '../src/agent/ports.js';
+import type { ConfigSource, Kernel, SourceUpdate } from '../src/agent/stage-interfaces.js';
 import type { DesiredState } from '../src/dataplane/model.js';
 import { TYPE, type XdsResource } from '../src/xds/types.js';
 
 function fixture() {
   let push: (u: SourceUpdate) => void = () => undefined;
+  // The source's accepted config, which the agent reads when it applies.
+  let current: XdsResource[] = [];
   const source: ConfigSource = {
     kind: 'file',
     target: '/test/resources.yaml',
@@ -24,6 +26,9 @@ function fixture() {
     debug: () => ({ types: [] }),
     node: () => ({ id: 'sidecar~10.0.0.1~test.ns~ns.svc.cluster.local' }),
     rejections: () => [],
+    resources: () => current,
+    waypoints: () => [],
+    waitingFor: () => [],
   };
   const applied: DesiredState[] = [];
   let gate: Promise<void> = Promise.resolve();
@@ -67,16 +72,18 @@ function fixture() {
         .map((r) => ({ typeUrl: r.typeUrl, name: r.name, reason: 'bad name' })),
     }),
   });
-  const update = (...names: string[]): SourceUpdate => ({
-    resources: names.map((name): XdsResource => ({
+  const update = (...names: string[]): SourceUpdate => {
+    current = names.map((name): XdsResource => ({
       typeUrl: TYPE.cluster,
       name,
       version: '1',
       resource: { name },
-    })),
-    changedTypes: [TYPE.cluster],
-    receivedAt: process.hrtime.bigint(),
-  });
+    }));
+    return {
+      changes: [{ typeUrl: TYPE.cluster, upserted: names.length, removed: 0 }],
+      receivedAt: process.hrtime.bigint(),
+    };
+  };
   return {
     agent,
     applied,

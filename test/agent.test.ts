@@ -281,6 +281,8 @@ kernelTest(
   async (_t, env) => {
     const cp = await TestControlPlane.start();
     env.defer(() => cp.stop());
+    // istiod not answering yet: the agent connects and waits.
+    cp.respond = false;
     const b1 = await startBackend('127.78.1.1');
     const b2 = await startBackend('127.78.1.2');
     env.defer(() => b1.close());
@@ -308,27 +310,39 @@ kernelTest(
     const node = cp.lastStream()!.node!;
     assert.equal(node.id, 'sidecar~10.1.2.3~kernmesh-test.istio-system~istio-system.svc.cluster.local');
     assert.deepEqual((node.metadata as JsonObject).PROXY_CONFIG, {});
-    let ready = await adminGet(admin, '/ready');
+    const ready = await adminGet(admin, '/ready');
     assert.equal(ready.status, 503);
     assert.match(ready.text, /waiting for the first config|not connected/);
 
-    // Clusters and endpoints first: still not ready, no listener yet.
+    // istiod answers with no clusters and no listeners (a node without services yet): an empty
+    // answer is an answer, over Delta too, so the agent is ready with nothing to route.
+    cp.resume();
+    await eventually(
+      '/ready is 200 on empty CDS and LDS',
+      async () => (await adminGet(admin, '/ready')).status === 200,
+    );
+
+    // Clusters and endpoints first: applied, but no listener routes the VIP yet.
     cp.setResources(TYPE.cluster, [cluster(GOOD)]);
     cp.setResources(TYPE.endpoint, [assignment(GOOD, [b1])]);
-    await cp.waitForAck(TYPE.endpoint);
+    await cp.waitForAck(TYPE.endpoint, { nonce: cp.lastNonce(TYPE.endpoint) });
     await eventually('CDS and EDS applied', async () => {
       const x = JSON.parse((await adminGet(admin, '/debug/xds')).text) as { applied_updates: number };
-      return x.applied_updates > 0;
+      return x.applied_updates > 1;
     });
-    ready = await adminGet(admin, '/ready');
-    assert.equal(ready.status, 503, 'no listeners yet: not ready');
-    assert.match(ready.text, /listeners \(LDS\)/);
+    assert.equal(
+      (await client.connect({ host: vip, port: VIP_PORT, readId: true })).ok,
+      false,
+      'no listener yet: the VIP is not rewritten (nothing listens there)',
+    );
 
-    // The listener arrives: ready, and ready means the VIP already routes.
+    // The listener arrives: the VIP routes once the LDS push is applied.
     cp.setResources(TYPE.listener, [tcpListener(vip, VIP_PORT, GOOD, {})]);
-    await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
-    const first = await client.connect({ host: vip, port: VIP_PORT, readId: true });
-    assert.equal(first.backend, b1.id);
+    await eventually(
+      'the listener routes the VIP',
+      async () => (await client.connect({ host: vip, port: VIP_PORT, readId: true })).backend === b1.id,
+    );
+    assert.equal((await adminGet(admin, '/ready')).status, 200);
 
     // An EDS push moves the traffic.
     cp.setResources(TYPE.endpoint, [assignment(GOOD, [b2])]);

@@ -336,7 +336,19 @@ void describe('kernmesh check exit codes and output', () => {
               name: '127.100.0.1_5000',
               address: { socket_address: { address: '127.100.0.1', port_value: 5000 } },
               filter_chains: [
-                { filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: { cluster } }] },
+                {
+                  filters: [
+                    {
+                      name: 'envoy.filters.network.tcp_proxy',
+                      // An Any needs its @type in proto3 JSON: check decodes as istiod's protobuf would.
+                      typed_config: {
+                        '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+                        stat_prefix: cluster,
+                        cluster,
+                      },
+                    },
+                  ],
+                },
               ],
               bind_to_port: false,
             },

@@ -7,15 +7,10 @@ import type { AdminSource, Readiness } from '../admin/server.js';
 import type { KernelStats } from '../admin/cluster-stats.js';
 import type { ConfigDumpInput } from '../admin/config-dump.js';
 import type { DesiredState } from '../dataplane/model.js';
-import {
-  TYPE,
-  type JsonObject,
-  type Rejection,
-  type ServiceWaypoint,
-  type XdsResource,
-} from '../xds/types.js';
+import { RESOURCE_TYPES } from '../xds/resource-types/index.js';
+import { rejectionKey, resourceKey, type JsonObject, type Rejection } from '../xds/types.js';
 import { AgentMetrics, typeLabel } from './metrics.js';
-import type { ConfigSource, Kernel, SourceUpdate, Translate } from './ports.js';
+import type { ConfigSource, Kernel, SourceRejection, SourceUpdate, Translate } from './stage-interfaces.js';
 
 export const VERSION = '0.1.0';
 
@@ -40,10 +35,9 @@ interface ApplyRecord {
 
 export class Agent implements AdminSource {
   readonly metrics: AgentMetrics;
+  /** The one queue: an update waits here while the previous one is translated and programmed. */
   private readonly queue = new PQueue({ concurrency: 1 });
   private readonly startedAt = new Date();
-  private resources: XdsResource[] = [];
-  private waypoints: ServiceWaypoint[] = [];
   private translateRejections: (Rejection & { at: string })[] = [];
   /**
    * The last programmed state, translate's `previous`. It starts as what is pinned in the kernel,
@@ -56,11 +50,10 @@ export class Agent implements AdminSource {
   private lastApply?: ApplyRecord;
   private lastError?: string;
   private pending?: SourceUpdate;
-  private seenRejections = new Set<string>();
+  /** The refusals already counted in the metrics (by rejectionKey), so each is counted once. */
+  private counted = new Set<string>();
   private notes: { typeUrl: string; name: string; note: string }[] = [];
   private notEnforced: { typeUrl: string; name: string; field: string }[] = [];
-  /** Types that have been part of an applied update: istiod readiness needs CDS and LDS. */
-  private readonly appliedTypes = new Set<string>();
   private stopped = false;
 
   constructor(private readonly deps: AgentDeps) {
@@ -79,16 +72,17 @@ export class Agent implements AdminSource {
     log.info({ source: source.kind, target: source.target }, 'config source started');
   }
 
-  /** Updates arriving while one is being applied are merged: only the newest snapshot is programmed. */
+  /**
+   * Updates arriving while one is being applied are merged: the next apply reads the source's
+   * config as it is then, so only the newest is programmed.
+   */
   private onUpdate(u: SourceUpdate): void {
     if (this.stopped) return;
-    for (const t of u.changedTypes) this.metrics.pushes.inc({ type: typeLabel(t) });
+    for (const c of u.changes) this.metrics.pushes.inc({ type: typeLabel(c.typeUrl) });
     this.metrics.xdsConnected.set(this.deps.source.connected() ? 1 : 0);
     if (this.pending) {
       this.pending = {
-        resources: u.resources,
-        waypoints: u.waypoints,
-        changedTypes: [...new Set([...this.pending.changedTypes, ...u.changedTypes])],
+        changes: [...this.pending.changes, ...u.changes],
         receivedAt: this.pending.receivedAt,
       };
       return;
@@ -101,14 +95,14 @@ export class Agent implements AdminSource {
     const u = this.pending;
     this.pending = undefined;
     if (!u || this.stopped) return;
-    const { translate, kernel, log } = this.deps;
+    const { translate, kernel, log, source } = this.deps;
     const at = new Date().toISOString();
     let result;
     try {
       // What the kernel holds now: a service refused in this update keeps its entries from it.
-      result = translate(u.resources, u.waypoints ?? [], this.state, this.deps.source.rejections());
+      result = translate(source.resources(), source.waypoints(), this.state, source.rejections());
     } catch (e) {
-      this.fail(`translate: ${(e as Error).message}`, e, at, u);
+      this.fail(`translate: ${(e as Error).message}`, e, at);
       return;
     }
     this.translateRejections = result.rejections.map((r) => ({ ...r, at }));
@@ -119,15 +113,11 @@ export class Agent implements AdminSource {
     try {
       await kernel.apply(result.state);
     } catch (e) {
-      this.fail(`program kernel: ${(e as Error).message}`, e, at, u);
+      this.fail(`program kernel: ${(e as Error).message}`, e, at);
       return;
     }
-    this.resources = u.resources;
-    this.waypoints = u.waypoints ?? [];
     this.state = result.state;
     this.applied++;
-    for (const r of u.resources) this.appliedTypes.add(r.typeUrl);
-    for (const t of u.changedTypes) this.appliedTypes.add(t);
     const seconds = Number(process.hrtime.bigint() - u.receivedAt) / 1e9;
     this.metrics.applyDuration.observe(seconds);
     this.metrics.services.set(result.state.services.length);
@@ -151,12 +141,11 @@ export class Agent implements AdminSource {
     );
   }
 
-  private fail(message: string, cause: unknown, at: string, u: SourceUpdate): void {
+  private fail(message: string, cause: unknown, at: string): void {
     this.lastError = message;
     this.metrics.applyErrors.inc();
     this.lastApply = { at, seconds: 0, services: 0, frontends: 0, rejected: 0, error: message };
-    // The resources are still what istiod sent; the kernel keeps the previous state.
-    this.resources = u.resources;
+    // The source still holds what it accepted; the kernel keeps the previous state.
     this.deps.log.error({ err: cause }, `config not applied, kernel keeps the previous state: ${message}`);
   }
 
@@ -164,27 +153,22 @@ export class Agent implements AdminSource {
   private countRejections(rejections: Rejection[], current = false): void {
     const now = new Set<string>();
     for (const r of rejections) {
-      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
+      const key = rejectionKey(r);
       now.add(key);
-      if (this.seenRejections.has(key)) continue;
+      if (this.counted.has(key)) continue;
       this.metrics.rejections.inc({ type: typeLabel(r.typeUrl) });
       this.deps.log.warn(
         { type: typeLabel(r.typeUrl), resource: r.name, reason: r.reason },
         'resource refused',
       );
     }
-    this.seenRejections = current ? now : new Set([...this.seenRejections, ...now]);
+    this.counted = current ? now : new Set([...this.counted, ...now]);
   }
 
   /** Re-programs the current resources (an input outside xDS changed, e.g. a DNS answer). */
   reapply(): void {
     if (this.applied === 0 && !this.lastError) return;
-    this.onUpdate({
-      resources: this.resources,
-      waypoints: this.waypoints,
-      changedTypes: [],
-      receivedAt: process.hrtime.bigint(),
-    });
+    this.onUpdate({ changes: [], receivedAt: process.hrtime.bigint() });
   }
 
   /** Resolves when every update received so far has been applied (tests and the demo wait on it). */
@@ -209,17 +193,22 @@ export class Agent implements AdminSource {
 
   /** Every resource the source holds or refused, with ACKED or NACKED and the reason. */
   resourceStatus(): { typeUrl: string; name: string; status: string; version?: string; detail?: string }[] {
-    const refused = new Map<string, string[]>();
+    const refused = new Map<string, { typeUrl: string; name: string; reasons: string[] }>();
     for (const r of this.rejections()) {
-      const k = `${r.typeUrl} ${r.name}`;
-      refused.set(k, [...(refused.get(k) ?? []), r.reason]);
+      const k = resourceKey(r.typeUrl, r.name);
+      const entry = refused.get(k) ?? { typeUrl: r.typeUrl, name: r.name, reasons: [] };
+      entry.reasons.push(r.reason);
+      refused.set(k, entry);
     }
     const notes = new Map<string, string[]>();
-    for (const n of this.notes)
-      notes.set(`${n.typeUrl} ${n.name}`, [...(notes.get(`${n.typeUrl} ${n.name}`) ?? []), n.note]);
-    const out = this.resources.map((r) => {
-      const reasons = refused.get(`${r.typeUrl} ${r.name}`);
-      refused.delete(`${r.typeUrl} ${r.name}`);
+    for (const n of this.notes) {
+      const k = resourceKey(n.typeUrl, n.name);
+      notes.set(k, [...(notes.get(k) ?? []), n.note]);
+    }
+    const out = this.deps.source.resources().map((r) => {
+      const k = resourceKey(r.typeUrl, r.name);
+      const reasons = refused.get(k)?.reasons;
+      refused.delete(k);
       return {
         typeUrl: r.typeUrl,
         name: r.name,
@@ -227,45 +216,31 @@ export class Agent implements AdminSource {
         status: reasons ? 'NACKED' : 'ACKED',
         ...(reasons
           ? { detail: reasons.join('; ') }
-          : notes.has(`${r.typeUrl} ${r.name}`)
-            ? { detail: notes.get(`${r.typeUrl} ${r.name}`)!.join('; ') }
+          : notes.has(k)
+            ? { detail: notes.get(k)!.join('; ') }
             : {}),
       };
     });
-    for (const [k, reasons] of refused) {
-      const i = k.indexOf(' ');
-      out.push({
-        typeUrl: k.slice(0, i),
-        name: k.slice(i + 1),
-        version: '',
-        status: 'NACKED',
-        detail: reasons.join('; '),
-      });
-    }
-    const order = [TYPE.cluster, TYPE.endpoint, TYPE.listener, TYPE.route, TYPE.address] as string[];
-    return out.sort(
-      (a, b) => order.indexOf(a.typeUrl) - order.indexOf(b.typeUrl) || a.name.localeCompare(b.name),
-    );
+    for (const { typeUrl, name, reasons } of refused.values())
+      out.push({ typeUrl, name, version: '', status: 'NACKED', detail: reasons.join('; ') });
+    // Envoy's config_dump order: clusters, endpoints, listeners, routes, then the workload API.
+    const order = (t: string) => RESOURCE_TYPES.find((x) => x.typeUrl === t)?.configDump?.position ?? 9;
+    return out.sort((a, b) => order(a.typeUrl) - order(b.typeUrl) || a.name.localeCompare(b.name));
   }
 
   desiredState(): DesiredState {
     return this.state;
   }
 
-  rejections(): (Rejection & { at?: string })[] {
+  rejections(): SourceRejection[] {
     // A virtual host refused in the NACK is refused again by translation (its route was applied): once.
-    const seen = new Set<string>();
-    return [...this.deps.source.rejections(), ...this.translateRejections].filter((r) => {
-      const key = `${r.typeUrl} ${r.name} ${r.reason}`;
-      if (seen.has(key)) return false;
-      seen.add(key);
-      return true;
-    });
+    return [...this.deps.source.rejections(), ...this.translationOnly()];
   }
 
+  /** Refused by translation and not by the source (what only shows when the whole config meets). */
   private translationOnly(): (Rejection & { at: string })[] {
-    const bySource = new Set(this.deps.source.rejections().map((r) => `${r.typeUrl} ${r.name} ${r.reason}`));
-    return this.translateRejections.filter((r) => !bySource.has(`${r.typeUrl} ${r.name} ${r.reason}`));
+    const bySource = new Set(this.deps.source.rejections().map(rejectionKey));
+    return this.translateRejections.filter((r) => !bySource.has(rejectionKey(r)));
   }
 
   /** Stops the source and closes fds; pinned maps and links are left in place on purpose. */
@@ -289,12 +264,9 @@ export class Agent implements AdminSource {
         reasons.push(`not connected to istiod at ${this.deps.source.target}`);
       else reasons.push('waiting for the first config');
     } else if (this.deps.source.kind === 'istiod') {
-      // As Envoy's initial fetch: ready once both wildcard types (clusters, listeners) are programmed.
-      for (const [t, what] of [
-        [TYPE.cluster, 'clusters (CDS)'],
-        [TYPE.listener, 'listeners (LDS)'],
-      ] as const)
-        if (!this.appliedTypes.has(t)) reasons.push(`waiting for ${what} from istiod`);
+      // As Envoy's initial fetch: ready once both wildcard types (clusters, listeners) have answered,
+      // even empty: an empty answer is an answer (a node with no services yet).
+      for (const what of this.deps.source.waitingFor()) reasons.push(`waiting for ${what} from istiod`);
     }
     return { ready: reasons.length === 0, reasons };
   }
@@ -317,15 +289,16 @@ export class Agent implements AdminSource {
   }
 
   configDump(): ConfigDumpInput {
-    const failedByName = new Map(this.resources.map((r) => [`${r.typeUrl} ${r.name}`, r.resource]));
+    const resources = this.deps.source.resources();
+    const failedByName = new Map(resources.map((r) => [resourceKey(r.typeUrl, r.name), r.resource]));
     return {
       bootstrap: this.bootstrap(),
       startedAt: this.startedAt.toISOString(),
-      resources: this.resources,
+      resources,
       versions: this.deps.source.versions(),
       rejections: this.rejections().map((r) => ({
         ...r,
-        failed: (r as { failed?: JsonObject }).failed ?? failedByName.get(`${r.typeUrl} ${r.name}`),
+        failed: r.failed ?? failedByName.get(resourceKey(r.typeUrl, r.name)),
       })),
     };
   }

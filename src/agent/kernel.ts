@@ -20,7 +20,7 @@ import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
 import { splitBackendKey } from '../dataplane/plan.js';
 import type { KernelStats } from '../admin/cluster-stats.js';
-import type { Attachment, Kernel } from './ports.js';
+import type { Attachment, Kernel } from './stage-interfaces.js';
 
 /** --map-size names: the dataplane's capacity knobs (each sizes one or more maps). */
 export const CAPACITY_NAMES = Object.keys(DEFAULT_CAPACITY) as (keyof Capacity)[];

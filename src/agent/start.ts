@@ -3,22 +3,22 @@
 // demo and the end-to-end tests, so all three run the same code.
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
+import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import type { AgentConfig } from '../config/config.js';
 import { translate, validateAgainst, type TranslateResult } from '../translate/index.js';
 import { XdsClient } from '../xds/client.js';
+import { parseConfigFile } from '../xds/config-file.js';
+import { XdsFileSource } from '../xds/file-source.js';
 import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
 import { DnsRefresher } from './dns.js';
-import { readXdsFile } from './file-reader.js';
-import { FileSource } from './file-source.js';
-import { IstiodSource } from './istiod-source.js';
 import { KubernetesNode } from '../k8s/index.js';
 import { AgentKernel } from './kernel.js';
 import { AgentMetrics } from './metrics.js';
-import type { ConfigSource, Translate } from './ports.js';
-import type { JsonObject } from '../xds/types.js';
+import type { Translate } from './stage-interfaces.js';
+import { XdsSource } from './xds-source.js';
 
 export interface RunningAgent {
   agent: Agent;
@@ -76,7 +76,7 @@ export async function startAgent(
   // A file that cannot be read or parsed stops the start before anything touches the kernel.
   if (config.xdsFile) {
     try {
-      readXdsFile(config.xdsFile, readFileSync(config.xdsFile, 'utf8'), 'preflight');
+      parseConfigFile(readFileSync(config.xdsFile, 'utf8'), config.xdsFile);
     } catch (e) {
       throw new Error(`--xds-file ${config.xdsFile}: ${(e as Error).message}`, { cause: e });
     }
@@ -90,18 +90,15 @@ export async function startAgent(
     workload: { name: config.identity.podName, namespace: config.identity.podNamespace },
   });
 
-  let source: ConfigSource;
+  // Either source hands its responses to the same check on receipt (translate/'s validateAgainst,
+  // against what the source holds) and the same per-resource state.
+  const xdsLog = log.child({ stage: 'xds' });
+  let source: XdsSource;
   if (config.xdsFile) {
-    source = new FileSource(
-      config.xdsFile,
-      readXdsFile,
-      node as unknown as JsonObject,
-      log.child({ stage: 'xds' }),
-    );
+    const file = new XdsFileSource(config.xdsFile, { validate: validateAgainst, logger: xdsLog });
+    source = new XdsSource({ kind: 'file', file }, resolve(config.xdsFile), node, xdsLog);
   } else {
     const address = `${config.xdsAddress!.host}:${config.xdsAddress!.port}`;
-    // Cross-resource refusals (CDS meets EDS) are checked against what the client holds.
-    const held: { client?: XdsClient } = {};
     const client = new XdsClient({
       address,
       protocol: config.xdsProtocol,
@@ -110,12 +107,10 @@ export async function startAgent(
       clusterId: config.identity.clusterId,
       node,
       waypoints: config.waypoints,
-      validate: (typeUrl, resources) =>
-        validateAgainst(typeUrl, resources, (t) => held.client?.accepted(t) ?? []),
-      logger: log.child({ stage: 'xds' }),
+      validate: validateAgainst,
+      logger: xdsLog,
     });
-    held.client = client;
-    source = new IstiodSource(client, address, node, log.child({ stage: 'xds' }));
+    source = new XdsSource({ kind: 'istiod', client }, address, node, xdsLog);
   }
 
   let last: TranslateResult | undefined;

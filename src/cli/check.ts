@@ -1,25 +1,42 @@
-// `kernmesh check FILE [--output json]`: what kernmesh would program from a config dump or a
-// resources file, and what it would refuse. Exit 0: nothing refused; 1: something refused; 2: unusable input.
-import { translate, validate } from '../translate/index.js';
+// `kernmesh check FILE [--output json]`: what kernmesh would program from a config dump, a resources
+// file or a ztunnel dump, and what it would refuse. The file goes through the agent's own file source
+// (the same acceptance as istiod's pushes), then translate. Per type, every resource of the input is
+// counted once: programmed, waiting (why), refused (why) or not used (why), and the numbers add up.
+// Exit 0: nothing refused; 1: something refused; 2: unusable input.
+import { readFileSync } from 'node:fs';
+import { pino } from 'pino';
+import { translate, validateAgainst } from '../translate/index.js';
 import type { TranslateResult } from '../translate/index.js';
-import { readXdsFile, type XdsFileContents } from '../xds/file.js';
-import { TYPE, type Rejection, type XdsResource } from '../xds/types.js';
+import type { FileResource } from '../xds/config-file.js';
+import { XdsFileSource } from '../xds/file-source.js';
+import { readAddresses } from '../xds/waypoints.js';
+import { table } from './view.js';
+import { RESOURCE_TYPES, resourceType } from '../xds/resource-types/index.js';
+import { TYPE, rejectionKey, resourceKey, type Rejection, type XdsResource } from '../xds/types.js';
 
 const USAGE = `usage: kernmesh check FILE [--output text|json]
 
-Reads an Envoy admin config_dump (JSON or YAML), a {"resources": [...]} file of xDS resources, or a
-ztunnel config dump, and prints the frontends and clusters kernmesh would program, what it would
-refuse (as the NACK would say), and what it accepts without enforcing.
+Reads an Envoy admin config_dump (JSON or YAML, either proto3 JSON spelling), a {"resources": [...]}
+file of xDS resources, or a ztunnel config dump, and prints the frontends and clusters kernmesh would
+program, what it would refuse (as the NACK would say), what it accepts without enforcing, and per
+resource type how many resources were programmed, are waiting, were refused or are not used.
 Exit status: 0 nothing refused, 1 something refused, 2 the file cannot be used.
 `;
 
-const SHORT_TYPES: Record<string, string> = {
-  [TYPE.cluster]: 'cluster',
-  [TYPE.endpoint]: 'endpoint',
-  [TYPE.listener]: 'listener',
-  [TYPE.route]: 'route',
-  [TYPE.address]: 'address',
-};
+const SHORT_TYPES: Record<string, string> = Object.fromEntries(
+  RESOURCE_TYPES.map((t) => [t.typeUrl, t.noun]),
+);
+
+/** One resource type's resources, each counted once. */
+export interface TypeCount {
+  type: string;
+  label: string;
+  held: number;
+  programmed: number;
+  waiting: { name: string; why: string }[];
+  refused: { name: string; why: string }[];
+  notUsed: { name: string; why: string }[];
+}
 
 export interface CheckReport {
   frontends: {
@@ -52,9 +69,14 @@ export interface CheckReport {
   status: { type: string; name: string; note: string }[];
   outboundPolicy: string | null;
   dns: { hostname: string; family: string; refreshMs: number; clusters: string[] }[];
+  /** The file's layout as read ("Envoy config_dump (lowerCamelCase)", "ztunnel config dump (lists...)"). */
+  layout: string;
+  /** Per resource type: every resource of the input counted once; the numbers add up to `held`. */
+  counts: TypeCount[];
 }
 
 export async function runCheck(argv: string[], out: NodeJS.WritableStream): Promise<number> {
+  await Promise.resolve();
   let output: 'text' | 'json' = 'text';
   const files: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -78,14 +100,13 @@ export async function runCheck(argv: string[], out: NodeJS.WritableStream): Prom
   const file = files[0];
   if (!file || files.length > 1) return usageError(out, 'exactly one FILE is needed');
 
-  let contents: XdsFileContents;
+  let report: CheckReport;
   try {
-    contents = await readXdsFile(file);
+    report = checkText(readFileSync(file, 'utf8'), file);
   } catch (err) {
-    process.stderr.write(`kernmesh check: ${(err as Error).message}\n`);
+    process.stderr.write(`kernmesh check: ${file}: ${(err as Error).message.replace(`${file}: `, '')}\n`);
     return 2;
   }
-  const report = buildCheckReport(contents);
   out.write(output === 'json' ? `${JSON.stringify(report, null, 2)}\n` : renderText(file, report));
   return report.rejected.length === 0 ? 0 : 1;
 }
@@ -96,30 +117,116 @@ function usageError(out: NodeJS.WritableStream, message: string): number {
   return 2;
 }
 
-/** What `check` reports: per-type validation (the NACKs) plus translation of everything at once. */
-export function buildCheckReport(contents: XdsFileContents): CheckReport {
-  const result = translate({ resources: contents.resources, waypoints: contents.waypoints });
-  const rejected = mergeRejections(validateAll(contents.resources), result.rejected);
+/** Reads a file's text through the agent's file source and translates what it accepted. Throws when unusable. */
+export function checkText(text: string, file: string): CheckReport {
+  const source = new XdsFileSource(file, {
+    validate: validateAgainst,
+    logger: pino({ level: 'silent' }),
+  });
+  try {
+    source.load(text);
+    return buildCheckReport(source);
+  } finally {
+    source.stop();
+  }
+}
+
+/** The accepted config (plus what nothing subscribed to, analysed for the operator) through translate. */
+export function buildCheckReport(source: XdsFileSource): CheckReport {
+  const config = source.config;
+  const unused = source.unused();
+  const accepted = RESOURCE_TYPES.filter((t) => t.configDump).flatMap((t) => config.snapshot(t.typeUrl));
+  const extra: XdsResource[] = unused
+    .filter((r) => r.resource && resourceType(r.typeUrl)?.configDump)
+    .map((r) => ({ typeUrl: r.typeUrl, name: r.name, version: r.version, resource: r.resource! }));
+  const result = translate({ resources: [...accepted, ...extra], waypoints: config.waypoints() });
+  const unusedRefusals: Rejection[] = unused
+    .filter((r) => r.error !== undefined)
+    .map((r) => ({ typeUrl: r.typeUrl, name: r.name, reason: r.error! }));
+  const rejected = mergeRejections([...config.rejections(), ...unusedRefusals], result.rejected);
   const report = toReport(result, rejected);
-  for (const note of contents.notes) report.status.push({ type: 'file', name: '', note });
+  for (const note of source.fileNotes()) report.status.push({ type: 'file', name: '', note });
+  const addresses = readAddresses(config.snapshot(TYPE.address));
+  for (const n of addresses.notes) report.status.push({ type: 'address', name: n.name, note: n.note });
+  report.layout = source.status().layout;
+  report.counts = countByType(source, result, rejected, addresses.notes);
   return report;
 }
 
-function validateAll(resources: XdsResource[]): Rejection[] {
-  const byType = new Map<string, XdsResource[]>();
-  for (const r of resources) byType.set(r.typeUrl, [...(byType.get(r.typeUrl) ?? []), r]);
-  return [...byType].flatMap(([typeUrl, list]) => validate(typeUrl, list));
+/** Every resource of the file, deduplicated as the file source reads it (first of a name wins). */
+function fileResources(source: XdsFileSource): FileResource[] {
+  const seen = new Set<string>();
+  const out: FileResource[] = [];
+  for (const r of source.all()) {
+    const k = resourceKey(r.typeUrl, r.name);
+    if (seen.has(k)) continue;
+    seen.add(k);
+    out.push(r);
+  }
+  return out;
 }
 
-/** translate() repeats validate()'s findings; keep each reason once. */
+function countByType(
+  source: XdsFileSource,
+  result: TranslateResult,
+  rejected: Rejection[],
+  addressNotes: { name: string; note: string }[],
+): TypeCount[] {
+  const refusedWhole = new Map<string, string[]>();
+  for (const r of rejected) {
+    if (r.partial) continue;
+    const k = resourceKey(r.typeUrl, r.name);
+    refusedWhole.set(k, [...(refusedWhole.get(k) ?? []), r.reason]);
+  }
+  const uses = new Map(result.uses.map((u) => [resourceKey(u.typeUrl, u.name), u]));
+  const notes = new Map<string, string>();
+  for (const n of [...result.status, ...addressNotes.map((a) => ({ ...a, typeUrl: TYPE.address }))]) {
+    const k = resourceKey(n.typeUrl, n.name);
+    if (!notes.has(k)) notes.set(k, n.note);
+  }
+  const unused = new Set(source.unused().map((r) => resourceKey(r.typeUrl, r.name)));
+  const counts = new Map<string, TypeCount>();
+  for (const t of RESOURCE_TYPES)
+    counts.set(t.typeUrl, {
+      type: t.noun,
+      label: t.label,
+      held: 0,
+      programmed: 0,
+      waiting: [],
+      refused: [],
+      notUsed: [],
+    });
+  for (const r of fileResources(source)) {
+    const c = counts.get(r.typeUrl);
+    if (!c) continue;
+    c.held++;
+    const k = resourceKey(r.typeUrl, r.name);
+    const refusal = refusedWhole.get(k);
+    const use = uses.get(k);
+    if (refusal) c.refused.push({ name: r.name, why: refusal.join('; ') });
+    else if (use?.use === 'programmed') c.programmed++;
+    else if (use?.use === 'waiting') c.waiting.push({ name: r.name, why: use.why ?? '' });
+    else {
+      const why =
+        notes.get(k) ??
+        (unused.has(k)
+          ? `nothing in the input names this ${resourceType(r.typeUrl)?.noun ?? 'resource'}`
+          : 'no programmed frontend uses it');
+      c.notUsed.push({ name: r.name, why });
+    }
+  }
+  return [...counts.values()].filter((c) => c.held > 0);
+}
+
+/** The source's refusals and translate's, each reason once. */
 function mergeRejections(a: Rejection[], b: Rejection[]): Rejection[] {
   const seen = new Set<string>();
   const out: Rejection[] = [];
   for (const r of [...a, ...b]) {
-    const key = `${r.typeUrl}\u0000${r.name}\u0000${r.reason}`;
+    const key = rejectionKey(r);
     if (seen.has(key)) continue;
     seen.add(key);
-    out.push(r);
+    out.push({ typeUrl: r.typeUrl, name: r.name, reason: r.reason, ...(r.partial ? { partial: true } : {}) });
   }
   return out;
 }
@@ -162,11 +269,31 @@ function toReport(result: TranslateResult, rejected: Rejection[]): CheckReport {
       refreshMs: q.refreshMs,
       clusters: q.clusters,
     })),
+    layout: '',
+    counts: [],
   };
 }
 
 function renderText(file: string, r: CheckReport): string {
-  const lines: string[] = [`kernmesh check ${file}`, ''];
+  const lines: string[] = [`kernmesh check ${file}`, `Read as: ${r.layout}`, ''];
+  lines.push(
+    table([
+      ['TYPE', 'HELD', 'PROGRAMMED', 'WAITING', 'REFUSED', 'NOT USED'],
+      ...r.counts.map((c) => [
+        `${c.type} (${c.label})`,
+        String(c.held),
+        String(c.programmed),
+        String(c.waiting.length),
+        String(c.refused.length),
+        String(c.notUsed.length),
+      ]),
+    ]).trimEnd(),
+  );
+  for (const c of r.counts) {
+    for (const w of c.waiting) lines.push(`  ${c.type} ${w.name}: waiting: ${w.why}`);
+    for (const n of c.notUsed) lines.push(`  ${c.type} ${n.name}: not used: ${n.why}`);
+  }
+  lines.push('');
   const programmed = r.frontends.filter((f) => !f.pending);
   lines.push(`Frontends: ${programmed.length} programmed, ${r.frontends.length - programmed.length} not yet`);
   for (const f of r.frontends) {

@@ -7,6 +7,7 @@ export type {
   FrontendView,
   NotEnforced,
   OutboundPolicy,
+  ResourceUse,
   StatusNote,
   TranslateInput,
   TranslateResult,

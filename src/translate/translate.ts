@@ -3,7 +3,7 @@
 import { isIP } from 'node:net';
 import type { DesiredState, Endpoint, Frontend, LbPolicy, Service, Waypoint } from '../dataplane/model.js';
 import { canonicalAddress } from '../net/address.js';
-import { TYPE, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
+import { TYPE, resourceKey, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
 import { analysed } from './analysis.js';
 import { CLUSTER_ANALYSER, type ParsedCluster, checkEndpoints } from './cluster.js';
 import { ENDPOINT_ANALYSER, type ParsedEndpoint, analyseAssignment } from './endpoints.js';
@@ -17,6 +17,7 @@ import {
   type FrontendView,
   type OutboundPolicy,
   type ResourceFindings,
+  type ResourceUse,
   type TranslateInput,
   type TranslateResult,
 } from './types.js';
@@ -39,14 +40,33 @@ interface FrontendEntry {
   rank: number;
   source: string;
   listener: string;
+  /** The RouteConfiguration (RDS) the destination comes from. */
+  route?: string;
   destination?: Destination;
   pending?: string;
   /** The pending reason is a refusal (not a wait): the last accepted entries stay. */
   refused?: boolean;
 }
 
+/** What each resource became in this translation (programmed wins over waiting). */
+class Uses {
+  private readonly byKey = new Map<string, ResourceUse>();
+  programmed(typeUrl: string, name: string | undefined): void {
+    if (name) this.byKey.set(resourceKey(typeUrl, name), { typeUrl, name, use: 'programmed' });
+  }
+  waiting(typeUrl: string, name: string | undefined, why: string): void {
+    if (!name) return;
+    const k = resourceKey(typeUrl, name);
+    if (!this.byKey.has(k)) this.byKey.set(k, { typeUrl, name, use: 'waiting', why });
+  }
+  list(): ResourceUse[] {
+    return [...this.byKey.values()];
+  }
+}
+
 export function translate(input: TranslateInput): TranslateResult {
   const findings = new Findings();
+  const uses = new Uses();
   const byType = groupByType(input.resources, findings);
 
   const claByName = new Map<string, XdsResource>();
@@ -65,6 +85,7 @@ export function translate(input: TranslateInput): TranslateResult {
       parsed && !res.refused
         ? buildCluster(parsed, claByName, input.dns, dnsQueries, findings, res)
         : undefined;
+    if (state?.pending && !res.refused) uses.waiting(TYPE.cluster, state.parsed.name, state.pending);
     if (!state || res.refused) {
       refusedClusters.add(parsed?.name ?? r.name);
       continue;
@@ -91,7 +112,7 @@ export function translate(input: TranslateInput): TranslateResult {
     const lr = a.parsed;
     if (res.refused) continue;
     if (lr.outboundPolicy) outboundPolicy = lr.outboundPolicy;
-    entries.push(...listenerEntries(lr, routes, referencedRoutes, res));
+    entries.push(...listenerEntries(lr, routes, referencedRoutes, res, uses));
   }
   for (const [name] of routes) {
     if (!referencedRoutes.has(name)) {
@@ -106,6 +127,7 @@ export function translate(input: TranslateInput): TranslateResult {
     { clusters, refusedClusters, previous: input.previous },
     waypointFor,
     findings,
+    uses,
   );
 
   const views = [...clusters.values()].map((c) => c.view);
@@ -146,6 +168,7 @@ export function translate(input: TranslateInput): TranslateResult {
     clusters: views.sort((a, b) => cmp(a.name, b.name)),
     frontends: model.views,
     dnsQueries: [...dnsQueries.values()],
+    uses: uses.list(),
   };
   if (outboundPolicy) result.outboundPolicy = outboundPolicy;
   return result;
@@ -306,11 +329,16 @@ function listenerEntries(
   routes: Map<string, RouteConfigResult>,
   referenced: Set<string>,
   res: ResourceFindings,
+  uses: Uses,
 ): FrontendEntry[] {
   const out: FrontendEntry[] = [];
   for (const c of lr.candidates) {
     const where = c.address === '*' ? `port ${c.port}` : `${c.address}:${c.port}`;
-    const base = { port: c.port, rank: c.rank, listener: lr.name };
+    const base: { port: number; rank: number; listener: string; route?: string } = {
+      port: c.port,
+      rank: c.rank,
+      listener: lr.name,
+    };
     if (c.target.kind === 'tcp') {
       const d = c.target.destination;
       if (c.address !== '*') {
@@ -331,11 +359,14 @@ function listenerEntries(
     const rc = c.target.kind === 'rds' ? routes.get(c.target.routeName) : c.target.routes;
     if (c.target.kind === 'rds') referenced.add(c.target.routeName);
     const source = `${lr.name} → route ${routeName}`;
+    if (c.target.kind === 'rds') base.route = c.target.routeName;
     if (!rc) {
       if (c.address !== '*') {
         out.push({ ...base, address: c.address, source, pending: `waiting for RDS route "${routeName}"` });
       } else {
-        res.note(`${c.path}: waiting for RDS route "${routeName}" to learn the VIPs on ${where}`);
+        const why = `waiting for RDS route "${routeName}" to learn the VIPs on ${where}`;
+        res.note(`${c.path}: ${why}`);
+        uses.waiting(TYPE.listener, lr.name, why);
       }
       continue;
     }
@@ -434,14 +465,15 @@ function waypointIndex(
   waypoints: ServiceWaypoint[],
   clusters: Map<string, ClusterState>,
   frontends: FrontendEntry[],
-): (address: string, port: number) => Waypoint | string | undefined {
+): (address: string, port: number) => (Waypoint & { service: string }) | string | undefined {
   const byVip = new Map<string, ServiceWaypoint>();
   for (const w of waypoints) for (const vip of w.vips) byVip.set(vip, w);
   return (address, port) => {
     const w = byVip.get(address);
     if (!w) return undefined;
     if (w.ports.length > 0 && !w.ports.some((p) => p.servicePort === port)) return undefined;
-    if (w.waypoint.address) return { address: w.waypoint.address, port: w.waypoint.port };
+    const service = `${w.namespace}/${w.hostname}`;
+    if (w.waypoint.address) return { address: w.waypoint.address, port: w.waypoint.port, service };
     const host = w.waypoint.hostname;
     if (!host) return `service ${w.namespace}/${w.hostname} names a waypoint without an address or hostname`;
     const fqdn = host.hostname.includes('.')
@@ -456,7 +488,7 @@ function waypointIndex(
         clusters.has(x.destination.cluster),
     );
     if (!f) return `waiting for the VIP of waypoint ${fqdn} (no outbound listener for it yet)`;
-    return { address: f.address, port: w.waypoint.port };
+    return { address: f.address, port: w.waypoint.port, service };
   };
 }
 
@@ -475,8 +507,9 @@ interface ClusterIndex {
 function buildModel(
   chosen: FrontendEntry[],
   index: ClusterIndex,
-  waypointFor: (address: string, port: number) => Waypoint | string | undefined,
+  waypointFor: (address: string, port: number) => (Waypoint & { service: string }) | string | undefined,
   findings: Findings,
+  uses: Uses,
 ): Model {
   const services = new Map<string, Service>();
   const frontends: Frontend[] = [];
@@ -501,9 +534,26 @@ function buildModel(
       source: e.source,
     };
     views.push(view);
+    const members = !e.destination
+      ? []
+      : e.destination.kind === 'cluster'
+        ? [e.destination.cluster]
+        : e.destination.members.map((m) => m.cluster);
+    const mark = (pending: string | undefined) => {
+      for (const [typeUrl, name] of [
+        [TYPE.listener, e.listener],
+        [TYPE.route, e.route],
+        ...members.map((m) => [TYPE.cluster, m]),
+        ...members.map((m) => [TYPE.endpoint, index.clusters.get(m)?.parsed.edsName]),
+      ] as [string, string | undefined][]) {
+        if (pending === undefined) uses.programmed(typeUrl, name);
+        else uses.waiting(typeUrl, name, `${e.address}:${e.port}: ${pending}`);
+      }
+    };
     if (!e.destination) {
       view.pending = e.pending ?? 'no destination';
       if (e.refused) kept.push({ entry: e, view, why: view.pending });
+      else mark(view.pending);
       continue;
     }
     const family = isIP(e.address);
@@ -511,18 +561,20 @@ function buildModel(
     if (typeof wp === 'string') {
       view.pending = wp;
       findings.forResource(TYPE.address, `${e.address}:${e.port}`).note(wp);
+      mark(wp);
       continue;
     }
     let service: Service | { pending: string; refused: boolean };
     if (wp) {
+      const waypoint = { address: wp.address, port: wp.port };
       service = {
         name: `waypoint|${wp.address}|${wp.port}`,
         kind: 'waypoint',
         lbPolicy: 'random',
         endpoints: [],
-        waypoint: wp,
+        waypoint,
       };
-      if (e.destination.kind === 'cluster') clusterWaypoints.set(e.destination.cluster, wp);
+      if (e.destination.kind === 'cluster') clusterWaypoints.set(e.destination.cluster, waypoint);
     } else {
       const both = (families.get(destinationName(e.destination))?.size ?? 0) > 1;
       service = serviceFor(e.destination, index, family, both);
@@ -530,10 +582,13 @@ function buildModel(
     if ('pending' in service) {
       view.pending = service.pending;
       if (service.refused) kept.push({ entry: e, view, why: service.pending });
+      else mark(service.pending);
       continue;
     }
     if (!services.has(service.name)) services.set(service.name, service);
     frontends.push({ address: e.address, port: e.port, protocol: 'tcp', service: service.name });
+    mark(undefined);
+    if (wp) uses.programmed(TYPE.address, wp.service);
   }
   // A refused service keeps its last accepted entries; one that never had any is not rewritten.
   for (const { entry, view, why } of kept) {

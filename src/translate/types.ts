@@ -74,6 +74,14 @@ export interface TranslateInput {
   refusedBySource?: { typeUrl: string; name: string }[];
 }
 
+/** What one input resource became: part of a programmed frontend, or waiting (and why). */
+export interface ResourceUse {
+  typeUrl: string;
+  name: string;
+  use: 'programmed' | 'waiting';
+  why?: string;
+}
+
 export interface TranslateResult {
   desired: DesiredState;
   rejected: Rejection[];
@@ -82,6 +90,8 @@ export interface TranslateResult {
   clusters: ClusterView[];
   frontends: FrontendView[];
   dnsQueries: DnsQuery[];
+  /** Resources programmed or waiting; refused ones are in `rejected`, the rest are not used. */
+  uses: ResourceUse[];
   /** undefined when no virtualOutbound listener was given. */
   outboundPolicy?: OutboundPolicy;
 }

@@ -27,6 +27,16 @@ export interface XdsResource {
   lastUpdated?: string;
 }
 
+/** The one key of a resource across types (maps of statuses, notes and refusals use it). */
+export function resourceKey(typeUrl: string, name: string): string {
+  return `${typeUrl}\u0000${name}`;
+}
+
+/** The one key of a refusal: the same resource refused for the same reason is one refusal. */
+export function rejectionKey(r: { typeUrl: string; name: string; reason: string }): string {
+  return `${resourceKey(r.typeUrl, r.name)}\u0000${r.reason}`;
+}
+
 /** A resource refused by validation or translation, in the form a NACK's error_detail lists it. */
 export interface Rejection {
   typeUrl: string;

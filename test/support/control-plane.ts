@@ -225,6 +225,18 @@ export class TestControlPlane {
   }
 
   /** Sends the type's current resources to every subscribed stream; `names` limits a SotW push (partial EDS). */
+  /** Starts answering after `respond = false`: every watched type gets its answer, empty ones too. */
+  resume(): void {
+    this.respond = true;
+    for (const s of this.streams) {
+      if (!s.open) continue;
+      for (const [typeUrl, w] of s.types) {
+        if (s.mode === 'sotw') this.sendSotw(s, typeUrl, w);
+        else this.sendDelta(s, typeUrl, w, true);
+      }
+    }
+  }
+
   push(typeUrl: string, opts: { names?: string[] } = {}): void {
     for (const s of this.streams) {
       const w = s.types.get(typeUrl);

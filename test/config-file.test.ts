@@ -2,19 +2,34 @@
 // that name the file and the line.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { XdsFileError, parseXdsFile, readXdsFile } from '../src/xds/file.js';
-import { TYPE } from '../src/xds/types.js';
+import { ConfigFileError, parseConfigFile, readConfigFile } from '../src/xds/config-file.js';
+import { TYPE, type XdsResource } from '../src/xds/types.js';
+import { readAddresses } from '../src/xds/waypoints.js';
 import { fixturePath } from './support/fixtures.js';
 
-void describe('readXdsFile', () => {
+/** The decoded resources of a file, as the file source hands them on. */
+function decoded(
+  resources: { typeUrl: string; name: string; version: string; resource?: XdsResource['resource'] }[],
+): XdsResource[] {
+  return resources.flatMap((r) =>
+    r.resource ? [{ typeUrl: r.typeUrl, name: r.name, version: r.version, resource: r.resource }] : [],
+  );
+}
+
+/** Waypoints and notes of a file's workload API Addresses, through the one waypoint reader. */
+function addressesOf(contents: { resources: Parameters<typeof decoded>[0] }) {
+  return readAddresses(decoded(contents.resources).filter((r) => r.typeUrl === TYPE.address));
+}
+
+void describe('readConfigFile', () => {
   void it('reads the YAML listeners dump: 27 dynamic and 2 static listeners', async () => {
-    const { resources } = await readXdsFile(fixturePath('sidecar-listeners.configdump.yaml'));
+    const { resources } = await readConfigFile(fixturePath('sidecar-listeners.configdump.yaml'));
     assert.equal(resources.length, 29);
     assert.ok(resources.every((r) => r.typeUrl === TYPE.listener));
     const vo = resources.find((r) => r.name === 'virtualOutbound');
     // Its own active_state.version_info (line 3892), not the section's (2023-06-20T09:08:58Z/4).
     assert.equal(vo?.version, '2023-06-20T09:07:41Z/3');
-    assert.equal(vo?.resource['@type'], TYPE.listener);
+    assert.equal(vo?.resource?.['@type'], TYPE.listener);
     // The two static listeners have no name: Envoy names them by address.
     assert.deepEqual(
       resources.slice(0, 2).map((r) => r.name),
@@ -23,7 +38,7 @@ void describe('readXdsFile', () => {
   });
 
   void it('reads every section of a full config dump and skips the ones kernmesh does not use', async () => {
-    const { resources, notes } = await readXdsFile(fixturePath('waypoint-full.configdump.json'));
+    const { resources, notes } = await readConfigFile(fixturePath('waypoint-full.configdump.json'));
     const count = (t: string) => resources.filter((r) => r.typeUrl === t).length;
     assert.deepEqual(
       [count(TYPE.cluster), count(TYPE.endpoint), count(TYPE.listener), count(TYPE.route)],
@@ -40,21 +55,22 @@ void describe('readXdsFile', () => {
 
   void it('names the file and the line of a YAML syntax error', () => {
     assert.throws(
-      () => parseXdsFile('configs:\n  - "@type": x\n    key: [1, 2\n', 'dump.yaml'),
-      (err: Error) => err instanceof XdsFileError && /^dump\.yaml: line \d+: invalid YAML/.test(err.message),
+      () => parseConfigFile('configs:\n  - "@type": x\n    key: [1, 2\n', 'dump.yaml'),
+      (err: Error) =>
+        err instanceof ConfigFileError && /^dump\.yaml: line \d+: invalid YAML/.test(err.message),
     );
   });
 
   void it('names the file and the line of a JSON syntax error', () => {
     assert.throws(
-      () => parseXdsFile('{\n  "configs": [\n    {"a": 1,}\n  ]\n}\n', 'dump.json'),
-      (err: Error) => err instanceof XdsFileError && /^dump\.json: line 3: invalid JSON/.test(err.message),
+      () => parseConfigFile('{\n  "configs": [\n    {"a": 1,}\n  ]\n}\n', 'dump.json'),
+      (err: Error) => err instanceof ConfigFileError && /^dump\.json: line 3: invalid JSON/.test(err.message),
     );
   });
 
   void it('keeps the cause of an unreadable file', async () => {
-    await assert.rejects(readXdsFile('/nonexistent/kernmesh.json'), (err: Error) => {
-      assert.ok(err instanceof XdsFileError);
+    await assert.rejects(readConfigFile('/nonexistent/kernmesh.json'), (err: Error) => {
+      assert.ok(err instanceof ConfigFileError);
       assert.match(err.message, /^\/nonexistent\/kernmesh\.json: cannot read: ENOENT/);
       assert.equal((err.cause as NodeJS.ErrnoException).code, 'ENOENT');
       return true;
@@ -63,11 +79,11 @@ void describe('readXdsFile', () => {
 
   void it('refuses a document that is none of the known layouts', () => {
     assert.throws(
-      () => parseXdsFile('{"clusters": []}', 'x.json'),
-      /^XdsFileError: x\.json: not a config dump/,
+      () => parseConfigFile('{"clusters": []}', 'x.json'),
+      /^ConfigFileError: x\.json: not a config dump/,
     );
     assert.throws(
-      () => parseXdsFile('{"resources": [{"name": "a"}]}', 'x.json'),
+      () => parseConfigFile('{"resources": [{"name": "a"}]}', 'x.json'),
       /resources\[0\]: no "@type"/,
     );
   });
@@ -101,7 +117,9 @@ void describe('readXdsFile', () => {
         },
       ],
     });
-    const { resources, waypoints } = parseXdsFile(text, 'r.json');
+    const contents = parseConfigFile(text, 'r.json');
+    const { resources } = contents;
+    const { waypoints } = addressesOf(contents);
     assert.deepEqual(
       resources.map((r) => [r.typeUrl, r.name, r.version]),
       [
@@ -122,10 +140,14 @@ void describe('readXdsFile', () => {
   });
 
   void it('reads ztunnel’s dump: service waypoints, and notes for workload waypoints', async () => {
-    const { resources, waypoints, notes } = await readXdsFile(fixturePath('ztunnel-wds.dump.json'));
-    assert.deepEqual([resources, waypoints], [[], []]);
-    assert.equal(notes.filter((n) => n.includes('has waypoint')).length, 6);
-    const withWaypoint = parseXdsFile(
+    const contents = await readConfigFile(fixturePath('ztunnel-wds.dump.json'));
+    // 19 services and 27 workloads, each read as the workload API Address it was built from.
+    assert.equal(contents.resources.length, 19 + 27);
+    assert.ok(contents.resources.every((r) => r.typeUrl === TYPE.address && r.resource));
+    const { waypoints, notes } = addressesOf(contents);
+    assert.deepEqual(waypoints, []);
+    assert.equal(notes.filter((n) => n.note.includes('has waypoint')).length, 6);
+    const withWaypoint = parseConfigFile(
       JSON.stringify({
         workloads: {},
         services: {
@@ -141,7 +163,7 @@ void describe('readXdsFile', () => {
       }),
       'z.json',
     );
-    assert.deepEqual(withWaypoint.waypoints, [
+    assert.deepEqual(addressesOf(withWaypoint).waypoints, [
       {
         namespace: 'default',
         hostname: 'web.default.svc.cluster.local',

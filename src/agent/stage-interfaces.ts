@@ -1,39 +1,48 @@
-// What the agent needs from each stage, in the agent's own terms. stages.ts adapts the real
-// xds/, translate/ and dataplane/ modules to these; the agent itself only sees plain data.
+// What the agent needs from each stage, in the agent's own terms: the config source (xds/), the
+// translation (translate/) and the kernel (dataplane/, accel/, telemetry/). start.ts wires the real
+// ones; the agent itself only sees plain data.
 import type { Attachment } from '../dataplane/dataplane.js';
 import type { DesiredState } from '../dataplane/model.js';
 import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
 import type { KernelStats } from '../admin/cluster-stats.js';
 import type { KernelGauges } from './metrics.js';
 
-/** A complete view of the accepted resources after an update (xds/ keeps the state; we take snapshots). */
+/** What changed in the source's accepted config: per type, how many resources came and went. */
 export interface SourceUpdate {
-  resources: XdsResource[];
-  /** Services with a waypoint (workload API), when waypoints are on. */
-  waypoints?: ServiceWaypoint[];
-  /** Type URLs that changed in this update, for the push counters. */
-  changedTypes: string[];
+  changes: { typeUrl: string; upserted: number; removed: number }[];
   /** process.hrtime.bigint() when the update arrived: the start of the apply-latency measurement. */
   receivedAt: bigint;
 }
+
+/** A resource's refusal as the source holds it, with the content refused when it decoded. */
+export type SourceRejection = Rejection & { failed?: JsonObject; at?: string };
 
 export interface ConfigSource {
   /** 'istiod' or 'file', for logs and /server_info. */
   readonly kind: 'istiod' | 'file';
   /** Where it reads from (address or path). */
   readonly target: string;
-  /** onRejected: resources NACKed in a response that changed nothing else (no update follows). */
+  /**
+   * onUpdate: the accepted config changed (never before the initial fetch is complete);
+   * onRejected: resources refused in a response, whether or not anything else changed.
+   */
   start(onUpdate: (u: SourceUpdate) => void, onRejected?: (r: Rejection[]) => void): Promise<void>;
   stop(): Promise<void>;
   connected(): boolean;
+  /** The accepted resources now (for CDS: warm clusters), every type: the one store translate reads. */
+  resources(): XdsResource[];
+  /** Services with a waypoint (workload API). */
+  waypoints(): ServiceWaypoint[];
   /** Last accepted version per type URL. */
   versions(): Record<string, string>;
   /** /debug/xds: per type and per resource status, versions, nonces, last NACK reason. */
   debug(): unknown;
   /** The node identity sent to istiod, for the Bootstrap section of /config_dump. */
   node(): JsonObject;
-  /** Resources refused by the source itself (validation before translation), with what was refused. */
-  rejections(): (Rejection & { failed?: JsonObject; at?: string })[];
+  /** The refusals of the resources NACKED now (the source's per-resource state). */
+  rejections(): SourceRejection[];
+  /** What readiness still waits for from the source ("clusters (CDS)"), empty once answered. */
+  waitingFor(): string[];
 }
 
 export interface TranslateResult {
