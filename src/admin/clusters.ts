@@ -1,20 +1,14 @@
 // Envoy's /clusters (text) and /clusters?format=json (envoy.admin.v3.Clusters): every cluster istiod
 // sent, with each host's address, EDS health, weight, priority, locality and the kernel's counts.
+import { arr, num, obj as maybeObj, str as maybeStr } from '../xds/read-json.js';
+import { edsServiceName } from '../xds/resource-types/index.js';
 import { TYPE, type JsonObject, type JsonValue, type XdsResource } from '../xds/types.js';
 import type { ClusterStatsView } from './cluster-stats.js';
 
-const obj = (v: JsonValue | undefined): JsonObject =>
-  v && typeof v === 'object' && !Array.isArray(v) ? v : {};
-const arr = (v: JsonValue | undefined): JsonValue[] => (Array.isArray(v) ? v : []);
-const str = (v: JsonValue | undefined): string => (typeof v === 'string' ? v : '');
-
-/** A UInt32Value in proto3 JSON is a bare number, but hand-written files sometimes use `{value: n}`. */
-function uint(v: JsonValue | undefined, dflt: number): number {
-  if (typeof v === 'number') return v;
-  if (typeof v === 'string' && /^\d+$/.test(v)) return Number(v);
-  const inner = obj(v).value;
-  return typeof inner === 'number' ? inner : dflt;
-}
+// Envoy's views print absent messages as {} and absent strings as '': the shared readers, defaulted.
+const obj = (v: JsonValue | undefined): JsonObject => maybeObj(v) ?? {};
+const str = (v: JsonValue | undefined): string => maybeStr(v) ?? '';
+const uint = (v: JsonValue | undefined, dflt: number): number => num(v) ?? dflt;
 
 function hostsOf(cla: JsonObject, stats?: ClusterStatsView): JsonObject[] {
   const hosts: JsonObject[] = [];
@@ -58,16 +52,16 @@ export function buildClusters(resources: XdsResource[], stats?: ClusterStatsView
     .filter((x) => x.typeUrl === TYPE.cluster)
     .sort((a, b) => a.name.localeCompare(b.name))) {
     const c = r.resource;
-    // EDS clusters are named by eds_cluster_config.service_name when set; others carry load_assignment inline.
-    const edsName = str(obj(c.eds_cluster_config).service_name);
-    const cla = assignments.get(edsName || r.name) ?? obj(c.load_assignment);
+    // EDS clusters take their ClusterLoadAssignment by name; others carry load_assignment inline.
+    const edsName = edsServiceName(c);
+    const cla = (edsName !== undefined ? assignments.get(edsName) : undefined) ?? obj(c.load_assignment);
     const status: JsonObject = {
       name: r.name,
       added_via_api: true,
       observability_name: str(c.alt_stat_name) || r.name,
       host_statuses: hostsOf(cla, stats),
     };
-    if (c.type === 'EDS') status.eds_service_name = edsName || r.name;
+    if (edsName !== undefined) status.eds_service_name = edsName;
     statuses.push(status);
   }
   return { cluster_statuses: statuses };

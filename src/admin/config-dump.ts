@@ -1,6 +1,7 @@
 // Envoy's /config_dump, built from the resources the agent accepted, in the layout of
 // envoy.admin.v3.ConfigDump so that istioctl proxy-config and other Envoy tooling read it.
-import { TYPE, type JsonObject, type JsonValue, type Rejection, type XdsResource } from '../xds/types.js';
+import { CONFIG_DUMP_TYPES, type ResourceType } from '../xds/resource-types/index.js';
+import type { JsonObject, JsonValue, Rejection, XdsResource } from '../xds/types.js';
 
 const ADMIN = 'type.googleapis.com/envoy.admin.v3.';
 
@@ -53,116 +54,62 @@ function errorState(
   return state;
 }
 
+/** One type's section of the dump, laid out as its ResourceType says (listeners nest their state). */
+function sectionOf(t: ResourceType, input: ConfigDumpInput, rx: RegExp | undefined, now: string): JsonObject {
+  const dump = t.configDump!;
+  const rejected = (input.rejections ?? []).filter(
+    (r) => r.typeUrl === t.typeUrl && (!rx || rx.test(r.name)),
+  );
+  const resources = byType(input.resources, t.typeUrl, rx);
+  const names = new Set(resources.map((r) => r.name));
+  const version = dump.sectionVersion ? input.versions?.[t.typeUrl] : undefined;
+  const entry = (r: XdsResource): JsonObject => {
+    const state: JsonObject = {
+      version_info: r.version,
+      [dump.key]: withType(r.resource, t.typeUrl),
+      last_updated: stamp(r, now),
+    };
+    const out: JsonObject = dump.nestedState ? { name: r.name, active_state: state } : state;
+    const rej = rejected.find((x) => x.name === r.name);
+    if (rej) {
+      out.error_state = errorState(rej, t.typeUrl, now);
+      out.client_status = 'NACKED';
+    }
+    return out;
+  };
+  // A resource refused before it was ever accepted still shows, with its error, as Envoy does.
+  const refusedOnly = (x: (typeof rejected)[number]): JsonObject =>
+    dump.nestedState
+      ? { name: x.name, error_state: errorState(x, t.typeUrl, now), client_status: 'NACKED' }
+      : {
+          ...(x.failed ? { [dump.key]: withType(x.failed, t.typeUrl) } : {}),
+          error_state: errorState(x, t.typeUrl, now),
+          client_status: 'NACKED',
+          last_updated: x.at ?? now,
+        };
+  return {
+    '@type': `${ADMIN}${dump.section}`,
+    ...(version ? { version_info: version } : {}),
+    [dump.dynamicList]: [
+      ...resources.map(entry),
+      ...rejected.filter((x) => !names.has(x.name)).map(refusedOnly),
+    ],
+  };
+}
+
 /** Builds the ConfigDump JSON. Sections follow Envoy's order: bootstrap, clusters, endpoints, listeners, routes. */
 export function buildConfigDump(input: ConfigDumpInput, opts: ConfigDumpOptions = {}): JsonObject {
   const now = new Date().toISOString();
-  const rx = opts.nameRegex;
-  const rejected = (typeUrl: string) =>
-    (input.rejections ?? []).filter((r) => r.typeUrl === typeUrl && (!rx || rx.test(r.name)));
-  const versionOf = (typeUrl: string) => input.versions?.[typeUrl];
-
-  const clusters = byType(input.resources, TYPE.cluster, rx);
-  const clusterNames = new Set(clusters.map((c) => c.name));
-  const clusterDump: JsonObject = {
-    '@type': `${ADMIN}ClustersConfigDump`,
-    ...(versionOf(TYPE.cluster) ? { version_info: versionOf(TYPE.cluster)! } : {}),
-    dynamic_active_clusters: [
-      ...clusters.map((r) => {
-        const entry: JsonObject = {
-          version_info: r.version,
-          cluster: withType(r.resource, TYPE.cluster),
-          last_updated: stamp(r, now),
-        };
-        const rej = rejected(TYPE.cluster).find((x) => x.name === r.name);
-        if (rej) {
-          entry.error_state = errorState(rej, TYPE.cluster, now);
-          entry.client_status = 'NACKED';
-        }
-        return entry;
-      }),
-      // A cluster refused before it was ever accepted still shows, with its error, as Envoy does.
-      ...rejected(TYPE.cluster)
-        .filter((x) => !clusterNames.has(x.name))
-        .map((x) => ({
-          ...(x.failed ? { cluster: withType(x.failed, TYPE.cluster) } : {}),
-          error_state: errorState(x, TYPE.cluster, now),
-          client_status: 'NACKED',
-          last_updated: x.at ?? now,
-        })),
-    ],
-  };
-
-  const endpointDump: JsonObject = {
-    '@type': `${ADMIN}EndpointsConfigDump`,
-    dynamic_endpoint_configs: byType(input.resources, TYPE.endpoint, rx).map((r) => ({
-      version_info: r.version,
-      endpoint_config: withType(r.resource, TYPE.endpoint),
-      last_updated: stamp(r, now),
-    })),
-  };
-
-  const listenerRejections = rejected(TYPE.listener);
-  const listeners = byType(input.resources, TYPE.listener, rx);
-  const listenerNames = new Set(listeners.map((l) => l.name));
-  const listenerDump: JsonObject = {
-    '@type': `${ADMIN}ListenersConfigDump`,
-    ...(versionOf(TYPE.listener) ? { version_info: versionOf(TYPE.listener)! } : {}),
-    dynamic_listeners: [
-      ...listeners.map((r) => {
-        const entry: JsonObject = {
-          name: r.name,
-          active_state: {
-            version_info: r.version,
-            listener: withType(r.resource, TYPE.listener),
-            last_updated: stamp(r, now),
-          },
-        };
-        const rej = listenerRejections.find((x) => x.name === r.name);
-        if (rej) {
-          entry.error_state = errorState(rej, TYPE.listener, now);
-          entry.client_status = 'NACKED';
-        }
-        return entry;
-      }),
-      ...listenerRejections
-        .filter((x) => !listenerNames.has(x.name))
-        .map((x) => ({
-          name: x.name,
-          error_state: errorState(x, TYPE.listener, now),
-          client_status: 'NACKED',
-        })),
-    ],
-  };
-
-  const routeDump: JsonObject = {
-    '@type': `${ADMIN}RoutesConfigDump`,
-    dynamic_route_configs: byType(input.resources, TYPE.route, rx).map((r) => {
-      const entry: JsonObject = {
-        version_info: r.version,
-        route_config: withType(r.resource, TYPE.route),
-        last_updated: stamp(r, now),
-      };
-      const rej = rejected(TYPE.route).find((x) => x.name === r.name);
-      if (rej) {
-        entry.error_state = errorState(rej, TYPE.route, now);
-        entry.client_status = 'NACKED';
-      }
-      return entry;
-    }),
-  };
-
   const bootstrapDump: JsonObject = {
     '@type': `${ADMIN}BootstrapConfigDump`,
     bootstrap: input.bootstrap,
     last_updated: input.startedAt,
   };
-
   const dumps = [
     bootstrapDump,
-    clusterDump,
-    ...(opts.includeEds ? [endpointDump] : []),
-    listenerDump,
-    routeDump,
+    ...CONFIG_DUMP_TYPES.filter((t) => !t.configDump!.onRequestOnly || opts.includeEds).map((t) =>
+      sectionOf(t, input, opts.nameRegex, now),
+    ),
   ];
 
   if (opts.resource) {
@@ -187,17 +134,12 @@ export function buildConfigDump(input: ConfigDumpInput, opts: ConfigDumpOptions 
 }
 
 /** The message type of each repeated field, for `resource=` dumps (Envoy wraps each element in its own Any). */
-const ELEMENT_TYPES: Record<string, string> = {
-  dynamic_active_clusters: 'DynamicCluster',
-  dynamic_warming_clusters: 'DynamicCluster',
-  static_clusters: 'StaticCluster',
-  dynamic_endpoint_configs: 'DynamicEndpointConfig',
-  static_endpoint_configs: 'StaticEndpointConfig',
-  dynamic_listeners: 'DynamicListener',
-  static_listeners: 'StaticListener',
-  dynamic_route_configs: 'DynamicRouteConfig',
-  static_route_configs: 'StaticRouteConfig',
-};
+const ELEMENT_TYPES: Record<string, string> = Object.fromEntries(
+  CONFIG_DUMP_TYPES.flatMap((t) => {
+    const d = t.configDump!;
+    return d.lists.map((l) => [l, l.startsWith('static_') ? d.staticElement : d.dynamicElement]);
+  }),
+);
 
 /** A bad admin request (400), as opposed to an agent fault (500). */
 export class AdminRequestError extends Error {}

@@ -1,15 +1,11 @@
 // kernmesh's own metrics (the Istio TCP metrics come from telemetry/ and share the registry).
 // Names follow Prometheus conventions so `promtool check metrics` passes: base units, _total on counters.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { typeLabel as resourceTypeLabel } from '../xds/resource-types/index.js';
 
-/** Short names for type URLs in labels, as istioctl prints them. */
+/** Short names for type URLs in labels, as istioctl prints them: cds, eds, lds, rds, wds. */
 export function typeLabel(typeUrl: string): string {
-  if (typeUrl.endsWith('.Cluster')) return 'cds';
-  if (typeUrl.endsWith('.ClusterLoadAssignment')) return 'eds';
-  if (typeUrl.endsWith('.Listener')) return 'lds';
-  if (typeUrl.endsWith('.RouteConfiguration')) return 'rds';
-  if (typeUrl.endsWith('.Address')) return 'wds';
-  return typeUrl.slice(typeUrl.lastIndexOf('.') + 1).toLowerCase();
+  return resourceTypeLabel(typeUrl).toLowerCase();
 }
 
 export interface KernelGauges {

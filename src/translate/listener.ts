@@ -81,7 +81,12 @@ export function analyseListener(l: JsonObject, res: ResourceFindings): ListenerR
   if (bool(l.use_original_dst) === true) {
     result.role = 'virtual-outbound';
     const policy = catchAllPolicy(l);
-    if (policy) result.outboundPolicy = policy;
+    if (typeof policy !== 'string') {
+      // Never described as more open than it is: what cannot be read is refused, not taken for ALLOW_ANY.
+      res.refuse(policy.path, `cannot tell the outbound traffic policy: ${policy.why}`);
+      return result;
+    }
+    result.outboundPolicy = policy;
     res.note(
       `outbound catch-all: connections to no known service ${policy === 'blackhole' ? 'are refused (REGISTRY_ONLY)' : 'keep their destination (ALLOW_ANY)'}`,
     );
@@ -266,23 +271,55 @@ function mergeChains(raw: Candidate[], res: ResourceFindings): Candidate[] {
   return out;
 }
 
-function catchAllPolicy(l: JsonObject): OutboundPolicy | undefined {
-  for (const chain of objs(l.filter_chains)) {
-    const m = obj(chain.filter_chain_match) ?? {};
-    // The destination_port chain is Envoy's loop guard for its own port, not the policy.
-    if (m.destination_port !== undefined) continue;
-    for (const f of objs(chain.filters)) {
-      const cluster = str(obj(f.typed_config)?.cluster);
-      if (cluster === 'BlackHoleCluster') return 'blackhole';
-      if (cluster === 'PassthroughCluster') return 'passthrough';
-    }
+/**
+ * Istio's outboundTrafficPolicy as virtualOutbound's catch-all says it: every chain that is not the
+ * loop guard (destination_port: its own port), and the default chain, must send to PassthroughCluster
+ * (ALLOW_ANY) or all to BlackHoleCluster (REGISTRY_ONLY). Anything else cannot be told.
+ */
+function catchAllPolicy(l: JsonObject): OutboundPolicy | { path: string; why: string } {
+  const chains: [string, JsonObject][] = objs(l.filter_chains)
+    .map((c, i): [string, JsonObject] => [`filter_chains[${i}]`, c])
+    .filter(([, c]) => obj(c.filter_chain_match)?.destination_port === undefined);
+  const def = obj(l.default_filter_chain);
+  if (def) chains.push(['default_filter_chain', def]);
+  if (chains.length === 0) return { path: 'filter_chains', why: 'no catch-all filter chain' };
+  const seen = new Set<string>();
+  for (const [path, chain] of chains) {
+    const proxies = objs(chain.filters).filter((f) => filterName(f) === 'envoy.filters.network.tcp_proxy');
+    const cfg = obj(proxies[0]?.typed_config);
+    const destination = str(cfg?.cluster);
+    if (proxies.length !== 1 || !destination)
+      return {
+        path,
+        why: `the catch-all chain has ${proxies.length === 0 ? 'no' : 'no single'} tcp_proxy to one cluster`,
+      };
+    if (destination !== 'BlackHoleCluster' && destination !== 'PassthroughCluster')
+      return {
+        path,
+        why: `the catch-all chain goes to ${destination}, neither PassthroughCluster nor BlackHoleCluster`,
+      };
+    seen.add(destination);
   }
-  return undefined;
+  if (seen.size > 1)
+    return {
+      path: 'filter_chains',
+      why: 'its catch-all chains disagree (PassthroughCluster and BlackHoleCluster)',
+    };
+  return seen.has('BlackHoleCluster') ? 'blackhole' : 'passthrough';
 }
+
+/** Envoy's deprecated short names of the filters kernmesh reads, as older configs spell them. */
+const LEGACY_FILTER_NAMES: Record<string, string> = {
+  'envoy.tcp_proxy': 'envoy.filters.network.tcp_proxy',
+  tcp_proxy: 'envoy.filters.network.tcp_proxy',
+  'envoy.http_connection_manager': 'envoy.filters.network.http_connection_manager',
+};
 
 function filterName(f: JsonObject): string {
   const name = str(f.name) ?? '';
   if (name in NETWORK_FILTERS) return name;
+  const legacy = LEGACY_FILTER_NAMES[name];
+  if (legacy) return legacy;
   const t = anyType(f.typed_config) ?? '';
   if (t.endsWith('.TcpProxy')) return 'envoy.filters.network.tcp_proxy';
   if (t.endsWith('.HttpConnectionManager')) return 'envoy.filters.network.http_connection_manager';
