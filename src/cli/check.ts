@@ -139,10 +139,15 @@ export function buildCheckReport(source: XdsFileSource): CheckReport {
   const extra: XdsResource[] = unused
     .filter((r) => r.resource && resourceType(r.typeUrl)?.configDump)
     .map((r) => ({ typeUrl: r.typeUrl, name: r.name, version: r.version, resource: r.resource! }));
-  const result = translate({ resources: [...accepted, ...extra], waypoints: config.waypoints() });
   const unusedRefusals: Rejection[] = unused
     .filter((r) => r.error !== undefined)
     .map((r) => ({ typeUrl: r.typeUrl, name: r.name, reason: r.error! }));
+  // As the agent does: what the source refused is refused for translate too (not merely unknown).
+  const result = translate({
+    resources: [...accepted, ...extra],
+    waypoints: config.waypoints(),
+    refusedBySource: [...config.rejections(), ...unusedRefusals],
+  });
   const rejected = mergeRejections([...config.rejections(), ...unusedRefusals], result.rejected);
   const report = toReport(result, rejected);
   for (const note of source.fileNotes()) report.status.push({ type: 'file', name: '', note });

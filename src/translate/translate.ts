@@ -596,7 +596,12 @@ function buildModel(
       (f) => f.port === entry.port && sameAddress(f.address, entry.address),
     );
     const service = index.previous?.services.find((s) => s.name === before?.service);
-    if (!before || !service) continue;
+    if (!before || !service) {
+      findings
+        .forResource(TYPE.listener, entry.listener)
+        .note(`${entry.address}:${entry.port}: ${why}; not rewritten (it has no earlier entries to keep)`);
+      continue;
+    }
     if (!services.has(service.name)) services.set(service.name, service);
     frontends.push(before);
     view.cluster = service.name;
