@@ -88,12 +88,13 @@ export async function stopProcess(
 }
 
 /**
- * `kernmesh run` serving the test's cgroup (pins under <pinDir>/agent, admin on a free port) with the
+ * `kernmesh run` serving the test's cgroup (pins under <pinDir>/<pinSubdir>, admin on a free port) with the
  * given source and identity flags, and a client process inside the cgroup; both stop with the test.
  */
 export async function runAgentServing(
   env: KernelEnv,
   args: string[],
+  pinSubdir = 'agent',
 ): Promise<{ agent: KernmeshProcess; admin: string; client: Client }> {
   const agent = startKernmesh([
     'run',
@@ -101,7 +102,7 @@ export async function runAgentServing(
     '--cgroup',
     env.cgroup,
     '--bpffs',
-    join(env.pinDir, 'agent'),
+    join(env.pinDir, pinSubdir),
     '--admin',
     '127.0.0.1:0',
   ]);

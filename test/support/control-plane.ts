@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { anyFromJson, decodeToJson } from '../../src/xds/proto-json.js';
 import { requireType } from '../../src/xds/protos.js';
+import { resourceType } from '../../src/xds/resource-types/index.js';
 import { isWildcardType } from '../../src/xds/state.js';
 import type { JsonObject, JsonValue, XdsResource } from '../../src/xds/types.js';
 
@@ -89,7 +90,8 @@ interface Waiter {
 }
 
 function nameOf(typeUrl: string, json: JsonObject): string {
-  const v = typeUrl.endsWith('ClusterLoadAssignment') ? json['cluster_name'] : json['name'];
+  // As the client names what it decodes (an unnamed bootstrap listener goes by its address).
+  const v = resourceType(typeUrl)?.nameOf(json) ?? json['name'];
   if (typeof v !== 'string' || !v)
     throw new Error(`resource of ${typeUrl} without a name: ${JSON.stringify(json).slice(0, 200)}`);
   return v;

@@ -1,4 +1,4 @@
-// Issue 6 end to end: the test control plane serves CDS/EDS/LDS/RDS for three services as istiod
+// Issue 6 end to end, against the in-process test control plane (shaped as istiod serves a sidecar; no istiod runs): it
 // generates them for a sidecar, `kernmesh run` programs the kernel, a client in the served cgroup
 // connects. A TCP service and an HTTP service with a plain route are routed; an HTTP service with a
 // header-match route in the SAME RouteConfiguration is refused in the NACK and left untouched.
