@@ -1,7 +1,8 @@
-// Issue 6 end to end, against the in-process test control plane (shaped as istiod serves a sidecar; no istiod runs): it
-// generates them for a sidecar, `kernmesh run` programs the kernel, a client in the served cgroup
-// connects. A TCP service and an HTTP service with a plain route are routed; an HTTP service with a
-// header-match route in the SAME RouteConfiguration is refused in the NACK and left untouched.
+// Issue 6 end to end against the in-process test control plane (shaped as istiod serves a sidecar;
+// no istiod runs): CDS/EDS/LDS/RDS for three services, `kernmesh run` programs the kernel, a client
+// in the served cgroup connects. A TCP service and an HTTP service with a plain route are routed; an
+// HTTP service with a header-match route in the SAME RouteConfiguration is refused in the NACK and
+// left untouched.
 import assert from 'node:assert/strict';
 import { TestControlPlane } from './support/control-plane.js';
 import {
