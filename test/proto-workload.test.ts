@@ -7,9 +7,9 @@ import { isIPv4 } from 'node:net';
 import { describe, it } from 'node:test';
 import protobuf from 'protobufjs';
 import { encodeAddress } from '../src/net/address.js';
-import { decodeToJson, encodeFromJson } from '../src/xds/json.js';
+import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
 import { lookupType } from '../src/xds/protos.js';
-import { decodeResource } from '../src/xds/resources.js';
+import { decodeResource } from '../src/xds/decode.js';
 import type { JsonObject, JsonValue } from '../src/xds/types.js';
 import { readFixture } from './support/fixtures.js';
 
