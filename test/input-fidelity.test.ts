@@ -279,6 +279,41 @@ void describe('both proto3 JSON spellings are read alike', () => {
     );
   });
 
+  void it('a resources file, plain Anys or Delta-style wrappers, counts the same resources', () => {
+    const all = (snakeDump().configs as JsonObject[]).flatMap((section) =>
+      Object.values(section).flatMap((list) =>
+        Array.isArray(list)
+          ? (list as JsonObject[]).map(
+              (e) =>
+                (e.cluster ??
+                  e.endpoint_config ??
+                  e.route_config ??
+                  (e.active_state as JsonObject | undefined)?.listener) as JsonObject,
+            )
+          : [],
+      ),
+    );
+    const plain = check({ resources: all });
+    const wrapped = check({ resources: all.map((r, i) => ({ name: `r${i}`, version: '1', resource: r })) });
+    for (const [r, where] of [
+      [plain, 'resources file'],
+      [wrapped, 'Delta-style resources file'],
+    ] as const) {
+      assertCountsAddUp(r, where);
+      assert.deepEqual(
+        r.counts.map((c) => [c.type, c.held]),
+        [
+          ['cluster', 3],
+          ['listener', 4],
+          ['endpoint', 1],
+          ['route', 1],
+        ],
+        where,
+      );
+    }
+    assert.deepEqual(plain.counts, check(snakeDump()).counts, 'the same as the config dump it came from');
+  });
+
   void it('YAML config dumps read the same as JSON', () => {
     assert.deepEqual(check(snakeDump(), 'input.yaml').counts, check(snakeDump()).counts);
   });
