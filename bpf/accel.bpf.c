@@ -59,6 +59,56 @@ struct {
 	__type(value, __u64);
 } km_accel_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 * KM_ACCEL_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct km_accel_rule_stats);
+} km_accel_rule_stats SEC(".maps");
+
+/* Capture (kernmesh capture): off unless an operator runs it; sk_msg then reads only `enabled`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct km_capture_config);
+} km_capture_config SEC(".maps");
+
+/* Addresses and ports of the capture's --service and --pod filters, resolved by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct km_capture_endpoint);
+	__type(value, __u32); /* KM_CAPTURE_MATCH_SERVICE / KM_CAPTURE_MATCH_POD bits */
+} km_capture_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct km_capture_window);
+} km_capture_window SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} km_capture_ring SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KM_CAPTURE_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} km_capture_counters SEC(".maps");
+
+/* Never written: puts struct km_capture_record in the object's BTF for the layout test. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct km_capture_record);
+} km_capture_record_format SEC(".maps");
+
 static __always_inline void count(__u32 index, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&km_accel_counters, &index);
@@ -83,18 +133,18 @@ static __always_inline void reverse_key(const struct km_sock_key *k, struct km_s
 	r->remote_port = k->local_port;
 }
 
-static __always_inline int ip_in_prefix(const __u32 *ip, const struct km_accel_rule *r)
+static __always_inline int ip_in_prefix(const __u32 *ip, const __u32 *addr, __u32 prefix_len)
 {
 	int i;
 
 	for (i = 0; i < 4; i++) {
-		int bits = (int)r->prefix_len - 32 * i;
+		int bits = (int)prefix_len - 32 * i;
 		__u32 mask;
 
 		if (bits <= 0)
 			break;
 		mask = bits >= 32 ? 0xffffffff : bpf_htonl(~0U << (32 - bits));
-		if ((ip[i] ^ r->addr[i]) & mask)
+		if ((ip[i] ^ addr[i]) & mask)
 			return 0;
 	}
 	return 1;
@@ -109,7 +159,13 @@ struct rule_scan {
 	__u32 accepted;
 	__u32 has_accept;
 	__u32 returned;
+	__u32 decided_by; /* slot of the first matching ACCEPT, or of the matching RETURN */
 };
+
+static __always_inline struct km_accel_rule_stats *rule_stats(__u32 slot)
+{
+	return bpf_map_lookup_elem(&km_accel_rule_stats, &slot);
+}
 
 static __always_inline int owner_matches(const struct km_accel_rule *r, const struct rule_scan *s, int end)
 {
@@ -127,7 +183,8 @@ static __always_inline int rule_matches(const struct km_accel_rule *r, const str
 	if (r->matches & KM_ACCEL_MATCH_IP) {
 		if (r->family != s->k.family)
 			return 0;
-		if (!ip_in_prefix(s->k.local_ip, r) && !ip_in_prefix(s->k.remote_ip, r))
+		if (!ip_in_prefix(s->k.local_ip, r->addr, r->prefix_len) &&
+		    !ip_in_prefix(s->k.remote_ip, r->addr, r->prefix_len))
 			return 0;
 	}
 	if ((r->matches & KM_ACCEL_MATCH_PORT) && r->port != s->k.local_port && r->port != s->k.remote_port)
@@ -143,6 +200,7 @@ static long scan_rule(__u32 i, void *ctx)
 	struct rule_scan *s = ctx;
 	__u32 idx = (s->bank & 1) * KM_ACCEL_MAX_RULES + (i & (KM_ACCEL_MAX_RULES - 1));
 	struct km_accel_rule *r = bpf_map_lookup_elem(&km_accel_rules, &idx);
+	struct km_accel_rule_stats *st;
 
 	if (!r)
 		return 1;
@@ -150,10 +208,16 @@ static long scan_rule(__u32 i, void *ctx)
 		s->has_accept = 1;
 	if (!rule_matches(r, s))
 		return 0;
+	st = rule_stats(idx);
+	if (st)
+		st->matched++;
 	if (r->action == KM_ACCEL_RETURN) {
 		s->returned = 1;
+		s->decided_by = idx;
 		return 1;
 	}
+	if (!s->accepted)
+		s->decided_by = idx;
 	s->accepted = 1;
 	return 0;
 }
@@ -182,6 +246,16 @@ static __always_inline int rules_allow(const struct km_accel_config *cfg, const 
 		s.known[1] = 1;
 	}
 	bpf_loop(n, scan_rule, &s, 0);
+	if (s.returned || s.accepted) {
+		struct km_accel_rule_stats *st = rule_stats(s.decided_by);
+
+		if (st) {
+			if (s.returned)
+				st->refused++;
+			else
+				st->accelerated++;
+		}
+	}
 	if (s.returned)
 		return 0;
 	return s.accepted || !s.has_accept;
@@ -390,6 +464,144 @@ static __always_inline int key_from_msg(struct sk_msg_md *msg, struct km_sock_ke
 	return 0;
 }
 
+static __always_inline void capture_count(__u32 index, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&km_capture_counters, &index);
+
+	if (c)
+		*c += n;
+}
+
+/* KM_CAPTURE_MATCH_SERVICE/POD bits of one end: its address and port, or its address on any port. */
+static __always_inline __u32 endpoint_bits(__u32 family, const __u32 *ip, __u32 port)
+{
+	struct km_capture_endpoint e = {};
+	__u32 *v, bits = 0;
+
+	e.family = family;
+	KM_COPY_IP6(e.ip, ip);
+	e.port = port;
+	v = bpf_map_lookup_elem(&km_capture_endpoints, &e);
+	if (v)
+		bits |= *v;
+	e.port = 0;
+	v = bpf_map_lookup_elem(&km_capture_endpoints, &e);
+	if (v)
+		bits |= *v;
+	return bits;
+}
+
+static __always_inline int capture_matches(const struct km_capture_config *c, const struct km_sock_key *k)
+{
+	__u32 sets = c->match & (KM_CAPTURE_MATCH_SERVICE | KM_CAPTURE_MATCH_POD);
+
+	if ((c->match & KM_CAPTURE_MATCH_PORT) && k->local_port != c->port && k->remote_port != c->port)
+		return 0;
+	if (c->match & KM_CAPTURE_MATCH_IP) {
+		if (c->family != k->family)
+			return 0;
+		if (!ip_in_prefix(k->local_ip, c->addr, c->prefix_len) &&
+		    !ip_in_prefix(k->remote_ip, c->addr, c->prefix_len))
+			return 0;
+	}
+	if (sets) {
+		__u32 bits = endpoint_bits(k->family, k->local_ip, k->local_port) |
+			     endpoint_bits(k->family, k->remote_ip, k->remote_port);
+
+		if ((bits & sets) != sets)
+			return 0;
+	}
+	return 1;
+}
+
+/* The caps hold per one-second window, shared by every CPU (a window reset racing another CPU may let a
+ * few more through, never an unbounded number). */
+static __always_inline int capture_admit(const struct km_capture_config *c, __u32 caplen)
+{
+	__u32 zero = 0;
+	struct km_capture_window *w = bpf_map_lookup_elem(&km_capture_window, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!w)
+		return 0;
+	if (now - w->start_ns >= 1000000000ULL) {
+		w->start_ns = now;
+		w->messages = 0;
+		w->bytes = 0;
+	}
+	if (__sync_fetch_and_add(&w->messages, 1) >= c->max_messages_per_sec) {
+		capture_count(KM_CAPTURE_LOST_RATE, 1);
+		return 0;
+	}
+	if (__sync_fetch_and_add(&w->bytes, caplen) + caplen > c->max_bytes_per_sec) {
+		capture_count(KM_CAPTURE_LOST_BYTES, 1);
+		return 0;
+	}
+	return 1;
+}
+
+/* Ring records have a size known to the verifier: one reservation per size class, at most twice the data. */
+#define KM_CAPTURE_EMIT(class)                                                                         \
+	do {                                                                                           \
+		struct km_capture_record *r =                                                          \
+			bpf_ringbuf_reserve(&km_capture_ring, sizeof(*r) + (class), 0);                \
+		if (!r) {                                                                              \
+			capture_count(KM_CAPTURE_LOST_RING, 1);                                        \
+			return;                                                                        \
+		}                                                                                      \
+		*r = *hdr;                                                                             \
+		if (caplen > (class))                                                                  \
+			caplen = (class);                                                              \
+		r->caplen = caplen;                                                                    \
+		bpf_probe_read_kernel((void *)(r + 1), caplen, data);                                  \
+		bpf_ringbuf_submit(r, 0);                                                              \
+	} while (0)
+
+static __always_inline void capture_copy(struct sk_msg_md *msg, struct km_capture_record *hdr, __u32 caplen)
+{
+	void *data, *data_end;
+
+	/* The message lives in scattered pages: make its first caplen bytes contiguous to copy them. */
+	if (bpf_msg_pull_data(msg, 0, caplen, 0)) {
+		capture_count(KM_CAPTURE_LOST_PULL, 1);
+		return;
+	}
+	data = (void *)(long)msg->data;
+	data_end = (void *)(long)msg->data_end;
+	if (data + caplen > data_end)
+		caplen = data_end - data;
+	if (caplen > KM_CAPTURE_MAX_SNAPLEN)
+		caplen = KM_CAPTURE_MAX_SNAPLEN;
+	capture_count(KM_CAPTURE_MESSAGES, 1);
+	capture_count(KM_CAPTURE_BYTES, caplen);
+	if (caplen <= 256)
+		KM_CAPTURE_EMIT(256);
+	else if (caplen <= 2048)
+		KM_CAPTURE_EMIT(2048);
+	else if (caplen <= 16384)
+		KM_CAPTURE_EMIT(16384);
+	else
+		KM_CAPTURE_EMIT(KM_CAPTURE_MAX_SNAPLEN);
+}
+
+/* Copies the head of a redirected message for kernmesh capture, within the caps. */
+static __always_inline void capture(struct sk_msg_md *msg, const struct km_capture_config *c,
+				    const struct km_sock_key *peer, __u64 offset, __u32 size)
+{
+	struct km_capture_record hdr = {};
+	__u32 caplen = size < c->snaplen ? size : c->snaplen;
+
+	reverse_key(peer, &hdr.sender);
+	if (!capture_matches(c, &hdr.sender))
+		return;
+	if (!capture_admit(c, caplen))
+		return;
+	hdr.timestamp_ns = bpf_ktime_get_ns();
+	hdr.offset = offset;
+	hdr.size = size;
+	capture_copy(msg, &hdr, caplen);
+}
+
 /* A socket that sent one message through the stack stays there: a later redirect could overtake
  * bytes still queued in the peer's TCP receive queue. */
 SEC("sk_msg")
@@ -397,10 +609,11 @@ int km_accel_redirect(struct sk_msg_md *msg)
 {
 	struct km_accel_config *cfg = accel_config();
 	struct bpf_sock *sk = msg->sk;
+	struct km_capture_config *cap;
 	struct km_accel_sock *st;
 	struct km_sock_key peer;
-	__u64 *rx;
-	__u32 size = msg->size;
+	__u64 *rx, offset;
+	__u32 size = msg->size, zero = 0;
 
 	if (!sk)
 		return SK_PASS;
@@ -422,10 +635,13 @@ int km_accel_redirect(struct sk_msg_md *msg)
 	}
 	count(KM_ACCEL_MSGS_REDIRECTED, 1);
 	count(KM_ACCEL_BYTES_REDIRECTED, size);
-	__sync_fetch_and_add(&st->bytes_out, size);
+	offset = __sync_fetch_and_add(&st->bytes_out, size);
 	/* TCP's counters never see these bytes: credit them to the receiving end for telemetry. */
 	rx = bpf_map_lookup_elem(&km_accel_rx_bytes, &peer);
 	if (rx)
 		__sync_fetch_and_add(rx, size);
+	cap = bpf_map_lookup_elem(&km_capture_config, &zero);
+	if (cap && cap->enabled)
+		capture(msg, cap, &peer, offset, size);
 	return SK_PASS;
 }

@@ -194,6 +194,70 @@ struct km_accel_sock {
 #define KM_ACCEL_MSGS_FALLBACK 6 /* passed to the stack after a fallback or with acceleration off */
 #define KM_ACCEL_COUNTER_MAX 8
 
+/* Per rule slot of km_accel_rules (same index), per CPU: what each rule decided. A connection is
+ * counted once, by its connecting socket, when it is established. */
+struct km_accel_rule_stats {
+	__u64 matched;     /* the rule's matches held (rules after a matching RETURN are not evaluated) */
+	__u64 accelerated; /* the first matching ACCEPT, when no RETURN matched */
+	__u64 refused;     /* the first matching RETURN */
+};
+
+/* ---- capture of redirected messages (kernmesh capture) ---- */
+
+/* km_capture_config.match: filters that must all hold for a connection's messages to be copied. */
+#define KM_CAPTURE_MATCH_PORT (1 << 0)    /* either end's port is `port` */
+#define KM_CAPTURE_MATCH_IP (1 << 1)      /* either end's address is in addr/prefix_len */
+#define KM_CAPTURE_MATCH_SERVICE (1 << 2) /* either end is in km_capture_endpoints with this bit */
+#define KM_CAPTURE_MATCH_POD (1 << 3)     /* either end is in km_capture_endpoints with this bit */
+
+#define KM_CAPTURE_MAX_SNAPLEN 65535
+
+struct km_capture_config {
+	__u32 enabled; /* the only thing sk_msg reads when capture is off */
+	__u32 snaplen;
+	__u32 match;   /* KM_CAPTURE_MATCH_* */
+	__u32 max_messages_per_sec;
+	__u64 max_bytes_per_sec; /* captured bytes (at most snaplen a message) */
+	__u32 family;            /* AF_INET or AF_INET6, with KM_CAPTURE_MATCH_IP */
+	__u32 prefix_len;
+	__u32 addr[4];           /* network order */
+	__u32 port;              /* host order */
+	__u32 pad;
+};
+
+/* Key of km_capture_endpoints: an address and port (port 0: any port of the address). */
+struct km_capture_endpoint {
+	__u32 family;
+	__u32 ip[4];
+	__u32 port;
+};
+
+/* One-second window of the capture caps. */
+struct km_capture_window {
+	__u64 start_ns;
+	__u64 messages;
+	__u64 bytes;
+};
+
+/* Ring-buffer record: one redirected message, its first caplen bytes after the header. */
+struct km_capture_record {
+	__u64 timestamp_ns;
+	__u64 offset; /* bytes the sender sent through the sockmap before this message (TCP stream offset) */
+	struct km_sock_key sender; /* the sending socket's view: local is the sender */
+	__u32 size;   /* the whole message */
+	__u32 caplen; /* bytes copied after this header */
+	__u32 pad;
+};
+
+/* Indexes of the per-CPU km_capture_counters array. */
+#define KM_CAPTURE_MESSAGES 0
+#define KM_CAPTURE_BYTES 1
+#define KM_CAPTURE_LOST_RATE 2  /* over max_messages_per_sec */
+#define KM_CAPTURE_LOST_BYTES 3 /* over max_bytes_per_sec */
+#define KM_CAPTURE_LOST_RING 4  /* ring buffer full */
+#define KM_CAPTURE_LOST_PULL 5  /* the message could not be linearised for copying */
+#define KM_CAPTURE_COUNTER_MAX 8
+
 struct km_telemetry_config {
 	__u32 enabled;
 	__u32 pad;
@@ -238,12 +302,14 @@ struct km_conn_event {
 	__u8 flags;       /* KM_CONN_F_* */
 	__u8 orig_family; /* of orig_ip: KM_AF_INET / KM_AF_INET6 (routing's values) */
 	__u8 pad;
+	__u32 connect_us; /* outbound: connect() (SYN sent) to established, in microseconds */
 };
 
 /* Per-socket telemetry state (sk_storage). */
 #define KM_TELE_TRACKED (1 << 0)
 #define KM_TELE_FIN_IN (1 << 1)        /* the peer's FIN was received: bytes_received counts it */
 #define KM_TELE_FIN_OUT_ACKED (1 << 2) /* our FIN was acked: bytes_acked counts it */
+#define KM_TELE_CONNECTING (1 << 3)    /* connect() sent the SYN: open_ns is the connect time */
 
 struct km_tele_sock {
 	__u64 open_ns;
@@ -253,7 +319,7 @@ struct km_tele_sock {
 	__u32 pid;
 	__u32 flags;     /* KM_TELE_* */
 	__u32 direction; /* KM_DIR_* */
-	__u32 pad;
+	__u32 connect_us; /* outbound: connect() to established; open_ns holds the connect time until then */
 };
 
 /* Per-service traffic counted by cgroup_skb, per CPU; service 0 is traffic not routed to a service. */

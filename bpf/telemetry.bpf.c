@@ -118,13 +118,18 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, __u32 dir
 	struct bpf_sock *sk = skops->sk;
 	struct km_tele_sock *st;
 	struct km_conn_event *e;
+	__u64 now;
 
 	if (!sk || !telemetry_enabled())
 		return;
 	st = bpf_sk_storage_get(&km_tele_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		return;
-	st->open_ns = bpf_ktime_get_ns();
+	now = bpf_ktime_get_ns();
+	st->connect_us = 0;
+	if (direction == KM_DIR_OUTBOUND && (st->flags & KM_TELE_CONNECTING) && now > st->open_ns)
+		st->connect_us = (now - st->open_ns) / 1000;
+	st->open_ns = now;
 	st->base_bytes_acked = skops->bytes_acked;
 	st->base_bytes_received = skops->bytes_received;
 	st->direction = direction;
@@ -141,10 +146,26 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, __u32 dir
 	e->cgroup_id = st->cgroup_id;
 	e->pid = st->pid;
 	e->srtt_us = skops->srtt_us >> 3;
+	e->connect_us = st->connect_us;
 	fill_tuple(skops, e);
 	fill_route(sk, e);
 	bpf_ringbuf_submit(e, 0);
 	count(KM_TELE_EVENTS_SENT);
+}
+
+/* The SYN is about to leave: the start of the connection's span (its handshake time). */
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct km_tele_sock *st;
+
+	if (!sk || !telemetry_enabled())
+		return;
+	st = bpf_sk_storage_get(&km_tele_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return;
+	st->open_ns = bpf_ktime_get_ns();
+	st->flags |= KM_TELE_CONNECTING;
 }
 
 static __always_inline void on_state_change(struct bpf_sock_ops *skops)
@@ -206,6 +227,7 @@ static __always_inline void on_state_change(struct bpf_sock_ops *skops)
 	e->bytes_received = received;
 	e->srtt_us = skops->srtt_us >> 3;
 	e->total_retrans = skops->total_retrans;
+	e->connect_us = st->connect_us;
 	e->end_reason = (old == BPF_TCP_FIN_WAIT2 || old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING ||
 			 old == BPF_TCP_TIME_WAIT)
 				? KM_END_CLOSED
@@ -220,6 +242,9 @@ SEC("sockops")
 int km_telemetry_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		on_established(skops, KM_DIR_OUTBOUND);
 		break;

@@ -6,7 +6,15 @@ import { test } from 'node:test';
 
 import {
   ACCEL_SOCK_LAYOUT,
+  CAPTURE_CONFIG_LAYOUT,
+  CAPTURE_ENDPOINT_LAYOUT,
+  CAPTURE_RECORD_LAYOUT,
+  CAPTURE_WINDOW_LAYOUT,
   CONFIG_LAYOUT,
+  decodeCaptureRecord,
+  encodeCaptureConfig,
+  encodeCaptureEndpoint,
+  RULE_STATS_LAYOUT,
   encodeConfig,
   decodeConfig,
   encodeRule,
@@ -31,7 +39,19 @@ execFileSync('make', ['-s', '-C', 'bpf'], { stdio: ['ignore', 'ignore', 'inherit
 const objects: [string, StructLayout[]][] = [
   [
     'bpf/accel.bpf.o',
-    [RULE_LAYOUT, CONFIG_LAYOUT, SOCK_KEY_LAYOUT, LISTENER_KEY_LAYOUT, SOCK_OWNER_LAYOUT, ACCEL_SOCK_LAYOUT],
+    [
+      RULE_LAYOUT,
+      CONFIG_LAYOUT,
+      SOCK_KEY_LAYOUT,
+      LISTENER_KEY_LAYOUT,
+      SOCK_OWNER_LAYOUT,
+      ACCEL_SOCK_LAYOUT,
+      RULE_STATS_LAYOUT,
+      CAPTURE_CONFIG_LAYOUT,
+      CAPTURE_ENDPOINT_LAYOUT,
+      CAPTURE_WINDOW_LAYOUT,
+      CAPTURE_RECORD_LAYOUT,
+    ],
   ],
   [
     'bpf/telemetry.bpf.o',
@@ -115,4 +135,49 @@ void test('a connection event decodes addresses, ports, original destination and
   assert.equal(e.endReason, 'aborted');
   assert.equal(e.accelerated, true);
   assert.equal(e.direction, 'outbound');
+});
+
+void test('a capture config encodes its filters; endpoints fold IPv4-mapped addresses as the kernel does', () => {
+  const b = encodeCaptureConfig({
+    enabled: true,
+    snaplen: 1500,
+    maxMessagesPerSecond: 1000,
+    maxBytesPerSecond: 1 << 20,
+    port: 9080,
+    ip: { family: 6, address: 'fd00::', prefixLength: 8 },
+    service: true,
+  });
+  assert.equal(b.length, CAPTURE_CONFIG_LAYOUT.size);
+  assert.deepEqual(
+    [0, 4, 8, 12, 24, 28, 48].map((o) => b.readUInt32LE(o)),
+    [1, 1500, 1 | 2 | 4, 1000, 10, 8, 9080],
+  );
+  assert.equal(b.readBigUInt64LE(16), 1048576n);
+  assert.equal(b.subarray(32, 48).toString('hex'), 'fd000000000000000000000000000000');
+  assert.deepEqual(encodeCaptureEndpoint('::ffff:127.0.0.5', 80), encodeCaptureEndpoint('127.0.0.5', 80));
+  const e = encodeCaptureEndpoint('::1', 0);
+  assert.equal(e.readUInt32LE(0), 10);
+  assert.equal(e.readUInt32LE(20), 0);
+});
+
+void test('a capture record decodes the sender view, the offset and exactly caplen bytes', () => {
+  const b = Buffer.alloc(CAPTURE_RECORD_LAYOUT.size + 8);
+  b.writeBigUInt64LE(7n, 0);
+  b.writeBigUInt64LE(1n << 33n, 8);
+  b.writeUInt32LE(2, 16);
+  Buffer.from([127, 0, 0, 1]).copy(b, 20);
+  Buffer.from([127, 0, 0, 21]).copy(b, 36);
+  b.writeUInt32LE(40000, 52);
+  b.writeUInt32LE(9080, 56);
+  b.writeUInt32LE(100, 60);
+  b.writeUInt32LE(5, 64);
+  Buffer.from('hello...').copy(b, CAPTURE_RECORD_LAYOUT.size);
+  const r = decodeCaptureRecord(b);
+  assert.deepEqual(
+    [r.family, r.source, r.sourcePort, r.destination, r.destinationPort, r.size, r.offset],
+    [4, '127.0.0.1', 40000, '127.0.0.21', 9080, 100, 1n << 33n],
+  );
+  assert.equal(r.data.toString(), 'hello');
+  b.writeUInt32LE(9, 64);
+  assert.throws(() => decodeCaptureRecord(b), /caplen 9/);
 });

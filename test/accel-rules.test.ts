@@ -52,6 +52,12 @@ const good: [string, Omit<AccelRule, 'line'>][] = [
     { ip: { family: 6, address: '::ffff:7f00:1', prefixLength: 128 }, action: 'ACCEPT' },
   ],
   ['chain --port 80 -j ACCEPT # web only', { port: 80, action: 'ACCEPT' }],
+  // the acceleration design's own example spells the target `--j`
+  [
+    'chain --ip 192.168.1.0/24 --uid-owner 1337 --j ACCEPT',
+    { ip: { family: 4, address: '192.168.1.0', prefixLength: 24 }, uid: 1337, action: 'ACCEPT' },
+  ],
+  ['chain --port 15006 --j RETURN', { port: 15006, action: 'RETURN' }],
 ];
 
 for (const [line, want] of good) {
@@ -76,6 +82,8 @@ const bad: [string, number, RegExp][] = [
   ['chain --port 80 -j', 19, /-j needs a value/],
   ['chain --sport 80 -j ACCEPT', 7, /unknown option "--sport"/],
   ['chain --port 80 --port 81 -j ACCEPT', 17, /--port given twice/],
+  ['chain --port 80 -j ACCEPT --j RETURN', 27, /-j given twice/],
+  ['chain --port 80 --j', 20, /-j needs a value/],
 ];
 
 for (const [line, column, message] of bad) {

@@ -23,6 +23,7 @@ const base: ConnEvent = {
   durationNs: 1n,
   srttUs: 1,
   retransmits: 0,
+  connectUs: 0,
   endReason: 'closed',
   accelerated: false,
 };

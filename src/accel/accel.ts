@@ -5,17 +5,26 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 
-import { BpfLink, BpfObject, type BpfMap } from '../../native/index.js';
+import { BpfLink, BpfObject, possibleCpus, type BpfMap } from '../../native/index.js';
 import {
   ACCEL_COUNTER_SLOTS,
   ACCEL_COUNTERS,
+  CAPTURE_COUNTERS,
+  CAPTURE_WINDOW_LAYOUT,
   decodeConfig,
+  decodeRuleStats,
+  encodeCaptureConfig,
+  encodeCaptureEndpoint,
   encodeConfig,
   encodeRule,
+  RULE_STATS_LAYOUT,
   sumPerCpuU64,
   u32Key,
   type AccelConfig,
   type AccelCounterName,
+  type CaptureConfig,
+  type CaptureCounterName,
+  type RuleStats,
 } from './codec.js';
 import { formatAccelRule, MAX_ACCEL_RULES, parseAccelRules, type AccelRule } from './rules.js';
 
@@ -38,6 +47,27 @@ export interface AcceleratorOptions {
 }
 
 export type AccelCounters = Record<AccelCounterName, bigint>;
+export type CaptureCounters = Record<CaptureCounterName, bigint>;
+
+/** The rule set in force and where it came from (a file, the control socket, or none). */
+export interface RulesInForce {
+  source: string;
+  rules: AccelRule[];
+  appliedAt: string;
+}
+
+/** A rule in force with what it decided since it was loaded. */
+export interface RuleWithStats extends RuleStats {
+  rule: AccelRule;
+}
+
+/** One km_capture_endpoints entry: an address, a port (0: any) and the filters it satisfies. */
+export interface CaptureEndpoint {
+  address: string;
+  port: number;
+  service?: boolean;
+  pod?: boolean;
+}
 
 /** cgroup programs of bpf/accel.bpf.o, in attach order (CgroupAttachment.links follows it). */
 export const ACCEL_CGROUP_PROGRAMS = ['km_accel_sock_create', 'km_accel_sockops'] as const;
@@ -99,6 +129,8 @@ export function attachPrograms(
 }
 
 export class Accelerator {
+  private inForce: RulesInForce | undefined;
+
   private constructor(
     readonly object: BpfObject,
     private readonly log?: Logger,
@@ -154,18 +186,88 @@ export class Accelerator {
    * Writes the rules to the idle bank, then flips the live bank: a connection is matched against
    * either the old set or the new one, never a mix. An empty list accelerates every local connection.
    */
-  setRules(rules: AccelRule[]): void {
+  setRules(rules: AccelRule[], source = 'rules'): void {
     if (rules.length > MAX_ACCEL_RULES)
       throw new Error(`${rules.length} acceleration rules, at most ${MAX_ACCEL_RULES}`);
     const rulesMap = this.object.map('km_accel_rules');
+    const statsMap = this.object.map('km_accel_rule_stats');
     const cfg = this.config();
     const idle = cfg.ruleBank ^ 1;
+    // A rule's counters start at zero with the rule (before its bank goes live).
+    const zero = Buffer.alloc(possibleCpus() * RULE_STATS_LAYOUT.size);
+    for (let i = 0; i < MAX_ACCEL_RULES; i++) statsMap.update(u32Key(idle * MAX_ACCEL_RULES + i), zero);
     rules.forEach((r, i) => rulesMap.update(u32Key(idle * MAX_ACCEL_RULES + i), encodeRule(r)));
     const counts: [number, number] = [...cfg.ruleCount];
     counts[idle] = rules.length;
     this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts }));
     this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts, ruleBank: idle }));
-    this.log?.info({ rules: rules.map(formatAccelRule) }, 'acceleration rules applied');
+    this.inForce = { source, rules, appliedAt: new Date().toISOString() };
+    this.log?.info({ rules: rules.map(formatAccelRule), source }, 'acceleration rules applied');
+  }
+
+  /** The rules this process put in force (undefined before the first setRules). */
+  rulesInForce(): RulesInForce | undefined {
+    return this.inForce;
+  }
+
+  /** Each live rule with its counters (the live bank: the rules connections are matched against now). */
+  ruleStats(): RuleWithStats[] {
+    const cfg = this.config();
+    const statsMap = this.object.map('km_accel_rule_stats');
+    const rules = this.inForce?.rules ?? [];
+    return rules.slice(0, cfg.ruleCount[cfg.ruleBank]).map((rule, i) => {
+      const v = statsMap.lookup(u32Key(cfg.ruleBank * MAX_ACCEL_RULES + i));
+      return { rule, ...(v ? decodeRuleStats(v) : { matched: 0n, accelerated: 0n, refused: 0n }) };
+    });
+  }
+
+  /**
+   * Starts copying redirected messages that match into km_capture_ring. Endpoints (the resolved
+   * --service and --pod filters) are written before capture turns on.
+   */
+  startCapture(config: Omit<CaptureConfig, 'enabled'>, endpoints: CaptureEndpoint[]): void {
+    this.setCaptureEndpoints(endpoints);
+    const window = this.object.map('km_capture_window');
+    window.update(u32Key(0), Buffer.alloc(CAPTURE_WINDOW_LAYOUT.size));
+    this.object.map('km_capture_config').update(u32Key(0), encodeCaptureConfig({ ...config, enabled: true }));
+  }
+
+  /** Replaces the endpoint filter entries (endpoints of a service change while a capture runs). */
+  setCaptureEndpoints(endpoints: CaptureEndpoint[]): void {
+    const map = this.object.map('km_capture_endpoints');
+    const want = new Map<string, [Buffer, number]>();
+    for (const e of endpoints) {
+      const key = encodeCaptureEndpoint(e.address, e.port);
+      const bits = (e.service ? 4 : 0) | (e.pod ? 8 : 0);
+      const prev = want.get(key.toString('hex'));
+      want.set(key.toString('hex'), [key, (prev?.[1] ?? 0) | bits]);
+    }
+    for (const k of map.keys()) if (!want.has(k.toString('hex'))) map.delete(k);
+    for (const [key, bits] of want.values()) map.update(key, u32Key(bits));
+  }
+
+  /** Turns capture off: sk_msg is back to reading one flag. */
+  stopCapture(): void {
+    this.object.map('km_capture_config').update(
+      u32Key(0),
+      encodeCaptureConfig({ enabled: false, snaplen: 0, maxMessagesPerSecond: 0, maxBytesPerSecond: 0 }),
+    );
+    this.setCaptureEndpoints([]);
+  }
+
+  captureEnabled(): boolean {
+    const v = this.object.map('km_capture_config').lookup(u32Key(0));
+    return v !== undefined && v.readUInt32LE(0) !== 0;
+  }
+
+  captureCounters(): CaptureCounters {
+    const map = this.object.map('km_capture_counters');
+    const out = {} as CaptureCounters;
+    CAPTURE_COUNTERS.forEach((name, i) => {
+      const v = map.lookup(u32Key(i));
+      out[name] = v ? sumPerCpuU64(v) : 0n;
+    });
+    return out;
   }
 
   counters(): AccelCounters {
@@ -198,7 +300,7 @@ export function watchAccelRules(
     let result: AccelRule[] | Error;
     try {
       result = parseAccelRules(readFileSync(path, 'utf8'), path);
-      accel.setRules(result);
+      accel.setRules(result, path);
     } catch (e) {
       result = e as Error;
       log?.error({ err: e, file: path }, 'acceleration rules not applied, the previous ones stay');

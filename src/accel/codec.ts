@@ -1,6 +1,6 @@
 // Codecs for the acceleration structs of bpf/kernmesh.h. Each lists its C members with offset and
 // size; test/accel-codec.test.ts checks them against the compiled object's BTF.
-import { encodeAddress } from '../net/address.js';
+import { decodeAddress, encodeAddress } from '../net/address.js';
 import { layout } from '../dataplane/codec.js';
 import type { AccelAction, AccelRule } from './rules.js';
 
@@ -134,3 +134,164 @@ export function u32Key(n: number): Buffer {
   b.writeUInt32LE(n);
   return b;
 }
+
+export const RULE_STATS_LAYOUT = layout('km_accel_rule_stats', [
+  ['matched', 8],
+  ['accelerated', 8],
+  ['refused', 8],
+]);
+
+/** What one rule decided, summed over CPUs; each connection counted once, by its connecting socket. */
+export interface RuleStats {
+  matched: bigint;
+  accelerated: bigint;
+  refused: bigint;
+}
+
+/** Sums a per-CPU km_accel_rule_stats value (one 24-byte copy per possible CPU, 8-byte aligned). */
+export function decodeRuleStats(perCpu: Buffer): RuleStats {
+  const s: RuleStats = { matched: 0n, accelerated: 0n, refused: 0n };
+  for (let off = 0; off + RULE_STATS_LAYOUT.size <= perCpu.length; off += RULE_STATS_LAYOUT.size) {
+    s.matched += perCpu.readBigUInt64LE(off);
+    s.accelerated += perCpu.readBigUInt64LE(off + 8);
+    s.refused += perCpu.readBigUInt64LE(off + 16);
+  }
+  return s;
+}
+
+// ---- capture ----
+
+export const CAPTURE_MATCH = { port: 1, ip: 2, service: 4, pod: 8 } as const;
+/** KM_CAPTURE_MAX_SNAPLEN */
+export const MAX_SNAPLEN = 65535;
+
+export const CAPTURE_CONFIG_LAYOUT = layout('km_capture_config', [
+  ['enabled', 4],
+  ['snaplen', 4],
+  ['match', 4],
+  ['max_messages_per_sec', 4],
+  ['max_bytes_per_sec', 8],
+  ['family', 4],
+  ['prefix_len', 4],
+  ['addr', 16],
+  ['port', 4],
+  ['pad', 4],
+]);
+
+export interface CaptureConfig {
+  enabled: boolean;
+  snaplen: number;
+  maxMessagesPerSecond: number;
+  maxBytesPerSecond: number;
+  port?: number;
+  ip?: { family: 4 | 6; address: string; prefixLength: number };
+  /** Filters resolved to km_capture_endpoints entries. */
+  service?: boolean;
+  pod?: boolean;
+}
+
+export function encodeCaptureConfig(c: CaptureConfig): Buffer {
+  const b = Buffer.alloc(CAPTURE_CONFIG_LAYOUT.size);
+  let match = 0;
+  if (c.port !== undefined) {
+    match |= CAPTURE_MATCH.port;
+    b.writeUInt32LE(c.port, 48);
+  }
+  if (c.ip) {
+    match |= CAPTURE_MATCH.ip;
+    b.writeUInt32LE(c.ip.family === 4 ? AF_INET : AF_INET6, 24);
+    b.writeUInt32LE(c.ip.prefixLength, 28);
+    encodeAddress(c.ip.address).copy(b, 32);
+  }
+  if (c.service) match |= CAPTURE_MATCH.service;
+  if (c.pod) match |= CAPTURE_MATCH.pod;
+  b.writeUInt32LE(c.enabled ? 1 : 0, 0);
+  b.writeUInt32LE(c.snaplen, 4);
+  b.writeUInt32LE(match, 8);
+  b.writeUInt32LE(c.maxMessagesPerSecond, 12);
+  b.writeBigUInt64LE(BigInt(c.maxBytesPerSecond), 16);
+  return b;
+}
+
+export const CAPTURE_ENDPOINT_LAYOUT = layout('km_capture_endpoint', [
+  ['family', 4],
+  ['ip', 16],
+  ['port', 4],
+]);
+
+/** A km_capture_endpoints key: an address and port (0: any port), IPv4-mapped folded as the kernel does. */
+export function encodeCaptureEndpoint(address: string, port: number): Buffer {
+  const b = Buffer.alloc(CAPTURE_ENDPOINT_LAYOUT.size);
+  const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  const a = v4 ? v4[1]! : address;
+  b.writeUInt32LE(a.includes(':') ? AF_INET6 : AF_INET, 0);
+  encodeAddress(a).copy(b, 4);
+  b.writeUInt32LE(port, 20);
+  return b;
+}
+
+export const CAPTURE_WINDOW_LAYOUT = layout('km_capture_window', [
+  ['start_ns', 8],
+  ['messages', 8],
+  ['bytes', 8],
+]);
+
+export const CAPTURE_RECORD_LAYOUT = layout('km_capture_record', [
+  ['timestamp_ns', 8],
+  ['offset', 8],
+  ['sender', 44],
+  ['size', 4],
+  ['caplen', 4],
+  ['pad', 4],
+]);
+
+/** One redirected message as the kernel copied it: the sender's view of the connection and its head. */
+export interface CaptureRecord {
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC). */
+  timestampNs: bigint;
+  /** Bytes the sender had sent through the sockmap before this message: its TCP stream offset. */
+  offset: bigint;
+  family: 4 | 6;
+  source: string;
+  sourcePort: number;
+  destination: string;
+  destinationPort: number;
+  /** The whole message; `data` holds its first caplen bytes. */
+  size: number;
+  data: Buffer;
+}
+
+function keyAddress(b: Buffer, v4: boolean): string {
+  return decodeAddress(v4 ? b.subarray(0, 4) : b, v4 ? 4 : 6);
+}
+
+export function decodeCaptureRecord(b: Buffer): CaptureRecord {
+  const head = CAPTURE_RECORD_LAYOUT.size;
+  if (b.length < head) throw new Error(`decode struct km_capture_record: ${b.length} bytes, need ${head}`);
+  const v4 = b.readUInt32LE(16) === AF_INET;
+  const caplen = b.readUInt32LE(64);
+  if (head + caplen > b.length)
+    throw new Error(`km_capture_record: caplen ${caplen} past the record's ${b.length} bytes`);
+  return {
+    timestampNs: b.readBigUInt64LE(0),
+    offset: b.readBigUInt64LE(8),
+    family: v4 ? 4 : 6,
+    source: keyAddress(b.subarray(20, 36), v4),
+    destination: keyAddress(b.subarray(36, 52), v4),
+    sourcePort: b.readUInt32LE(52),
+    destinationPort: b.readUInt32LE(56),
+    size: b.readUInt32LE(60),
+    data: Buffer.from(b.subarray(head, head + caplen)),
+  };
+}
+
+/** Indexes of km_capture_counters (KM_CAPTURE_* in kernmesh.h). */
+export const CAPTURE_COUNTERS = [
+  'messages',
+  'bytes',
+  'lostRate',
+  'lostBytes',
+  'lostRing',
+  'lostPull',
+] as const;
+export type CaptureCounterName = (typeof CAPTURE_COUNTERS)[number];

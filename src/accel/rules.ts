@@ -1,6 +1,7 @@
 // Acceleration rules in the operators' syntax, one a line:
 //   chain --ip 192.168.1.0/24 --port 80 --uid-owner 1337 --gid-owner 1337 -j ACCEPT|RETURN
-// Any subset of the matches; `#` starts a comment. Every error names its line and column.
+// Any subset of the matches; `--j` is read as `-j` (the acceleration design's own example spells it so);
+// `#` starts a comment. Every error names its line and column.
 import { isIP } from 'node:net';
 
 import { decodeAddress, encodeAddress } from '../net/address.js';
@@ -106,10 +107,11 @@ function parseLine(
   for (let i = 0; i < rest.length; i += 2) {
     const opt = rest[i]!;
     const value = rest[i + 1];
-    if (!OPTIONS.includes(opt.text as Option)) {
+    const spelled = opt.text === '--j' ? '-j' : opt.text;
+    if (!OPTIONS.includes(spelled as Option)) {
       return err(opt.column, `unknown option "${opt.text}": expected one of ${OPTIONS.join(', ')}`);
     }
-    const name = opt.text as Option;
+    const name = spelled as Option;
     if (seen.has(name)) return err(opt.column, `${name} given twice`);
     seen.add(name);
     if (!value) return err(lineLength + 1, `${name} needs a value`);

@@ -34,6 +34,7 @@ export const CONN_EVENT_LAYOUT = padded(
     ['flags', 1],
     ['orig_family', 1],
     ['pad', 1],
+    ['connect_us', 4],
   ]),
   136,
 );
@@ -65,6 +66,8 @@ export interface ConnEvent {
   durationNs: bigint;
   srttUs: number;
   retransmits: number;
+  /** Outbound: connect() (SYN sent) to established, in microseconds; 0 when unknown. */
+  connectUs: number;
   endReason: EndReason;
   accelerated: boolean;
 }
@@ -117,6 +120,7 @@ export function decodeConnEvent(b: Buffer): ConnEvent {
     backendId: b.readUInt32LE(116),
     srttUs: b.readUInt32LE(120),
     retransmits: b.readUInt32LE(124),
+    connectUs: b.readUInt32LE(132),
     endReason: end === 1 ? 'closed' : end === 2 ? 'aborted' : 'none',
     accelerated: (flags & 2) !== 0,
   };
@@ -135,7 +139,7 @@ export const TELE_SOCK_LAYOUT = layout('km_tele_sock', [
   ['pid', 4],
   ['flags', 4],
   ['direction', 4],
-  ['pad', 4],
+  ['connect_us', 4],
 ]);
 
 export const TELEMETRY_CONFIG_LAYOUT = layout('km_telemetry_config', [
