@@ -12,6 +12,7 @@ import { pino, type Logger } from 'pino';
 import { Accelerator } from '../src/accel/accel.js';
 import type { ConnEvent } from '../src/telemetry/codec.js';
 import { Telemetry } from '../src/telemetry/telemetry.js';
+import { WorkloadIndex } from '../src/telemetry/workloads.js';
 import { kernelTest, runInCgroup, type KernelEnv } from './support/kernel.js';
 import { assertPromtoolAccepts } from './support/prometheus.js';
 import { eventually } from './support/wait.js';
@@ -81,9 +82,14 @@ function until(tele: Telemetry, cond: () => boolean, what: string): Promise<void
 
 function setup(env: KernelEnv, accessLog?: Logger): { tele: Telemetry; events: ConnEvent[] } {
   const events: ConnEvent[] = [];
+  // The pod behind the test's cgroup, as Kubernetes enrollment would report it.
+  const cgroupId = BigInt(statSync(env.cgroup).ino);
   const tele = Telemetry.open({
     pinDir: env.pinDir,
-    workload: { name: 'productpage-v1', namespace: 'default' },
+    directory: new WorkloadIndex({
+      byCgroup: (id) => (id === cgroupId ? { workload: 'productpage-v1', namespace: 'default' } : undefined),
+    }),
+    clusterId: 'Kubernetes',
     onEvent: (e) => events.push(e),
     ...(accessLog ? { accessLog } : {}),
   });
@@ -168,7 +174,10 @@ kernelTest(
       destination_service_name: 'reviews',
       destination_service_namespace: 'default',
       source_workload: 'productpage-v1',
+      source_workload_namespace: 'default',
+      source_cluster: 'Kubernetes',
       destination_workload: 'unknown',
+      destination_cluster: 'unknown',
     };
     assert.equal(sample(text, 'istio_tcp_connections_opened_total', labels), sizes.length);
     assert.equal(sample(text, 'istio_tcp_connections_closed_total', labels), sizes.length);
@@ -234,6 +243,9 @@ kernelTest('inbound connections are reported by the destination with the bytes e
     sample(text, 'istio_tcp_received_bytes_total', {
       reporter: 'destination',
       destination_workload: 'productpage-v1',
+      destination_workload_namespace: 'default',
+      destination_cluster: 'Kubernetes',
+      source_workload: 'unknown',
     }),
     sizes.reduce((a, n) => a + n, 0),
   );

@@ -248,10 +248,12 @@ export class Accelerator {
 
   /** Turns capture off: sk_msg is back to reading one flag. */
   stopCapture(): void {
-    this.object.map('km_capture_config').update(
-      u32Key(0),
-      encodeCaptureConfig({ enabled: false, snaplen: 0, maxMessagesPerSecond: 0, maxBytesPerSecond: 0 }),
-    );
+    this.object
+      .map('km_capture_config')
+      .update(
+        u32Key(0),
+        encodeCaptureConfig({ enabled: false, snaplen: 0, maxMessagesPerSecond: 0, maxBytesPerSecond: 0 }),
+      );
     this.setCaptureEndpoints([]);
   }
 

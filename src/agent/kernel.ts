@@ -14,7 +14,7 @@ import {
 import type { AgentConfig } from '../config/config.js';
 import { Dataplane } from '../dataplane/dataplane.js';
 import { TELEMETRY_CGROUP_PROGRAMS, Telemetry } from '../telemetry/telemetry.js';
-import type { Workload } from '../telemetry/metrics.js';
+import type { ConnectionTracer } from '../telemetry/traces.js';
 import type { Registry } from 'prom-client';
 import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
@@ -42,7 +42,10 @@ export interface KernelOptions {
   registry?: Registry;
   /** One JSON line per closed connection. */
   accessLog?: Logger;
-  workload?: Workload;
+  /** The agent's cluster id, for the `*_cluster` labels of workloads on this node. */
+  clusterId?: string;
+  /** Spans of routed connections (--trace-endpoint). */
+  tracer?: ConnectionTracer;
 }
 
 /** Routing hooks that act only on sockets connect4/6 routed: they outlive a pod's unenrollment. */
@@ -56,6 +59,8 @@ export class AgentKernel implements Kernel {
   private lastRefused: { kind: string; name: string; reason: string }[] = [];
   /** Set on Kubernetes, where pods come and go: readiness waits for the first list instead. */
   notReady?: () => string[] | undefined;
+  /** Called after each apply (a running capture re-resolves its --service endpoints). */
+  readonly onApplied: (() => void)[] = [];
 
   private constructor(
     config: AgentConfig,
@@ -109,7 +114,8 @@ export class AgentKernel implements Kernel {
         log: log.child({ stage: 'telemetry' }),
         ...(opts.registry ? { registry: opts.registry } : {}),
         ...(opts.accessLog ? { accessLog: opts.accessLog } : {}),
-        ...(opts.workload ? { workload: opts.workload } : {}),
+        ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
+        ...(opts.tracer ? { tracer: opts.tracer } : {}),
       });
     } catch (e) {
       accel?.close();
@@ -129,7 +135,7 @@ export class AgentKernel implements Kernel {
         if (opts.registry) registerAccelMetrics(opts.registry, () => accel.counters());
         accel.setEnabled(true);
         if (config.accelRules) kernel.accelRulesWatch = watchAccelRules(config.accelRules, accel, log);
-        else accel.setRules([]);
+        else accel.setRules([], 'none (every local connection)');
       }
     } catch (e) {
       // Attached programs stay (pinned links) like after SIGTERM; kernmesh cleanup removes them.
@@ -213,6 +219,7 @@ export class AgentKernel implements Kernel {
   async apply(state: DesiredState): Promise<void> {
     const result = await this.dataplane.apply(state);
     this.lastRefused = result.refused;
+    for (const f of this.onApplied) f();
   }
 
   private programs(): BpfProgram[] {

@@ -7,6 +7,9 @@ import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import type { AgentConfig } from '../config/config.js';
+import { startControl } from '../control/agent.js';
+import type { ControlServer } from '../control/server.js';
+import { ConnectionTracer } from '../telemetry/traces.js';
 import { translate, validateAgainst, type TranslateResult } from '../translate/index.js';
 import { XdsClient } from '../xds/client.js';
 import { parseConfigFile } from '../xds/config-file.js';
@@ -19,12 +22,16 @@ import { AgentKernel } from './kernel.js';
 import { AgentMetrics } from './metrics.js';
 import type { Translate } from './stage-interfaces.js';
 import { XdsSource } from './xds-source.js';
+import type { ConfigState } from '../xds/config-state.js';
+import { TYPE } from '../xds/types.js';
 
 export interface RunningAgent {
   agent: Agent;
   admin: AdminServer;
   kernel: AgentKernel;
   node: NodeIdentity;
+  /** The control socket (kernmesh accel, kernmesh capture), when it listens. */
+  control: ControlServer | undefined;
   /** The last translation's operator views (clusters, frontends, notes), for the demo and status. */
   lastTranslation(): TranslateResult | undefined;
   /** Stops the source and the admin endpoint and closes fds; pinned maps and links stay. */
@@ -84,19 +91,35 @@ export async function startAgent(
 
   const metrics = new AgentMetrics();
   const accessLog = opts.accessLog ? pino({ base: { log: 'access' } }, opts.accessLog) : undefined;
+  const tracer = config.traces
+    ? new ConnectionTracer(
+        {
+          ...config.traces,
+          resource: {
+            'service.instance.id': `${config.identity.podName}.${config.identity.podNamespace}`,
+            'k8s.node.name': config.identity.nodeName,
+          },
+        },
+        metrics.registry,
+        log.child({ stage: 'traces' }),
+      )
+    : undefined;
   const kernel = AgentKernel.open(config, log, {
     registry: metrics.registry,
     ...(accessLog ? { accessLog } : {}),
-    workload: { name: config.identity.podName, namespace: config.identity.podNamespace },
+    clusterId: config.identity.clusterId,
+    ...(tracer ? { tracer } : {}),
   });
 
   // Either source hands its responses to the same check on receipt (translate/'s validateAgainst,
   // against what the source holds) and the same per-resource state.
   const xdsLog = log.child({ stage: 'xds' });
   let source: XdsSource;
+  let state: ConfigState;
   if (config.xdsFile) {
     const file = new XdsFileSource(config.xdsFile, { validate: validateAgainst, logger: xdsLog });
     source = new XdsSource({ kind: 'file', file }, resolve(config.xdsFile), node, xdsLog);
+    state = file.config;
   } else {
     const address = `${config.xdsAddress!.host}:${config.xdsAddress!.port}`;
     const client = new XdsClient({
@@ -111,7 +134,12 @@ export async function startAgent(
       logger: xdsLog,
     });
     source = new XdsSource({ kind: 'istiod', client }, address, node, xdsLog);
+    state = client.config;
   }
+  // Istio's labels per connection: who is behind each address (workload API, when subscribed).
+  state.on('update', (u) => {
+    if (u.typeUrl === TYPE.address) kernel.telemetry.workloads.update([...u.resources]);
+  });
 
   let last: TranslateResult | undefined;
   // DNS answers arrive after the agent exists; the callback reaches it through this holder.
@@ -173,6 +201,24 @@ export async function startAgent(
     throw e;
   }
   k8s?.start(config, kernel);
+  let control: ControlServer | undefined;
+  if (config.controlSocket) {
+    try {
+      control = await startControl({
+        path: config.controlSocket,
+        required: config.controlSocketExplicit,
+        accel: kernel.accel,
+        desired: () => agent.desiredState(),
+        workloads: kernel.telemetry.workloads,
+        onApplied: kernel.onApplied,
+        log,
+      });
+    } catch (e) {
+      await agent.stop();
+      await admin.close();
+      throw e;
+    }
+  }
   metrics.xdsConnected.set(source.connected() ? 1 : 0);
   log.info(
     {
@@ -181,6 +227,7 @@ export async function startAgent(
       attached: kernel.attachments().map((a) => `${a.program} ${a.attachType} ${a.cgroup} (${a.via})`),
       bpffs: config.bpffs,
       admin: `http://${admin.address}`,
+      ...(control ? { control: control.path } : {}),
     },
     `kernmesh started: ${agent.attachmentsSummary()}; admin on http://${admin.address}`,
   );
@@ -189,10 +236,12 @@ export async function startAgent(
     admin,
     kernel,
     node,
+    control,
     lastTranslation: () => last,
     stop: async () => {
       dns.close();
       await k8s?.stop();
+      await control?.close();
       await agent.stop();
       await admin.close();
     },

@@ -57,6 +57,12 @@ export interface AgentConfig {
   mapSizes: Record<string, number>;
   /** Where the config file was, if any. */
   configFile?: string;
+  /** The control socket (kernmesh accel, kernmesh capture); undefined with `--control-socket none`. */
+  controlSocket?: string;
+  /** Whether --control-socket was given: then a socket held by another agent refuses the start. */
+  controlSocketExplicit: boolean;
+  /** Connection spans over OTLP/HTTP, when --trace-endpoint is given. */
+  traces?: { endpoint: string; sampling: number; queueSize: number };
 }
 
 /** A configuration problem, naming where the bad value came from. */
@@ -144,6 +150,18 @@ export const OPTIONS: OptionSpec[] = [
   { name: 'accelerate', kind: 'bool', help: 'same-node socket acceleration (sockops + sk_msg)' },
   { name: 'accel-rules', kind: 'string', help: 'acceleration rules file' },
   { name: 'access-log', kind: 'string', bare: 'stdout', help: 'connection access log: stdout or a file' },
+  {
+    name: 'control-socket',
+    kind: 'string',
+    help: 'unix socket for kernmesh accel/capture (root only), or none',
+  },
+  {
+    name: 'trace-endpoint',
+    kind: 'string',
+    help: 'OTLP/HTTP traces URL: routed connections become spans',
+  },
+  { name: 'trace-sampling', kind: 'string', help: 'fraction of routed connections traced, 0-1 (0.01)' },
+  { name: 'trace-queue', kind: 'int', help: 'spans waiting for export at most; more are dropped (2048)' },
   { name: 'log-level', kind: 'string', help: 'trace, debug, info, warn, error or fatal' },
   {
     name: 'map-size',
@@ -165,6 +183,9 @@ export const DEFAULTS = {
   meshId: 'cluster.local',
   trustDomain: 'cluster.local',
   istioVersion: '1.24.0',
+  controlSocket: '/run/kernmesh/control.sock',
+  traceSampling: 0.01,
+  traceQueue: 2048,
 } as const;
 
 type RawValue = string | boolean | string[] | Record<string, string>;
@@ -448,6 +469,38 @@ export function loadConfig(
   const accelRules = str('accel-rules');
   const accelerate = (get('accelerate')?.value as boolean | undefined) ?? accelRules !== undefined;
 
+  const controlText = str('control-socket');
+  const controlSocket = controlText === 'none' ? undefined : (controlText ?? DEFAULTS.controlSocket);
+  if (controlSocket !== undefined && !controlSocket.startsWith('/'))
+    throw new ConfigError(`"${controlSocket}" is not an absolute path (or none)`, src('control-socket'));
+
+  let traces: AgentConfig['traces'];
+  const traceEndpoint = str('trace-endpoint');
+  if (traceEndpoint !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(traceEndpoint);
+    } catch {
+      /* reported below */
+    }
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:'))
+      throw new ConfigError(`"${traceEndpoint}" is not an http(s) URL`, src('trace-endpoint'));
+    const samplingText = str('trace-sampling');
+    const sampling = samplingText === undefined ? DEFAULTS.traceSampling : Number(samplingText);
+    if (!(sampling >= 0 && sampling <= 1))
+      throw new ConfigError(`"${samplingText}" is not a fraction from 0 to 1`, src('trace-sampling'));
+    const queueText = get('trace-queue')?.value as string | undefined;
+    const queueSize = queueText === undefined ? DEFAULTS.traceQueue : Number(queueText);
+    if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > 1 << 20)
+      throw new ConfigError(`"${queueText}" is not a queue size (1 to 1048576)`, src('trace-queue'));
+    traces = { endpoint: traceEndpoint, sampling, queueSize };
+  } else if (get('trace-sampling') || get('trace-queue')) {
+    throw new ConfigError(
+      'tracing is off without --trace-endpoint',
+      src(get('trace-sampling') ? 'trace-sampling' : 'trace-queue'),
+    );
+  }
+
   const extraMetadata: Record<string, string> = {};
   for (const [k, v] of Object.entries(env))
     if (k.startsWith('ISTIO_META_') && v !== undefined) extraMetadata[k.slice(11)] = v;
@@ -491,6 +544,9 @@ export function loadConfig(
     logLevel,
     mapSizes,
     configFile,
+    controlSocket,
+    controlSocketExplicit: controlText !== undefined,
+    traces,
   };
 
   if (checkFiles) {

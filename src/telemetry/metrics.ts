@@ -4,31 +4,40 @@
 import { Counter, type Registry } from 'prom-client';
 
 import type { ConnEvent } from './codec.js';
+import type { PeerDirectory, ServiceLabels, WorkloadIdentity } from './workloads.js';
 
+/** Istio's standard labels on its TCP metrics (those a sidecar's Envoy reports for a TCP connection). */
 export const ISTIO_TCP_LABELS = [
   'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'source_app',
+  'source_version',
+  'source_canonical_service',
+  'source_canonical_revision',
+  'source_cluster',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'destination_app',
+  'destination_version',
   'destination_service',
   'destination_service_name',
   'destination_service_namespace',
-  'source_workload',
-  'destination_workload',
+  'destination_canonical_service',
+  'destination_canonical_revision',
+  'destination_cluster',
+  'request_protocol',
+  'response_flags',
+  'connection_security_policy',
 ] as const;
 export type IstioTcpLabel = (typeof ISTIO_TCP_LABELS)[number];
 export type IstioTcpLabels = Record<IstioTcpLabel, string>;
 
 export const UNKNOWN = 'unknown';
 
-export interface Workload {
-  name: string;
-  namespace?: string;
-}
-
-export interface ServiceIdentity {
-  /** FQDN, e.g. reviews.default.svc.cluster.local */
-  host: string;
-  name: string;
-  namespace: string;
-}
+export type ServiceIdentity = ServiceLabels;
 
 /**
  * The service behind a kernel service name: an Envoy cluster name
@@ -37,27 +46,72 @@ export interface ServiceIdentity {
 export function serviceIdentity(serviceName: string | undefined): ServiceIdentity | undefined {
   if (!serviceName) return undefined;
   const parts = serviceName.split('|');
-  const host = parts.length === 4 ? parts[3]! : serviceName;
+  // waypoint|ADDR|PORT is routing's own name for "through the waypoint": not a service.
+  if (parts[0] === 'waypoint') return undefined;
+  const host = parts.length >= 4 ? parts[3]! : serviceName;
   if (!host) return undefined;
   const labels = host.split('.');
   return { host, name: labels[0] ?? host, namespace: labels.length > 1 ? labels[1]! : UNKNOWN };
 }
 
+/** What the agent knows beyond the event: who is behind each address and cgroup, and its cluster. */
+export interface LabelContext {
+  directory?: PeerDirectory;
+  /** The agent's cluster: the cluster of every workload on this node. */
+  clusterId?: string;
+}
+
+function side(prefix: 'source' | 'destination', w: WorkloadIdentity | undefined, cluster: string) {
+  return {
+    [`${prefix}_workload`]: w?.workload ?? UNKNOWN,
+    [`${prefix}_workload_namespace`]: w?.namespace ?? UNKNOWN,
+    [`${prefix}_principal`]: w?.principal ?? UNKNOWN,
+    [`${prefix}_app`]: w?.canonicalService ?? UNKNOWN,
+    [`${prefix}_version`]: w?.canonicalRevision ?? UNKNOWN,
+    [`${prefix}_canonical_service`]: w?.canonicalService ?? UNKNOWN,
+    [`${prefix}_canonical_revision`]: w?.canonicalRevision ?? UNKNOWN,
+    [`${prefix}_cluster`]: cluster,
+  } as Partial<IstioTcpLabels>;
+}
+
+/**
+ * Istio's labels for one connection event, from the reporting socket's point of view: the local end
+ * (by its cgroup's enrolled pod, else its address) and the remote end (by address); `unknown` only
+ * where nothing is known. The destination service is the VIP the client asked for (workload API),
+ * else routing's service; for inbound connections, the service the workload serves on that port.
+ */
 export function istioLabels(
   ev: ConnEvent,
-  service: ServiceIdentity | undefined,
-  workload?: Workload,
+  kernelService: ServiceIdentity | undefined,
+  ctx: LabelContext = {},
 ): IstioTcpLabels {
-  const local = workload?.name ?? UNKNOWN;
-  const source = ev.direction === 'outbound';
+  const dir = ctx.directory;
+  const outbound = ev.direction === 'outbound';
+  const local = dir?.local(ev.cgroupId, ev.localAddress);
+  const remote = dir?.remote(ev.remoteAddress);
+  const localCluster = local?.cluster ?? ctx.clusterId ?? UNKNOWN;
+  const remoteCluster = remote?.cluster ?? UNKNOWN;
+  let service: ServiceLabels | undefined;
+  if (outbound) {
+    service =
+      (ev.originalAddress !== undefined && ev.originalPort !== undefined
+        ? dir?.serviceByVip(ev.originalAddress, ev.originalPort)
+        : dir?.serviceByVip(ev.remoteAddress, ev.remotePort)) ?? kernelService;
+  } else if (local) {
+    service = dir?.serviceOfWorkloadPort(local, ev.localPort);
+  }
   return {
-    reporter: source ? 'source' : 'destination',
+    reporter: outbound ? 'source' : 'destination',
+    ...side('source', outbound ? local : remote, outbound ? localCluster : remoteCluster),
+    ...side('destination', outbound ? remote : local, outbound ? remoteCluster : localCluster),
     destination_service: service?.host ?? UNKNOWN,
     destination_service_name: service?.name ?? UNKNOWN,
     destination_service_namespace: service?.namespace ?? UNKNOWN,
-    source_workload: source ? local : UNKNOWN,
-    destination_workload: source ? UNKNOWN : local,
-  };
+    request_protocol: 'tcp',
+    response_flags: '-',
+    // kernmesh carries no mTLS: Istio's value for plaintext is "none" at the destination.
+    connection_security_policy: outbound ? UNKNOWN : 'none',
+  } as IstioTcpLabels;
 }
 
 export class IstioTcpMetrics {

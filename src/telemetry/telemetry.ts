@@ -16,7 +16,9 @@ import {
   type ConnEvent,
   type ServiceTraffic,
 } from './codec.js';
-import { istioLabels, IstioTcpMetrics, serviceIdentity, type Workload } from './metrics.js';
+import { istioLabels, IstioTcpMetrics, serviceIdentity } from './metrics.js';
+import type { ConnectionTracer } from './traces.js';
+import { WorkloadIndex, type PeerDirectory } from './workloads.js';
 
 export interface TelemetryOptions {
   /** bpffs directory shared with routing (km_sock_route, km_svc_names) and acceleration. */
@@ -26,8 +28,12 @@ export interface TelemetryOptions {
   registry?: Registry;
   /** One JSON line per closed connection through this logger; none when absent. */
   accessLog?: Logger;
-  /** The workload this agent reports for (source for outbound, destination for inbound). */
-  workload?: Workload;
+  /** Who is behind each address and cgroup; by default an empty workload index the agent fills. */
+  directory?: PeerDirectory;
+  /** The agent's cluster id: `*_cluster` of the workloads on this node. */
+  clusterId?: string;
+  /** Spans of routed connections, when tracing is on. */
+  tracer?: ConnectionTracer;
   /** Kernel service id → service (cluster) name; by default read from routing's km_svc_names. */
   serviceName?: (id: number) => string | undefined;
   /** Every decoded event, after metrics (tests, debug endpoints). */
@@ -64,6 +70,9 @@ export class Telemetry {
   readonly metrics: IstioTcpMetrics;
   private ring: RingBuffer | undefined;
   private readonly serviceName: (id: number) => string | undefined;
+  /** The workload API's workloads and services (the agent updates it); the default directory. */
+  readonly workloads: WorkloadIndex;
+  private readonly directory: PeerDirectory;
 
   private constructor(
     readonly object: BpfObject,
@@ -72,6 +81,8 @@ export class Telemetry {
     this.registry = opts.registry ?? new Registry();
     this.metrics = new IstioTcpMetrics(this.registry);
     this.serviceName = opts.serviceName ?? pinnedServiceNames(opts.pinDir);
+    this.workloads = new WorkloadIndex();
+    this.directory = opts.directory ?? this.workloads;
     this.registerKernelCounters();
   }
 
@@ -203,8 +214,14 @@ export class Telemetry {
       this.opts.log?.warn({ err: e }, 'undecodable connection event');
       return;
     }
-    const service = serviceIdentity(this.serviceName(ev.serviceId));
-    this.metrics.record(ev, istioLabels(ev, service, this.opts.workload));
+    const kernelService = this.serviceName(ev.serviceId);
+    const labels = istioLabels(ev, serviceIdentity(kernelService), {
+      directory: this.directory,
+      ...(this.opts.clusterId ? { clusterId: this.opts.clusterId } : {}),
+    });
+    this.metrics.record(ev, labels);
+    this.opts.tracer?.record(ev, { labels, ...(kernelService ? { kernelService } : {}) });
+    const service = labels.destination_service !== 'unknown' ? labels.destination_service : undefined;
     if (ev.type === 'close' && this.opts.accessLog) {
       this.opts.accessLog.info(
         {
@@ -218,7 +235,9 @@ export class Telemetry {
               ? `${ev.remoteAddress}:${ev.remotePort}`
               : `${ev.localAddress}:${ev.localPort}`,
           original_destination: ev.originalAddress ? `${ev.originalAddress}:${ev.originalPort}` : undefined,
-          destination_service: service?.host,
+          destination_service: service,
+          source_workload: labels.source_workload,
+          destination_workload: labels.destination_workload,
           bytes_sent: Number(ev.bytesSent),
           bytes_received: Number(ev.bytesReceived),
           duration_ms: Number(ev.durationNs) / 1e6,
@@ -238,6 +257,7 @@ export class Telemetry {
   close(): void {
     this.ring?.close();
     this.ring = undefined;
+    void this.opts.tracer?.shutdown();
     this.object.close();
   }
 }
