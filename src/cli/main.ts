@@ -25,6 +25,14 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'a self-contained demo: backends, VIPs, the agent and connections in a cgroup of its own',
     load: async () => (await import('./demo.js')).runDemo,
   },
+  accel: {
+    summary: "a running agent's acceleration: status, on, off, rules [FILE] (via its control socket)",
+    load: async () => (await import('./accel.js')).runAccel,
+  },
+  capture: {
+    summary: 'capture the bytes the sockmap redirects (tcpdump cannot see them) as pcap',
+    load: async () => (await import('./capture.js')).runCapture,
+  },
   cleanup: {
     summary: 'detach programs and unpin everything under --bpffs DIR',
     load: async () => (await import('./cleanup.js')).runCleanup,
