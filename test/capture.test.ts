@@ -35,7 +35,7 @@ function tempDir(env: KernelEnv, label: string): string {
  */
 async function startAgent(
   env: KernelEnv,
-): Promise<{ admin: string; socket: string; route(backendPort: number): Promise<void> }> {
+): Promise<{ admin: string; socket: string; route: (backendPort: number) => Promise<void> }> {
   const dir = tempDir(env, 'capture');
   const file = join(dir, 'resources.json');
   writeFileSync(file, JSON.stringify({ resources: [] }));
