@@ -241,6 +241,7 @@ export class Telemetry {
           bytes_sent: Number(ev.bytesSent),
           bytes_received: Number(ev.bytesReceived),
           duration_ms: Number(ev.durationNs) / 1e6,
+          connect_us: ev.connectUs,
           srtt_us: ev.srttUs,
           retransmits: ev.retransmits,
           end: ev.endReason,
