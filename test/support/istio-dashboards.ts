@@ -8,8 +8,8 @@ export interface DashboardVariable {
   query: string;
   /** Grafana's regex picking the value out of each result series. */
   regex?: string;
-  /** The dashboard's default selection: a value, or all of them. */
-  current: string | 'all';
+  /** The dashboard's default selection: a value, or 'all' of them. */
+  current: string;
   custom?: boolean;
 }
 

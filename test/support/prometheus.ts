@@ -70,7 +70,7 @@ export class PrometheusServer {
         ],
         { stdio: ['ignore', 'ignore', 'pipe'] },
       );
-      child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (log += d.toString()));
       const url = `http://127.0.0.1:${port}`;
       const server = new PrometheusServer(child, url, () => log);
       for (let i = 0; i < 200 && child.exitCode === null; i++) {
