@@ -12,10 +12,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the BPF toolchain, libbpf for the addon, iproute2 for network-namespace tests,
-# promtool (package prometheus) to check the metrics exposition, openssl for the TLS test CA,
+# prometheus (promtool checks the metrics exposition; the server evaluates the dashboards' queries),
+# openssl for the TLS test CA, tshark to read back what kernmesh capture writes,
 # kubectl with kustomize (package kubernetes-client) to render deploy/kubernetes offline, and
 # util-linux's setpriv to run the agent with only the capabilities the DaemonSet grants.
-pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl kubernetes-client util-linux)
+pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl tshark kubernetes-client util-linux)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # Another package may own /usr/bin/kubectl (a cloud SDK's); then Debian's is unpacked under .tools/
 # instead of installed, and the tests use it from there.
@@ -30,6 +31,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # tshark's package asks whether non-root users may capture: no (kernmesh capture needs no dumpcap).
+  echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
