@@ -82,6 +82,8 @@ export async function controlCapture(
     resolveDone = res;
     rejectDone = rej;
   });
+  // Both are rejected on a refusal; the caller awaits `started` first.
+  done.catch(() => {});
   let ended = false;
   socket.on('data', (chunk: Buffer) => {
     for (const f of reader.push(chunk)) {
@@ -115,7 +117,6 @@ export async function controlCapture(
   });
   socket.write(jsonFrame(message));
   const first = await started;
-  done.catch(() => {});
   return {
     started: first,
     stop: () => {
