@@ -88,8 +88,9 @@ export async function runCapture(argv: string[], out: NodeJS.WritableStream): Pr
     if (lines) {
       const ts = new Date(Number((r.timestampNs + toUnix) / 1_000_000n)).toISOString();
       const short = r.data.length < r.size ? ` (first ${r.data.length})` : '';
+      const at = (a: string, p: number): string => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
       out.write(
-        `${ts} ${r.source}:${r.sourcePort} > ${r.destination}:${r.destinationPort}: ${r.size} bytes${short}, offset ${r.offset}\n`,
+        `${ts} ${at(r.source, r.sourcePort)} > ${at(r.destination, r.destinationPort)}: ${r.size} bytes${short}, offset ${r.offset}\n`,
       );
       return;
     }
