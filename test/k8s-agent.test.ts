@@ -126,6 +126,12 @@ kernelTest(
       api.requests.every((r) => r.startsWith('GET ')),
       'the agent only reads the API (get, list, watch)',
     );
+    // Istio's labels per connection: the pod enrolled behind the client's cgroup (its container's).
+    await eventually('the connection of web is labelled with its pod', async () =>
+      /istio_tcp_connections_opened_total\{reporter="source",source_workload="web",source_workload_namespace="shop",source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/default",source_app="web",source_version="latest",source_canonical_service="web",source_canonical_revision="latest",source_cluster="Kubernetes",[^}]*destination_service="reviews\.shop\.svc\.cluster\.local"/.test(
+        (await getJson<string>(node.admin!, '/stats/prometheus')).body,
+      ),
+    );
     const identity = cp.streamInfos().find((s) => s.node)?.node as { locality?: unknown } | undefined;
     assert.deepEqual(identity?.locality, { region: 'eu', zone: 'eu-b' }, "locality from the node's labels");
 

@@ -201,6 +201,8 @@ export async function startAgent(
     throw e;
   }
   k8s?.start(config, kernel);
+  // Istio's labels per connection: the pod enrolled behind the socket's cgroup.
+  if (k8s) kernel.telemetry.workloads.enrolled = k8s;
   let control: ControlServer | undefined;
   if (config.controlSocket) {
     try {

@@ -59,7 +59,7 @@ export async function startControl(deps: ControlDeps): Promise<ControlServer | u
             const p = deps.workloads.pod(name);
             if (!p)
               throw new Error(
-                `--pod ${name}: not a pod the agent knows (it learns pods from the workload API, --waypoints)`,
+                `--pod ${name}: not a pod the agent knows (it learns pods from the workload API, --waypoints, and on Kubernetes from the node's pods)`,
               );
             return { name: `${p.namespace}/${p.name ?? name}`, addresses: p.addresses };
           },

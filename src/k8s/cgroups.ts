@@ -1,6 +1,6 @@
 // Where a pod's processes are: the kubelet's cgroup v2 directory for the pod, found under the
 // kubelet's cgroup root for either cgroup driver, never assumed from one layout.
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -73,4 +73,23 @@ export function discoverKubeletRoot(mounts?: string): string {
 /** The cgroup's id as the kernel reports it (bpf_get_current_cgroup_id): the directory's inode. */
 export function cgroupId(path: string): number {
   return statSync(path).ino;
+}
+
+/** The inodes of a cgroup and of the cgroups below it (a pod's and its containers'), a few levels deep. */
+export function cgroupTree(path: string, depth = 3): number[] {
+  const out: number[] = [];
+  try {
+    out.push(statSync(path).ino);
+  } catch {
+    return out;
+  }
+  if (depth === 0) return out;
+  let entries: Dirent[] = [];
+  try {
+    entries = readdirSync(path, { withFileTypes: true });
+  } catch {
+    return out;
+  }
+  for (const e of entries) if (e.isDirectory()) out.push(...cgroupTree(join(path, e.name), depth - 1));
+  return out;
 }

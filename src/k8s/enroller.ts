@@ -5,7 +5,7 @@
 import type { V1Namespace, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
-import { cgroupId, findPodCgroup } from './cgroups.js';
+import { cgroupId, cgroupTree, findPodCgroup } from './cgroups.js';
 import { decide, type Self } from './enrollment.js';
 import type { Change } from './informers.js';
 
@@ -67,6 +67,9 @@ export class Enroller {
   private readonly pods = new Map<string, PodState>();
   private synced = false;
   private pollTimer?: NodeJS.Timeout;
+  /** cgroup inode → pod uid, for the enrolled pods' cgroup trees (podOfCgroup). */
+  private readonly cgroupOwners = new Map<number, string>();
+  private readonly missedAt = new Map<number, number>();
   private resyncTimer?: NodeJS.Timeout;
 
   constructor(private readonly opts: EnrollerOptions) {}
@@ -232,6 +235,25 @@ export class Enroller {
       reason: s.reason,
       ...(s.cgroup ? { cgroup: s.cgroup } : {}),
     }));
+  }
+
+  /**
+   * The uid of the enrolled pod a cgroup belongs to (connection labels): the pod's own cgroup or one of
+   * its containers' below it, which is where processes run. Found by inode; a miss rescans the enrolled
+   * pods' cgroup trees at most every 5 s.
+   */
+  podOfCgroup(cgroupId: number): string | undefined {
+    const hit = this.cgroupOwners.get(cgroupId);
+    if (hit && this.pods.get(hit)?.enrolled) return hit;
+    if (Date.now() - (this.missedAt.get(cgroupId) ?? -Infinity) < 5000) return undefined;
+    this.cgroupOwners.clear();
+    for (const s of this.pods.values())
+      if (s.enrolled && s.cgroup !== undefined)
+        for (const id of cgroupTree(s.cgroup)) this.cgroupOwners.set(id, s.uid);
+    const found = this.cgroupOwners.get(cgroupId);
+    if (found === undefined) this.missedAt.set(cgroupId, Date.now());
+    else this.missedAt.delete(cgroupId);
+    return found;
   }
 
   isSynced(): boolean {

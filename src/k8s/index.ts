@@ -10,6 +10,8 @@ import { discoverKubeletRoot } from './cgroups.js';
 import { Enroller, type PodKernel } from './enroller.js';
 import { ClusterWatch, kubeConfig, nodeLocality } from './informers.js';
 import { Backoff } from '../xds/backoff.js';
+import type { WorkloadIdentity } from '../telemetry/workloads.js';
+import { podWorkload } from './workload.js';
 
 export { decide, DATAPLANE_MODE } from './enrollment.js';
 export type { EnrollmentView } from './enroller.js';
@@ -17,6 +19,7 @@ export type { EnrollmentView } from './enroller.js';
 export class KubernetesNode {
   private watch?: ClusterWatch;
   private enroller?: Enroller;
+  private trustDomain = 'cluster.local';
 
   private constructor(
     private readonly kc: KubeConfig,
@@ -62,6 +65,7 @@ export class KubernetesNode {
 
   /** Starts the informers; enrollment decisions begin once pods and namespaces are both listed. */
   start(config: AgentConfig, kernel: PodKernel & { notReady?: () => string[] | undefined }): void {
+    this.trustDomain = config.identity.trustDomain;
     const enroller = new Enroller({
       kernel,
       view: { pods: () => this.watch?.pods() ?? [], namespace: (n) => this.watch?.namespace(n) },
@@ -90,6 +94,23 @@ export class KubernetesNode {
       },
       (e: unknown) => this.log.error({ err: e }, 'Kubernetes informers did not start'),
     );
+  }
+
+  /** The pod enrolled behind a cgroup, as Istio's labels name it (telemetry's CgroupWorkloads). */
+  byCgroup(cgroupId: bigint): WorkloadIdentity | undefined {
+    const uid = this.enroller?.podOfCgroup(Number(cgroupId));
+    const pod = uid === undefined ? undefined : this.watch?.pods().find((p) => p.metadata?.uid === uid);
+    return pod ? podWorkload(pod, this.trustDomain) : undefined;
+  }
+
+  /** A pod of this node by name or namespace/name, with its addresses (kernmesh capture --pod). */
+  pod(name: string): (WorkloadIdentity & { addresses: string[] }) | undefined {
+    const pod = this.watch
+      ?.pods()
+      .find((p) => p.metadata?.name === name || `${p.metadata?.namespace}/${p.metadata?.name}` === name);
+    if (!pod) return undefined;
+    const addresses = (pod.status?.podIPs ?? []).map((a) => a.ip).filter((a): a is string => !!a);
+    return { ...podWorkload(pod, this.trustDomain), addresses };
   }
 
   enrollment(): ReturnType<Enroller['view']> {

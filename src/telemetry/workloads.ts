@@ -30,6 +30,8 @@ export interface ServiceLabels {
 /** cgroup id → the pod enrolled behind it. Kubernetes enrollment (src/k8s) implements it. */
 export interface CgroupWorkloads {
   byCgroup(cgroupId: bigint): WorkloadIdentity | undefined;
+  /** A pod by name or namespace/name with its addresses (kernmesh capture --pod), when known. */
+  pod?(name: string): (WorkloadIdentity & { addresses: string[] }) | undefined;
 }
 
 /** What telemetry asks about a connection's ends. */
@@ -76,8 +78,8 @@ export class WorkloadIndex implements PeerDirectory {
   private services = new Map<string, ServiceEntry>();
   private vips = new Map<string, ServiceEntry>();
 
-  /** @param cgroups the pods enrolled behind cgroups, when enrollment runs. */
-  constructor(private readonly cgroups?: CgroupWorkloads) {}
+  /** @param enrolled the pods enrolled behind cgroups, when enrollment runs (also set later). */
+  constructor(public enrolled?: CgroupWorkloads) {}
 
   /** Replaces the snapshot (called with every workload API update). */
   update(addresses: XdsResource[]): void {
@@ -138,7 +140,7 @@ export class WorkloadIndex implements PeerDirectory {
   }
 
   local(cgroupId: bigint, address: string): WorkloadIdentity | undefined {
-    return this.cgroups?.byCgroup(cgroupId) ?? this.remote(address);
+    return this.enrolled?.byCgroup(cgroupId) ?? this.remote(address);
   }
 
   remote(address: string): WorkloadIdentity | undefined {
@@ -169,7 +171,7 @@ export class WorkloadIndex implements PeerDirectory {
 
   /** A pod by name or namespace/name, with its addresses (capture --pod). */
   pod(name: string): (WorkloadIdentity & { addresses: string[] }) | undefined {
-    return this.byPod.get(name);
+    return this.byPod.get(name) ?? this.enrolled?.pod?.(name);
   }
 
   get size(): number {
