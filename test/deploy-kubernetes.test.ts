@@ -236,6 +236,8 @@ void test('RBAC is read-only on pods, namespaces and one node; the agent has the
     assert.equal(mountOf(config.rootCa), 'istiod-ca-cert');
     assert.equal(mountOf(config.bpffs), 'bpffs');
     assert.equal(mountOf('/etc/kernmesh/config.yaml'), 'config');
+    // the root filesystem is read-only: the control socket needs a writable mount of its own
+    assert.equal(mountOf(config.controlSocket!), 'run');
     const port = config.admin.port;
     assert.deepEqual(
       [
