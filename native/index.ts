@@ -107,6 +107,8 @@ interface NativeProgramHandle {
   ): NativeLinkHandle;
   attachSockmap(map: NativeMapHandle): void;
   detachSockmap(map: NativeMapHandle): void;
+  attachNetns(netnsPath: string, pinPath?: string): NativeLinkHandle;
+  runIterator(netnsPath?: string): number;
   stats(): { runTimeNs: bigint; runCount: bigint };
 }
 interface NativeObjectHandle {
@@ -389,6 +391,22 @@ export class BpfProgram {
   }
   detachSockmap(map: BpfMap): void {
     this.handle.detachSockmap(map.handle);
+  }
+  /**
+   * bpf_link from this program (sk_lookup) to the network namespace named by an nsfs file
+   * (/proc/<pid>/ns/net, /var/run/netns/<name>), pinned at pinPath when given. Namespace links run
+   * until detached or until the namespace is gone (then the link is defunct: update fails ENOLINK).
+   */
+  attachNetns(netnsPath: string, opts: { pinPath?: string } = {}): BpfLink {
+    return new BpfLink(this.handle.attachNetns(netnsPath, opts.pinPath));
+  }
+  /**
+   * Runs this iterator program (iter/tcp, ...) once over its whole sequence; returns the bytes it
+   * printed. Socket iterators walk the sockets of the namespace they are created in: with
+   * netnsPath a helper thread enters that namespace first (setns: CAP_SYS_ADMIN).
+   */
+  runIterator(opts: { netnsPath?: string } = {}): number {
+    return this.handle.runIterator(opts.netnsPath);
   }
   /** Cumulative run time and count; they only grow while stats are enabled (enableStats()). */
   stats(): { runTimeNs: bigint; runCount: bigint } {

@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <thread>
 
 #include "common.h"
 
@@ -385,6 +388,86 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
     return Data(env)->link_ctor.New({Napi::External<LinkInit>::New(env, &init)});
   }
 
+  // attachNetns(netnsPath, pinPath?): a bpf_link from this program (sk_lookup, flow dissector) to
+  // the network namespace the nsfs file at netnsPath names, pinned at pinPath when given.
+  Napi::Value AttachNetns(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string netns = info[0].As<Napi::String>();
+    std::string pin = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+    Fd(env, "bpf_link_create");
+    int ns_fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns_fd < 0) throw BpfError(env, errno, "open", ProgramSubject(name_), "network namespace " + netns);
+    bpf_link* link = bpf_program__attach_netns(prog_, ns_fd);
+    int err = link ? 0 : errno;
+    close(ns_fd);
+    if (!link) throw BpfError(env, err, "bpf_link_create", ProgramSubject(name_), "network namespace " + netns);
+    LinkInit init;
+    init.name = name_ + "@" + netns;
+    if (!pin.empty()) {
+      err = bpf_link__pin(link, pin.c_str());
+      if (err) {
+        bpf_link__destroy(link);
+        throw BpfError(env, err, "bpf_link__pin", ProgramSubject(name_), pin);
+      }
+      init.pinned = pin;
+    }
+    init.link = link;
+    return Data(env)->link_ctor.New({Napi::External<LinkInit>::New(env, &init)});
+  }
+
+  // runIterator(netnsPath?): runs this iterator program (iter/tcp...) once over its whole sequence
+  // and returns the bytes it printed. Socket iterators see the namespace of the task that creates
+  // the iterator, so with netnsPath a short-lived thread enters that namespace first (setns needs
+  // CAP_SYS_ADMIN); the JS thread's own namespace never changes.
+  Napi::Value RunIterator(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string netns = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    Fd(env, "bpf_link_create");
+    bpf_link* link = bpf_program__attach_iter(prog_, nullptr);
+    if (!link) throw BpfError(env, errno, "bpf_link_create", ProgramSubject(name_), "iterator");
+    int link_fd = bpf_link__fd(link);
+    int err = 0;
+    const char* syscall = "";
+    size_t total = 0;
+    std::thread worker([&]() {
+      if (!netns.empty()) {
+        int ns_fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ns_fd < 0) {
+          err = errno, syscall = "open";
+          return;
+        }
+        int rc = setns(ns_fd, CLONE_NEWNET);
+        if (rc) err = errno, syscall = "setns";
+        close(ns_fd);
+        if (rc) return;
+      }
+      int iter_fd = bpf_iter_create(link_fd);
+      if (iter_fd < 0) {
+        err = errno, syscall = "bpf_iter_create";
+        return;
+      }
+      char buf[4096];
+      for (;;) {
+        ssize_t n = read(iter_fd, buf, sizeof buf);
+        if (n > 0) {
+          total += n;
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) err = errno, syscall = "read";
+        break;
+      }
+      close(iter_fd);
+    });
+    worker.join();
+    bpf_link__destroy(link);
+    if (err) {
+      throw BpfError(env, err, syscall, ProgramSubject(name_),
+                     netns.empty() ? std::string("iterator") : "iterator in network namespace " + netns);
+    }
+    return Napi::Number::New(env, static_cast<double>(total));
+  }
+
   // fds of the PROG_ATTACH programs on the cgroup with this program's attach type and kernel name
   // (its first 15 characters), other than this very program; links' programs are left out.
   std::vector<int> SameNameProgAttached(Napi::Env env, int cgroup_fd, const std::string& cgroup) {
@@ -489,6 +572,8 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
                         InstanceAccessor<&NativeProgram::GetId>("id"),
                         InstanceMethod<&NativeProgram::AttachCgroup>("attachCgroup"),
                         InstanceMethod<&NativeProgram::AttachSockmap>("attachSockmap"),
+                        InstanceMethod<&NativeProgram::AttachNetns>("attachNetns"),
+                        InstanceMethod<&NativeProgram::RunIterator>("runIterator"),
                         InstanceMethod<&NativeProgram::DetachSockmap>("detachSockmap"),
                         InstanceMethod<&NativeProgram::Stats>("stats")});
   }
