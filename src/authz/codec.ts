@@ -1,0 +1,222 @@
+// Codecs for the structs of bpf/authz.h. Each lists its C members with offset and size;
+// test/authz-codec.test.ts checks them against the compiled object's BTF.
+import { decodeAddress, encodeAddress, familyOf, type Family } from '../net/address.js';
+import { layout } from '../dataplane/codec.js';
+import type { Cidr } from './policy.js';
+import type { Dest, Term } from './compile.js';
+
+export const ADDR_LAYOUT = layout('km_authz_addr', [
+  ['family', 4],
+  ['ip', 16],
+]);
+export const DEST_LAYOUT = layout('km_authz_dest', [
+  ['workload', 4],
+  ['first', 4],
+  ['count', 4],
+  ['flags', 4],
+]);
+export const TERM_LAYOUT = layout('km_authz_term', [
+  ['policy', 4],
+  ['set', 4],
+  ['flags', 2],
+  ['action', 1],
+  ['reason', 1],
+]);
+export const ID_KEY_LAYOUT = layout('km_authz_id_key', [
+  ['set', 4],
+  ['identity', 4],
+]);
+export const PORT_KEY_LAYOUT = layout('km_authz_port_key', [
+  ['set', 4],
+  ['port', 2],
+  ['negated', 1],
+  ['pad', 1],
+]);
+export const CIDR_KEY_LAYOUT = layout('km_authz_cidr_key', [
+  ['prefixlen', 4],
+  ['set', 4],
+  ['negated', 1],
+  ['family', 1],
+  ['ip', 16],
+  ['pad', 2],
+]);
+export const COUNTER_KEY_LAYOUT = layout('km_authz_counter_key', [
+  ['id', 4],
+  ['reason', 4],
+]);
+export const EVENT_LAYOUT = layout('km_authz_event', [
+  ['timestamp_ns', 8],
+  ['family', 4],
+  ['src_ip', 16],
+  ['dst_ip', 16],
+  ['src_port', 2],
+  ['dst_port', 2],
+  ['id', 4],
+  ['workload', 4],
+  ['identity', 4],
+  ['reason', 1],
+  ['closed', 1],
+  ['pad', 2],
+]);
+export const CONFIG_LAYOUT = layout('km_authz_config', [['iter_run', 8]]);
+export const LISTENER_KEY_LAYOUT = layout('km_authz_listener_key', [
+  ['family', 4],
+  ['ip', 16],
+  ['port', 4],
+]);
+
+/** Counter keys of open connections closed after a policy change carry this bit beside the reason. */
+export const CLOSED_BIT = 0x100;
+/** The LPM key's fixed part (set, negated, family) in bits, before the CIDR's own length. */
+const CIDR_FIXED_BITS = 48;
+
+export function encodeAddr(address: string): Buffer {
+  const b = Buffer.alloc(ADDR_LAYOUT.size);
+  b.writeUInt32LE(familyOf(address), 0);
+  encodeAddress(address).copy(b, 4);
+  return b;
+}
+
+export function decodeAddr(b: Buffer): string {
+  return decodeAddress(b.subarray(4, 20), b.readUInt32LE(0));
+}
+
+export interface DestValue {
+  workload: number;
+  first: number;
+  count: number;
+  flags: number;
+}
+
+export function encodeDest(d: DestValue): Buffer {
+  const b = Buffer.alloc(DEST_LAYOUT.size);
+  b.writeUInt32LE(d.workload, 0);
+  b.writeUInt32LE(d.first, 4);
+  b.writeUInt32LE(d.count, 8);
+  b.writeUInt32LE(d.flags, 12);
+  return b;
+}
+
+export function decodeDest(b: Buffer): DestValue {
+  return {
+    workload: b.readUInt32LE(0),
+    first: b.readUInt32LE(4),
+    count: b.readUInt32LE(8),
+    flags: b.readUInt32LE(12),
+  };
+}
+
+export function encodeTerm(t: Term): Buffer {
+  const b = Buffer.alloc(TERM_LAYOUT.size);
+  b.writeUInt32LE(t.id, 0);
+  b.writeUInt32LE(t.set, 4);
+  b.writeUInt16LE(t.flags, 8);
+  b.writeUInt8(t.action, 10);
+  b.writeUInt8(t.reason, 11);
+  return b;
+}
+
+export function decodeTerm(b: Buffer): Term {
+  return {
+    id: b.readUInt32LE(0),
+    set: b.readUInt32LE(4),
+    flags: b.readUInt16LE(8),
+    action: b[10]!,
+    reason: b[11]!,
+  };
+}
+
+/** A destination's term list as bytes: equal lists are equal strings (the writer's change test). */
+export function termListSignature(d: Pick<Dest, 'terms'>): string {
+  return Buffer.concat(d.terms.map(encodeTerm)).toString('hex');
+}
+
+export function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+}
+
+export function idKey(set: number, identity: number): Buffer {
+  const b = Buffer.alloc(ID_KEY_LAYOUT.size);
+  b.writeUInt32LE(set, 0);
+  b.writeUInt32LE(identity, 4);
+  return b;
+}
+
+export function portKey(set: number, port: number, negated: boolean): Buffer {
+  const b = Buffer.alloc(PORT_KEY_LAYOUT.size);
+  b.writeUInt32LE(set, 0);
+  b.writeUInt16LE(port, 4);
+  b.writeUInt8(negated ? 1 : 0, 6);
+  return b;
+}
+
+export function cidrKey(set: number, c: Cidr, negated: boolean): Buffer {
+  const b = Buffer.alloc(CIDR_KEY_LAYOUT.size);
+  b.writeUInt32LE(CIDR_FIXED_BITS + c.length, 0);
+  b.writeUInt32LE(set, 4);
+  b.writeUInt8(negated ? 1 : 0, 8);
+  b.writeUInt8(c.family, 9);
+  c.bytes.copy(b, 10, 0, 16);
+  return b;
+}
+
+export function decodeCidrKey(b: Buffer): { set: number; negated: boolean; cidr: Cidr } {
+  const family = b[9] === 6 ? 6 : 4;
+  return {
+    set: b.readUInt32LE(4),
+    negated: b[8] === 1,
+    cidr: { family, bytes: Buffer.from(b.subarray(10, 26)), length: b.readUInt32LE(0) - CIDR_FIXED_BITS },
+  };
+}
+
+export function decodeCounterKey(b: Buffer): { id: number; reason: number; closed: boolean } {
+  const r = b.readUInt32LE(4);
+  return { id: b.readUInt32LE(0), reason: r & ~CLOSED_BIT, closed: (r & CLOSED_BIT) !== 0 };
+}
+
+export interface AuthzEvent {
+  /** CLOCK_MONOTONIC, ns. */
+  timestampNs: bigint;
+  family: Family;
+  source: string;
+  sourcePort: number;
+  destination: string;
+  destinationPort: number;
+  id: number;
+  workload: number;
+  identity: number;
+  reason: number;
+  closed: boolean;
+}
+
+export function decodeEvent(b: Buffer): AuthzEvent {
+  if (b.length < EVENT_LAYOUT.size) throw new Error(`decode struct km_authz_event: ${b.length} bytes`);
+  const family = b.readUInt32LE(8) === 6 ? 6 : 4;
+  return {
+    timestampNs: b.readBigUInt64LE(0),
+    family,
+    source: decodeAddress(b.subarray(12, 28), family),
+    destination: decodeAddress(b.subarray(28, 44), family),
+    sourcePort: b.readUInt16LE(44),
+    destinationPort: b.readUInt16LE(46),
+    id: b.readUInt32LE(48),
+    workload: b.readUInt32LE(52),
+    identity: b.readUInt32LE(56),
+    reason: b[60]!,
+    closed: b[61] === 1,
+  };
+}
+
+export function encodeConfig(iterRun: bigint): Buffer {
+  const b = Buffer.alloc(CONFIG_LAYOUT.size);
+  b.writeBigUInt64LE(iterRun, 0);
+  return b;
+}
+
+export function sumPerCpuU64(value: Buffer): bigint {
+  let total = 0n;
+  for (let off = 0; off + 8 <= value.length; off += 8) total += value.readBigUInt64LE(off);
+  return total;
+}
