@@ -81,8 +81,10 @@ export interface RefusedPolicy {
   errors: string[];
 }
 
+/** errors: each fault as `<resource name>.<path>: <reason>`, for logs and tests. */
 export type PolicyReading =
-  { policy: AuthzPolicy; errors?: undefined } | { refused: RefusedPolicy; errors: string[] };
+  | { policy: AuthzPolicy; errors?: undefined; faults?: undefined }
+  | { refused: RefusedPolicy; errors: string[]; faults: Fault[] };
 
 const MATCH_FIELDS = [
   'namespaces',
@@ -104,11 +106,22 @@ function isObject(v: JsonValue | undefined): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-class Reader {
-  readonly errors: string[] = [];
+/** A field's path inside the resource: `groups[0].rules[1]`, '' for the resource itself. */
+function j(base: string, field: string): string {
+  return base ? `${base}.${field}` : field;
+}
 
-  fail(path: string, why: string): void {
-    this.errors.push(`${path}: ${why}`);
+/** One fault of a resource: where inside it, and why. */
+export interface Fault {
+  path: string;
+  reason: string;
+}
+
+class Reader {
+  readonly faults: Fault[] = [];
+
+  fail(path: string, reason: string): void {
+    this.faults.push({ path, reason });
   }
 
   /** A repeated field: absent is empty; anything but an array is a fault. */
@@ -116,7 +129,7 @@ class Reader {
     const v = o[field];
     if (v === undefined || v === null) return [];
     if (!Array.isArray(v)) {
-      this.fail(`${path}.${field}`, 'not a list');
+      this.fail(j(path, field), 'not a list');
       return [];
     }
     return v;
@@ -125,8 +138,8 @@ class Reader {
   objects(o: JsonObject, field: string, path: string): [JsonObject, string][] {
     const out: [JsonObject, string][] = [];
     this.list(o, field, path).forEach((v, i) => {
-      if (isObject(v)) out.push([v, `${path}.${field}[${i}]`]);
-      else this.fail(`${path}.${field}[${i}]`, 'not a message');
+      if (isObject(v)) out.push([v, j(path, `${field}[${i}]`)]);
+      else this.fail(j(path, `${field}[${i}]`), 'not a message');
     });
     return out;
   }
@@ -135,7 +148,7 @@ class Reader {
     const v = o[field];
     if (v === undefined || v === null) return '';
     if (typeof v !== 'string') {
-      this.fail(`${path}.${field}`, 'not a string');
+      this.fail(j(path, field), 'not a string');
       return '';
     }
     return v;
@@ -144,7 +157,7 @@ class Reader {
   /** Unknown fields are faults: a field this reader does not know may change what a match means. */
   known(o: JsonObject, fields: readonly string[], path: string): void {
     for (const k of Object.keys(o))
-      if (k !== '@type' && !fields.includes(k)) this.fail(`${path}.${k}`, 'unknown field');
+      if (k !== '@type' && !fields.includes(k)) this.fail(j(path, k), 'unknown field');
   }
 }
 
@@ -174,12 +187,12 @@ function stringMatch(r: Reader, o: JsonObject, path: string): StringMatch | unde
   }
   const kind = kinds[0] as StringMatch['kind'];
   if (kind === 'presence') {
-    if (!isObject(o.presence)) r.fail(`${path}.presence`, 'not an Empty message');
+    if (!isObject(o.presence)) r.fail(j(path, 'presence'), 'not an Empty message');
     return { kind };
   }
   const value = o[kind];
   if (typeof value !== 'string') {
-    r.fail(`${path}.${kind}`, 'not a string');
+    r.fail(j(path, kind), 'not a string');
     return undefined;
   }
   return { kind, value };
@@ -192,7 +205,7 @@ function cidr(r: Reader, o: JsonObject, path: string): Cidr | undefined {
   let bytes: Buffer | undefined;
   if (typeof a === 'string' && /^[A-Za-z0-9+/_-]*={0,2}$/.test(a)) bytes = Buffer.from(a, 'base64');
   if (!bytes || (bytes.length !== 4 && bytes.length !== 16)) {
-    r.fail(`${path}.address`, `${bytes ? `${bytes.length} bytes` : 'not bytes'}; an address has 4 or 16`);
+    r.fail(j(path, 'address'), `${bytes ? `${bytes.length} bytes` : 'not bytes'}; an address has 4 or 16`);
     return undefined;
   }
   const family: Family = bytes.length === 4 ? 4 : 6;
@@ -200,7 +213,7 @@ function cidr(r: Reader, o: JsonObject, path: string): Cidr | undefined {
   const len = o.length ?? 0;
   if (typeof len !== 'number' || !Number.isInteger(len) || len < 0 || len > max) {
     r.fail(
-      `${path}.length`,
+      j(path, 'length'),
       `${JSON.stringify(len)} is not a prefix length of an IPv${family} address (0-${max})`,
     );
     return undefined;
@@ -218,7 +231,7 @@ function ports(r: Reader, o: JsonObject, field: string, path: string): number[] 
     const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
     // ztunnel truncates to 16 bits (70000 would mean 4464): refused instead
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 65535)
-      r.fail(`${path}.${field}[${i}]`, `${JSON.stringify(v)} is not a port (0-65535)`);
+      r.fail(j(path, `${field}[${i}]`), `${JSON.stringify(v)} is not a port (0-65535)`);
     else out.push(n);
   });
   return out;
@@ -245,7 +258,7 @@ function match(r: Reader, o: JsonObject, path: string): Match {
       return c ? [c] : [];
     });
   if (r.list(o, 'extensions', path).length > 0)
-    r.fail(`${path}.extensions`, 'an extension may narrow or widen the match; kernmesh knows none');
+    r.fail(j(path, 'extensions'), 'an extension may narrow or widen the match; kernmesh knows none');
   return {
     namespaces: strings('namespaces'),
     notNamespaces: strings('not_namespaces'),
@@ -268,23 +281,23 @@ function match(r: Reader, o: JsonObject, path: string): Match {
  */
 export function readAuthorization(resource: JsonObject, resourceName?: string): PolicyReading {
   const r = new Reader();
-  const path = resourceName ?? 'authorization';
+  const path = '';
   r.known(resource, ['name', 'namespace', 'scope', 'action', 'groups', 'dry_run', 'extensions'], path);
   const name = r.string(resource, 'name', path);
   const namespace = r.string(resource, 'namespace', path);
-  if (!name) r.fail(`${path}.name`, 'empty');
-  if (!namespace) r.fail(`${path}.namespace`, 'empty');
+  if (!name) r.fail(j(path, 'name'), 'empty');
+  if (!namespace) r.fail(j(path, 'namespace'), 'empty');
   const key = `${namespace}/${name}`;
   if (resourceName !== undefined && resourceName !== key)
     r.fail(path, `named ${JSON.stringify(resourceName)} but holds ${JSON.stringify(key)}`);
-  const scope = enumValue(r, resource.scope, SCOPES, `${path}.scope`);
-  const action = enumValue(r, resource.action, ACTIONS, `${path}.action`);
+  const scope = enumValue(r, resource.scope, SCOPES, j(path, 'scope'));
+  const action = enumValue(r, resource.action, ACTIONS, j(path, 'action'));
   const dryRunValue = resource.dry_run;
   if (dryRunValue !== undefined && dryRunValue !== null && typeof dryRunValue !== 'boolean')
-    r.fail(`${path}.dry_run`, 'not a bool');
+    r.fail(j(path, 'dry_run'), 'not a bool');
   const dryRun = dryRunValue === true;
   if (r.list(resource, 'extensions', path).length > 0)
-    r.fail(`${path}.extensions`, 'an extension may change what the policy does; kernmesh knows none');
+    r.fail(j(path, 'extensions'), 'an extension may change what the policy does; kernmesh knows none');
   const groups: Group[] = r.objects(resource, 'groups', path).map(([g, gp]) => {
     r.known(g, ['rules'], gp);
     return {
@@ -294,19 +307,23 @@ export function readAuthorization(resource: JsonObject, resourceName?: string): 
       }),
     };
   });
-  if (r.errors.length > 0 || scope === undefined || action === undefined)
+  if (r.faults.length > 0 || scope === undefined || action === undefined) {
+    const label = resourceName ?? key;
+    const errors = r.faults.map((f) => `${f.path ? `${label}.${f.path}` : label}: ${f.reason}`);
     return {
       refused: {
-        key: resourceName ?? key,
+        key: label,
         name,
         namespace,
         ...(scope ? { scope } : {}),
         ...(action ? { action } : {}),
         dryRun,
-        errors: r.errors,
+        errors,
       },
-      errors: r.errors,
+      errors,
+      faults: r.faults,
     };
+  }
   return { policy: { key, name, namespace, scope, action, dryRun, groups } };
 }
 

@@ -4,17 +4,22 @@
 import type { HeldResources } from '../xds/state.js';
 import type { Rejection, XdsResource } from '../xds/types.js';
 import { analysed, type Analyser } from './analysis.js';
+import { AUTHORIZATION_ANALYSER } from './authorization.js';
 import { CLUSTER_ANALYSER } from './cluster.js';
 import { ENDPOINT_ANALYSER } from './endpoints.js';
 import { LISTENER_ANALYSER } from './listener.js';
 import { ROUTE_ANALYSER } from './route.js';
 
-/** translate/'s side of every resource type it reads; the workload API is read by xds/waypoints.ts. */
+/**
+ * translate/'s side of every resource type it reads; the workload API's addresses are read by
+ * xds/waypoints.ts and src/authz/policy.ts.
+ */
 export const ANALYSERS: readonly Analyser<unknown>[] = [
   CLUSTER_ANALYSER,
   ENDPOINT_ANALYSER,
   LISTENER_ANALYSER,
   ROUTE_ANALYSER,
+  AUTHORIZATION_ANALYSER,
 ];
 
 const byType = new Map(ANALYSERS.map((a) => [a.typeUrl, a]));

@@ -30,6 +30,8 @@ export interface XdsClientOptions {
   node: NodeIdentity;
   /** Subscribe to Istio's workload API (Delta) to learn which services use a waypoint. */
   waypoints?: boolean;
+  /** Subscribe to Istio's workload API (Delta): workloads and their L4 authorization policies. */
+  authorization?: boolean;
   /** Supplied by translate/: resources it refuses are NACKed, the rest of the response applies. */
   validate?: Validator;
   /** How long a new EDS cluster waits for its first ClusterLoadAssignment (Envoy's initial_fetch_timeout). */
@@ -64,7 +66,10 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
     const clock = opts.clock ?? systemClock;
     const logger = opts.logger ?? pino({ name: 'xds', level: process.env['KERNMESH_LOG_LEVEL'] ?? 'info' });
     const now = () => new Date(clock.now());
-    const types = subscribedTypes(opts.waypoints ?? false);
+    const types = subscribedTypes({
+      waypoints: opts.waypoints ?? false,
+      authorization: opts.authorization ?? false,
+    });
     const protocol = opts.protocol ?? 'delta';
     this.config = new ConfigState({
       types,

@@ -11,6 +11,7 @@ export const TYPE = {
   listener: 'type.googleapis.com/envoy.config.listener.v3.Listener',
   route: 'type.googleapis.com/envoy.config.route.v3.RouteConfiguration',
   address: 'type.googleapis.com/istio.workload.Address',
+  authorization: 'type.googleapis.com/istio.security.Authorization',
 } as const;
 
 export type TypeUrl = (typeof TYPE)[keyof typeof TYPE];

@@ -1,6 +1,7 @@
 // Every resource type kernmesh reads, in the order Envoy subscribes (the wildcard CDS and LDS first,
 // then what they name). Adding a type: one file here, one analyser in translate/, and its line below.
 import { ADDRESS } from './address.js';
+import { AUTHORIZATION } from './authorization.js';
 import { CLUSTER } from './cluster.js';
 import { ENDPOINT } from './endpoint.js';
 import { LISTENER } from './listener.js';
@@ -8,11 +9,18 @@ import type { ResourceType } from './resource-type.js';
 import { ROUTE } from './route.js';
 
 export type { ConfigDumpSection, Dependency, ResourceType } from './resource-type.js';
-export { ADDRESS, CLUSTER, ENDPOINT, LISTENER, ROUTE };
+export { ADDRESS, AUTHORIZATION, CLUSTER, ENDPOINT, LISTENER, ROUTE };
 export { edsServiceName } from './cluster.js';
 export { listenerName, routeNames } from './listener.js';
 
-export const RESOURCE_TYPES: readonly ResourceType[] = [CLUSTER, LISTENER, ENDPOINT, ROUTE, ADDRESS];
+export const RESOURCE_TYPES: readonly ResourceType[] = [
+  CLUSTER,
+  LISTENER,
+  ENDPOINT,
+  ROUTE,
+  ADDRESS,
+  AUTHORIZATION,
+];
 
 /** The types with a config_dump section, in the order Envoy writes the sections. */
 export const CONFIG_DUMP_TYPES: readonly ResourceType[] = RESOURCE_TYPES.filter((t) => t.configDump).sort(
@@ -37,7 +45,14 @@ export function typeLabel(typeUrl: string): string {
   return byUrl.get(typeUrl)?.label ?? typeUrl.slice(typeUrl.lastIndexOf('.') + 1);
 }
 
-/** The types subscribed over ADS: Envoy's four, plus the workload API when waypoints are on. */
-export function subscribedTypes(waypoints: boolean): ResourceType[] {
-  return RESOURCE_TYPES.filter((t) => !t.deltaOnly || waypoints);
+/**
+ * The types subscribed over ADS: Envoy's four, plus the workload API's addresses when waypoints or
+ * authorization need them, and its authorization policies when authorization is on.
+ */
+export function subscribedTypes(opts: { waypoints?: boolean; authorization?: boolean }): ResourceType[] {
+  return RESOURCE_TYPES.filter((t) => {
+    if (!t.deltaOnly) return true;
+    if (t === AUTHORIZATION) return opts.authorization === true;
+    return opts.waypoints === true || opts.authorization === true;
+  });
 }
