@@ -15,6 +15,14 @@ export interface PodKernel {
   unenrollCgroup(cgroupId: number): void;
   forgetCgroup(cgroupId: number): void;
   pinnedCgroups(): Map<number, string[]>;
+  /**
+   * --authorization: the inbound check on the pod's network namespace. 'waiting' until the pod has
+   * a process to find it through; undefined when authorization is off.
+   */
+  enforceAuthorization?(cgroupId: number, cgroup: string): 'attached' | 'waiting' | 'shared' | undefined;
+  releaseAuthorization?(cgroupId: number): void;
+  /** Removes namespace links of pods no longer enrolled (after the first list). */
+  pruneAuthorization?(): void;
 }
 
 /** What the enroller needs from the informers. */
@@ -38,6 +46,8 @@ interface PodState {
   /** When the event that made the current decision reached the agent (ms since the epoch). */
   eventAt: number;
   reason: string;
+  /** --authorization: whether the pod's namespace has the inbound check yet. */
+  authz?: 'attached' | 'waiting' | 'shared';
 }
 
 export interface EnrollerOptions {
@@ -61,6 +71,14 @@ export interface EnrollmentView {
   enrolled: boolean;
   reason: string;
   cgroup?: string;
+}
+
+/**
+ * Looked for again with the cgroup poll: a pod with no process yet, or whose first process is still
+ * in the node's namespace (a sandbox being set up), gets its own namespace moments later.
+ */
+function isPending(authz: PodState['authz']): boolean {
+  return authz === 'waiting' || authz === 'shared';
 }
 
 export class Enroller {
@@ -114,6 +132,7 @@ export class Enroller {
         this.opts.log.info({ cgroupId: id }, 'links of a cgroup no pod here owns removed');
         this.opts.kernel.forgetCgroup(id);
       }
+    this.opts.kernel.pruneAuthorization?.();
   }
 
   private reconcile(pod: V1Pod, at: number, resync = false): void {
@@ -152,6 +171,7 @@ export class Enroller {
       );
     if (s.wanted && (!s.enrolled || resync)) this.enroll(s);
     else if (!s.wanted && s.enrolled) this.unenroll(s);
+    if (s.wanted && s.enrolled && s.authz !== 'attached') this.authorize(s);
     this.pollWhilePending();
   }
 
@@ -182,7 +202,26 @@ export class Enroller {
     );
   }
 
+  /** The pod's namespace gets the inbound check once the pod has a process (its sandbox) to find it by. */
+  private authorize(s: PodState): void {
+    if (s.cgroup === undefined || s.cgroupId === undefined || !this.opts.kernel.enforceAuthorization) return;
+    const before = s.authz;
+    try {
+      s.authz = this.opts.kernel.enforceAuthorization(s.cgroupId, s.cgroup);
+    } catch (e) {
+      s.authz = 'waiting';
+      this.opts.log.error({ err: e, pod: s.pod }, 'authorization not attached to the pod yet');
+    }
+    if (s.authz === 'attached' && before !== 'attached')
+      this.opts.log.info(
+        { pod: s.pod, uid: s.uid, attached_at: new Date().toISOString() },
+        'pod authorization enforced',
+      );
+  }
+
   private unenroll(s: PodState): void {
+    if (s.cgroupId !== undefined) this.opts.kernel.releaseAuthorization?.(s.cgroupId);
+    s.authz = undefined;
     if (s.cgroupId !== undefined) this.opts.kernel.unenrollCgroup(s.cgroupId);
     s.enrolled = false;
     const at = Date.now();
@@ -203,6 +242,7 @@ export class Enroller {
     const s = this.pods.get(uid);
     if (!s) return;
     this.pods.delete(uid);
+    if (s.cgroupId !== undefined) this.opts.kernel.releaseAuthorization?.(s.cgroupId);
     if (s.cgroupId !== undefined && this.opts.kernel.pinnedCgroups().has(s.cgroupId)) {
       this.opts.kernel.forgetCgroup(s.cgroupId);
       this.opts.log.info({ pod: s.pod, uid, why }, 'pod gone: its links removed');
@@ -211,7 +251,9 @@ export class Enroller {
 
   /** Pods enrolled before the kubelet created their cgroup are looked for until it appears. */
   private pollWhilePending(): void {
-    const pending = [...this.pods.values()].some((s) => s.wanted && s.cgroup === undefined);
+    const pending = [...this.pods.values()].some(
+      (s) => s.wanted && (s.cgroup === undefined || (s.enrolled && isPending(s.authz))),
+    );
     if (pending && !this.pollTimer) {
       this.pollTimer = setInterval(() => this.poll(), this.opts.cgroupPollMs ?? 100).unref();
     } else if (!pending && this.pollTimer) {
@@ -223,7 +265,7 @@ export class Enroller {
   private poll(): void {
     for (const pod of this.opts.view.pods()) {
       const s = this.pods.get(pod.metadata?.uid ?? '');
-      if (s?.wanted && s.cgroup === undefined) this.reconcile(pod, s.eventAt);
+      if (s?.wanted && (s.cgroup === undefined || isPending(s.authz))) this.reconcile(pod, s.eventAt);
     }
   }
 

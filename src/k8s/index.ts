@@ -64,7 +64,10 @@ export class KubernetesNode {
   }
 
   /** Starts the informers; enrollment decisions begin once pods and namespaces are both listed. */
-  start(config: AgentConfig, kernel: PodKernel & { notReady?: () => string[] | undefined }): void {
+  start(
+    config: AgentConfig,
+    kernel: PodKernel & { notReady?: () => string[] | undefined; authorization?: { notReady(): string[] } },
+  ): void {
     this.trustDomain = config.identity.trustDomain;
     const enroller = new Enroller({
       kernel,
@@ -84,8 +87,11 @@ export class KubernetesNode {
       },
       this.log,
     );
+    // an enrolled pod whose inbound cannot be judged (--authorization) keeps the agent not ready
     kernel.notReady = () =>
-      enroller.isSynced() ? [] : ['pods and namespaces not yet listed from the Kubernetes API'];
+      enroller.isSynced()
+        ? (kernel.authorization?.notReady() ?? [])
+        : ['pods and namespaces not yet listed from the Kubernetes API'];
     this.watch.start().then(
       () => {
         if (!this.watch?.synced()) return; // stopped before the first list
