@@ -15,6 +15,11 @@ export interface ConfigDumpInput {
   rejections?: (Rejection & { failed?: JsonObject; version?: string; at?: string })[];
   /** Last accepted version per type URL, the dump's version_info. */
   versions?: Record<string, string>;
+  /**
+   * Dumps of kernmesh's own after Envoy's (the L4 authorization in force). istioctl reads a dump
+   * whose configs hold a type it does not know: it decodes that Any as an empty message.
+   */
+  extra?: JsonObject[];
 }
 
 export interface ConfigDumpOptions {
@@ -110,6 +115,7 @@ export function buildConfigDump(input: ConfigDumpInput, opts: ConfigDumpOptions 
     ...CONFIG_DUMP_TYPES.filter((t) => !t.configDump!.onRequestOnly || opts.includeEds).map((t) =>
       sectionOf(t, input, opts.nameRegex, now),
     ),
+    ...(input.extra ?? []),
   ];
 
   if (opts.resource) {

@@ -47,6 +47,7 @@ export class Agent implements AdminSource {
    */
   private state: DesiredState;
   private applied = 0;
+  private authzApplied = 0;
   private lastApply?: ApplyRecord;
   private lastError?: string;
   private pending?: SourceUpdate;
@@ -139,6 +140,39 @@ export class Agent implements AdminSource {
       },
       this.applied === 1 ? 'first config applied' : 'config applied',
     );
+    this.applyAuthorization(u);
+  }
+
+  /**
+   * L4 authorization from the workload API, once both of its types have answered: until then the
+   * enrolled pods' namespaces deny (nothing known) or keep what a previous agent left pinned.
+   */
+  private applyAuthorization(u: SourceUpdate): void {
+    const { kernel, log, source } = this.deps;
+    const snapshot = kernel.applyAuthorization ? source.workloadApi?.() : undefined;
+    if (!snapshot?.answered) return;
+    try {
+      const r = kernel.applyAuthorization!(snapshot);
+      if (!r) return;
+      this.authzApplied++;
+      const fields = {
+        policies: r.policies,
+        workloads: r.workloads,
+        ops: r.ops,
+        closed: r.closed,
+        received_at: new Date(
+          Date.now() - Number(process.hrtime.bigint() - u.receivedAt) / 1e6,
+        ).toISOString(),
+        applied_at: new Date(r.appliedAt).toISOString(),
+        ...(r.closedAt !== undefined ? { closed_at: new Date(r.closedAt).toISOString() } : {}),
+      };
+      for (const e of r.errors) log.error({ error: e }, 'authorization not fully applied');
+      log.info(fields, this.authzApplied === 1 ? 'first authorization applied' : 'authorization applied');
+    } catch (e) {
+      this.lastError = `authorization: ${(e as Error).message}`;
+      this.metrics.applyErrors.inc();
+      log.error({ err: e }, 'authorization not applied: enrolled pods keep the previous state');
+    }
   }
 
   private fail(message: string, cause: unknown, at: string): void {
@@ -291,9 +325,11 @@ export class Agent implements AdminSource {
   configDump(): ConfigDumpInput {
     const resources = this.deps.source.resources();
     const failedByName = new Map(resources.map((r) => [resourceKey(r.typeUrl, r.name), r.resource]));
+    const authorization = this.authorizationDump();
     return {
       bootstrap: this.bootstrap(),
       startedAt: this.startedAt.toISOString(),
+      ...(authorization ? { extra: [authorization] } : {}),
       resources,
       versions: this.deps.source.versions(),
       rejections: this.rejections().map((r) => ({
@@ -311,6 +347,7 @@ export class Agent implements AdminSource {
         connected: this.deps.source.connected(),
       },
       xds: this.deps.source.debug(),
+      ...this.authorizationSection(),
       // Refused by translation (what the kernel cannot express), on top of the source's own validation:
       // a virtual host the source NACKed but applied is refused again by translation, listed once there.
       translation_rejections: this.translationOnly(),
@@ -318,6 +355,38 @@ export class Agent implements AdminSource {
       not_enforced: this.notEnforced,
       last_apply: this.lastApply ?? null,
       applied_updates: this.applied,
+    };
+  }
+
+  private authorizationSection(): { authorization?: JsonObject } {
+    const view = this.deps.kernel.authorizationView?.();
+    return view ? { authorization: view } : {};
+  }
+
+  /**
+   * The authorization policies in force (each with its state: ACKED, or NACKED with the reason and
+   * denying what it applies to) and, per workload of the node, which apply and how.
+   */
+  private authorizationDump(): JsonObject | undefined {
+    const view = this.deps.kernel.authorizationView?.();
+    const snapshot = this.deps.source.workloadApi?.();
+    if (!view || !snapshot) return undefined;
+    const refused = new Map(snapshot.refused.map((r) => [r.name, r]));
+    const policies: JsonObject[] = snapshot.authorizations.map((r) => ({
+      name: r.name,
+      version: r.version,
+      last_updated: r.lastUpdated ?? null,
+      status: refused.has(r.name) ? 'NACKED' : 'ACKED',
+      ...(refused.has(r.name) ? { error: refused.get(r.name)!.reason } : {}),
+      policy: r.resource,
+    }));
+    for (const [name, r] of refused)
+      if (!snapshot.authorizations.some((a) => a.name === name))
+        policies.push({ name, status: 'NACKED', error: r.reason, ...(r.failed ? { policy: r.failed } : {}) });
+    return {
+      '@type': 'type.googleapis.com/kernmesh.admin.AuthorizationConfigDump',
+      policies,
+      workloads: (view.workloads ?? []) as JsonObject[],
     };
   }
 

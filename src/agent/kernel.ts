@@ -20,7 +20,9 @@ import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
 import { splitBackendKey } from '../dataplane/plan.js';
 import type { KernelStats } from '../admin/cluster-stats.js';
-import type { Attachment, Kernel } from './stage-interfaces.js';
+import type { JsonObject } from '../xds/types.js';
+import { PodAuthorization, type PodAuthorizationState } from './authorization.js';
+import type { Attachment, AuthorizationApplied, Kernel, WorkloadApiSnapshot } from './stage-interfaces.js';
 
 /** --map-size names: the dataplane's capacity knobs (each sizes one or more maps). */
 export const CAPACITY_NAMES = Object.keys(DEFAULT_CAPACITY) as (keyof Capacity)[];
@@ -61,6 +63,8 @@ export class AgentKernel implements Kernel {
   notReady?: () => string[] | undefined;
   /** Called after each apply (a running capture re-resolves its --service endpoints). */
   readonly onApplied: (() => void)[] = [];
+  /** L4 authorization of enrolled pods (--authorization). */
+  authorization?: PodAuthorization;
 
   private constructor(
     config: AgentConfig,
@@ -123,6 +127,20 @@ export class AgentKernel implements Kernel {
       throw e;
     }
     const kernel = new AgentKernel(config, dataplane, pinned, accel, telemetry, log, opts);
+    if (config.authorization) {
+      try {
+        kernel.authorization = new PodAuthorization({
+          pinDir: config.bpffs,
+          nodeName: config.identity.nodeName,
+          log: log.child({ stage: 'authz' }),
+          ...(opts.accessLog ? { accessLog: opts.accessLog } : {}),
+          ...(opts.registry ? { registry: opts.registry } : {}),
+        });
+      } catch (e) {
+        void kernel.close();
+        throw e;
+      }
+    }
     try {
       for (const cg of config.cgroups) {
         kernel.attached.push(...dataplane.attach(cg));
@@ -150,6 +168,27 @@ export class AgentKernel implements Kernel {
     this.dataplane.attachCgroupHooks(cgroup);
     for (const a of [this.accel?.attach(cgroup, this.pinDir), this.telemetry.attach(cgroup, this.pinDir)])
       a?.links.forEach((l) => l.close());
+  }
+
+  /** Kubernetes, --authorization: the pod's network namespace gets the inbound check (undefined: off). */
+  enforceAuthorization(cgroupId: number, cgroup: string): PodAuthorizationState | undefined {
+    return this.authorization?.enforce(cgroupId, cgroup);
+  }
+
+  releaseAuthorization(cgroupId: number): void {
+    this.authorization?.release(cgroupId);
+  }
+
+  pruneAuthorization(): void {
+    this.authorization?.prune();
+  }
+
+  applyAuthorization(snapshot: WorkloadApiSnapshot): AuthorizationApplied | undefined {
+    return this.authorization?.apply(snapshot);
+  }
+
+  authorizationView(): JsonObject | undefined {
+    return this.authorization?.view();
   }
 
   /**
@@ -227,6 +266,7 @@ export class AgentKernel implements Kernel {
       ...this.dataplane.programs(),
       ...(this.accel?.object.programs() ?? []),
       ...this.telemetry.object.programs(),
+      ...(this.authorization?.kernel.object.programs() ?? []),
     ];
   }
 
@@ -282,6 +322,7 @@ export class AgentKernel implements Kernel {
   }
 
   async close(): Promise<void> {
+    this.authorization?.close();
     this.telemetry.close();
     this.accelRulesWatch?.close();
     this.accel?.close();

@@ -17,6 +17,18 @@ export interface SourceUpdate {
 /** A resource's refusal as the source holds it, with the content refused when it decoded. */
 export type SourceRejection = Rejection & { failed?: JsonObject; at?: string };
 
+/** Istio's workload API as the source holds it: what authorization is compiled from. */
+export interface WorkloadApiSnapshot {
+  /** Both types answered at least once: before that, nothing is known to enforce. */
+  answered: boolean;
+  /** istio.workload.Address resources (workloads and services). */
+  addresses: readonly XdsResource[];
+  /** Accepted istio.security.Authorization resources (a NACKed update keeps its last accepted one here). */
+  authorizations: readonly XdsResource[];
+  /** Authorization resources NACKED now, with the content refused where it decoded. */
+  refused: SourceRejection[];
+}
+
 export interface ConfigSource {
   /** 'istiod' or 'file', for logs and /server_info. */
   readonly kind: 'istiod' | 'file';
@@ -43,6 +55,8 @@ export interface ConfigSource {
   rejections(): SourceRejection[];
   /** What readiness still waits for from the source ("clusters (CDS)"), empty once answered. */
   waitingFor(): string[];
+  /** The workload API, when authorization is subscribed. */
+  workloadApi?(): WorkloadApiSnapshot | undefined;
 }
 
 export interface TranslateResult {
@@ -84,6 +98,26 @@ export interface Kernel {
   kernelStats?(): KernelStats;
   debugMaps(): unknown;
   debugBpf(): unknown;
+  /**
+   * Compiles and programs L4 authorization from the workload API (only when it is enforced);
+   * returns what the log and the admin endpoint show of the apply.
+   */
+  applyAuthorization?(snapshot: WorkloadApiSnapshot): AuthorizationApplied | undefined;
+  /** Per workload of the node, which policies apply and how (the admin endpoint's view). */
+  authorizationView?(): JsonObject | undefined;
   /** Closes our fds; pinned maps and links stay, so traffic keeps its last programming. */
   close(): Promise<void>;
+}
+
+export interface AuthorizationApplied {
+  policies: number;
+  workloads: number;
+  /** Map entries written or deleted. */
+  ops: number;
+  /** When the maps were written (ms since the epoch). */
+  appliedAt: number;
+  /** Open connections the new state denies, closed after it was written. */
+  closed: number;
+  closedAt?: number;
+  errors: string[];
 }

@@ -130,6 +130,7 @@ export async function startAgent(
       clusterId: config.identity.clusterId,
       node,
       waypoints: config.waypoints,
+      authorization: config.authorization,
       validate: validateAgainst,
       logger: xdsLog,
     });
@@ -221,6 +222,10 @@ export async function startAgent(
       throw e;
     }
   }
+  if (config.kubernetes && !config.authorization)
+    log.warn(
+      'L4 authorization is off: AuthorizationPolicies of enrolled pods are not enforced (--authorization enforces them)',
+    );
   metrics.xdsConnected.set(source.connected() ? 1 : 0);
   log.info(
     {

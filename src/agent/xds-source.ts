@@ -8,8 +8,14 @@ import type { ConfigState } from '../xds/config-state.js';
 import type { XdsFileSource } from '../xds/file-source.js';
 import type { NodeIdentity } from '../xds/identity.js';
 import { RESOURCE_TYPES, typeLabel } from '../xds/resource-types/index.js';
-import type { JsonObject, Rejection, ServiceWaypoint, XdsResource } from '../xds/types.js';
-import type { ConfigSource, SourceRejection, SourceUpdate } from './stage-interfaces.js';
+import {
+  TYPE,
+  type JsonObject,
+  type Rejection,
+  type ServiceWaypoint,
+  type XdsResource,
+} from '../xds/types.js';
+import type { ConfigSource, SourceRejection, SourceUpdate, WorkloadApiSnapshot } from './stage-interfaces.js';
 
 /** The Envoy types: what translate/ and /config_dump read (the workload API reaches them as waypoints). */
 const ENVOY_TYPES = RESOURCE_TYPES.filter((t) => t.configDump);
@@ -106,9 +112,27 @@ export class XdsSource implements ConfigSource {
   }
 
   waitingFor(): string[] {
-    return ENVOY_TYPES.filter((t) => t.wildcard && !this.config.answered(t.typeUrl)).map(
-      (t) => `${t.plural} (${t.label})`,
-    );
+    // with authorization on, enrolled pods deny every connection until the workload API answers
+    const types = this.authorization()
+      ? RESOURCE_TYPES.filter((t) => this.config.states.has(t.typeUrl))
+      : ENVOY_TYPES;
+    return types
+      .filter((t) => t.wildcard && !this.config.answered(t.typeUrl))
+      .map((t) => `${t.plural} (${t.label})`);
+  }
+
+  private authorization(): boolean {
+    return this.config.states.has(TYPE.authorization) && this.feed.kind === 'istiod';
+  }
+
+  workloadApi(): WorkloadApiSnapshot | undefined {
+    if (!this.config.states.has(TYPE.authorization)) return undefined;
+    return {
+      answered: this.config.answered(TYPE.address) && this.config.answered(TYPE.authorization),
+      addresses: this.config.snapshot(TYPE.address),
+      authorizations: this.config.snapshot(TYPE.authorization),
+      refused: this.config.rejections().filter((r) => r.typeUrl === TYPE.authorization),
+    };
   }
 
   debug(): unknown {

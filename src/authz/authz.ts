@@ -147,6 +147,11 @@ export class AuthzKernel {
     return { inode, via: 'bpf_link' };
   }
 
+  /** A path that opens the namespace now (the process it was found through may have gone). */
+  netnsPath(inode: number, path: string): void {
+    if (this.netns.has(inode)) this.netns.set(inode, path);
+  }
+
   /** Detaches and unpins a namespace's link (the pod unenrolled, or gone). */
   detachNetns(inode: number): void {
     this.netns.delete(inode);
@@ -174,8 +179,8 @@ export class AuthzKernel {
   apply(model: AuthzModel): AuthzApplied {
     for (const [k, m] of Object.entries(model.names) as [keyof AuthzNames, Map<number, unknown>][])
       for (const [id, v] of m) (this.names[k] as Map<number, unknown>).set(id, v);
-    this.lastModel = model;
     const r = this.writer.apply(model);
+    this.lastModel = model;
     const appliedAt = Date.now();
     const out: AuthzApplied = { ...r, appliedAt, closed: 0, closeErrors: [] };
     if (r.overflowed.length > 0)

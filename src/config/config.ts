@@ -48,6 +48,8 @@ export interface AgentConfig {
   bpffs: string;
   admin: HostPort;
   waypoints: boolean;
+  /** Enforce Istio's L4 AuthorizationPolicies on enrolled pods (workload API; src/authz/). */
+  authorization: boolean;
   accelerate: boolean;
   accelRules?: string;
   /** 'stdout' or a file path; undefined when access logs are off. */
@@ -147,6 +149,11 @@ export const OPTIONS: OptionSpec[] = [
   { name: 'bpffs', kind: 'string', help: 'bpffs directory for pinned maps and links' },
   { name: 'admin', kind: 'string', help: 'admin endpoint ADDR:PORT' },
   { name: 'waypoints', kind: 'bool', help: "send traffic to services' waypoints (workload API)" },
+  {
+    name: 'authorization',
+    kind: 'bool',
+    help: "enforce Istio's L4 AuthorizationPolicies inbound to enrolled pods (workload API; needs --kubernetes)",
+  },
   { name: 'accelerate', kind: 'bool', help: 'same-node socket acceleration (sockops + sk_msg)' },
   { name: 'accel-rules', kind: 'string', help: 'acceleration rules file' },
   { name: 'access-log', kind: 'string', bare: 'stdout', help: 'connection access log: stdout or a file' },
@@ -509,6 +516,13 @@ export function loadConfig(
   const kubeletCgroupRoot = str('kubelet-cgroup-root');
   if (kubernetes && !str('node-name'))
     throw new ConfigError('--kubernetes needs the node whose pods it serves: --node-name or NODE_NAME');
+  const authorization = (get('authorization')?.value as boolean | undefined) ?? false;
+  // inbound authorization is per pod network namespace: without pods there is nothing to attach to
+  if (authorization && !kubernetes)
+    throw new ConfigError(
+      '--authorization is enforced per enrolled pod: it needs --kubernetes',
+      src('authorization'),
+    );
   const podNamespace = str('pod-namespace') ?? 'default';
   const config: AgentConfig = {
     xdsAddress,
@@ -538,6 +552,7 @@ export function loadConfig(
     bpffs: str('bpffs') ?? DEFAULTS.bpffs,
     admin,
     waypoints: (get('waypoints')?.value as boolean | undefined) ?? false,
+    authorization,
     accelerate,
     accelRules,
     accessLog: str('access-log'),
