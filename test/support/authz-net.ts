@@ -146,14 +146,12 @@ export class PodServers {
   private readonly child: ChildProcess;
   private readonly ready: Promise<void>;
 
-  constructor(netns: string, specs: { address: string; port: number }[]) {
-    this.child = spawn(
-      'ip',
-      ['netns', 'exec', netns, process.execPath, '-e', SERVER_JS, JSON.stringify(specs)],
-      {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    );
+  /** With a cgroup, the servers are that pod's process (what the agent finds its namespace through). */
+  constructor(netns: string, specs: { address: string; port: number }[], cgroup?: string) {
+    const args = ['netns', 'exec', netns, process.execPath, '-e', SERVER_JS, JSON.stringify(specs)];
+    this.child = cgroup
+      ? spawnInCgroup(cgroup, 'ip', args, { stdio: ['pipe', 'pipe', 'pipe'] })
+      : spawn('ip', args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stderr = '';
     this.child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     this.ready = new Promise((resolve, reject) => {

@@ -38,6 +38,8 @@ export interface RecordedResponse {
   names: string[];
   removed: string[];
   bytes: number;
+  /** Date.now() when the response was written to the stream. */
+  at: number;
 }
 
 /** A resource as JSON with "@type", an XdsResource, or an already-encoded Any (for undecodable bytes). */
@@ -184,6 +186,11 @@ export class TestControlPlane {
     this.resources.set(typeUrl, m);
     this.versions.set(typeUrl, opts.version ?? `v${++this.versionCounter}`);
     if (opts.push ?? true) this.push(typeUrl);
+  }
+
+  /** The version a served resource goes by (what the client reports having accepted). */
+  versionOf(typeUrl: string, name: string): string | undefined {
+    return this.resources.get(typeUrl)?.get(name)?.version;
   }
 
   /** Adds or replaces some resources of a type, keeping the others (istiod's incremental EDS). */
@@ -477,6 +484,7 @@ export class TestControlPlane {
       names: chosen.map((r) => r.name),
       removed: [],
       bytes: bytes.length,
+      at: Date.now(),
     });
     s.call.write(Buffer.from(bytes));
   }
@@ -566,6 +574,7 @@ export class TestControlPlane {
       names: changed.map((r) => r.name),
       removed,
       bytes: bytes.length,
+      at: Date.now(),
     });
     s.call.write(Buffer.from(bytes));
   }
