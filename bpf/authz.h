@@ -44,12 +44,32 @@ struct km_authz_addr {
 	__u32 ip[4];
 };
 
-/* A destination address: its terms are km_authz_terms[first .. first + count). */
+/* A destination address: its terms are km_authz_terms[first .. first + count); `list` keys the
+ * km_authz_index entries of the terms folded out of that walk (0: none). */
 struct km_authz_dest {
 	__u32 workload;
 	__u32 first;
 	__u32 count;
 	__u32 flags;
+	__u32 list;
+};
+
+/* km_authz_index: enforced terms with a single condition, folded per list into one lookup by the
+ * connection's source identity (kind 0) or destination port (kind 1). */
+#define KM_AUTHZ_IDX_IDENTITY 0
+#define KM_AUTHZ_IDX_PORT 1
+
+struct km_authz_index_key {
+	__u32 list;
+	__u32 kind;
+	__u32 value;
+};
+
+struct km_authz_index {
+	__u32 deny;	/* the first DENY policy matching (0: none) */
+	__u8 reason;	/* what that denial counts as */
+	__u8 allow;	/* an ALLOW policy matches */
+	__u8 pad[2];
 };
 
 /* One conjunction of conditions of one policy, evaluated in list order (DENY terms first). */

@@ -84,6 +84,7 @@ export class AuthzKernel {
     private readonly opts: AuthzKernelOptions,
   ) {
     this.writer = new AuthzWriter({
+      index: object.map('km_authz_index'),
       dest: object.map('km_authz_dest'),
       src: object.map('km_authz_src'),
       terms: object.map('km_authz_terms'),
@@ -92,7 +93,8 @@ export class AuthzKernel {
       cidrs: object.map('km_authz_cidrs'),
     });
     const pinned = this.writer.pinnedMaxIds();
-    for (const kind of ['policy', 'workload', 'identity', 'set'] as const) this.ids.above(kind, pinned[kind]);
+    for (const kind of ['policy', 'workload', 'identity', 'set', 'list'] as const)
+      this.ids.above(kind, pinned[kind]);
     const cfg = object.map('km_authz_config').lookup(u32(0));
     this.iterRun = cfg ? cfg.readBigUInt64LE(0) : 0n;
   }

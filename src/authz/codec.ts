@@ -14,7 +14,20 @@ export const DEST_LAYOUT = layout('km_authz_dest', [
   ['first', 4],
   ['count', 4],
   ['flags', 4],
+  ['list', 4],
 ]);
+export const INDEX_KEY_LAYOUT = layout('km_authz_index_key', [
+  ['list', 4],
+  ['kind', 4],
+  ['value', 4],
+]);
+export const INDEX_LAYOUT = layout('km_authz_index', [
+  ['deny', 4],
+  ['reason', 1],
+  ['allow', 1],
+  ['pad', 2],
+]);
+export const INDEX_KIND = { identity: 0, port: 1 } as const;
 export const TERM_LAYOUT = layout('km_authz_term', [
   ['policy', 4],
   ['set', 4],
@@ -86,6 +99,7 @@ export interface DestValue {
   first: number;
   count: number;
   flags: number;
+  list: number;
 }
 
 export function encodeDest(d: DestValue): Buffer {
@@ -94,6 +108,7 @@ export function encodeDest(d: DestValue): Buffer {
   b.writeUInt32LE(d.first, 4);
   b.writeUInt32LE(d.count, 8);
   b.writeUInt32LE(d.flags, 12);
+  b.writeUInt32LE(d.list, 16);
   return b;
 }
 
@@ -103,7 +118,24 @@ export function decodeDest(b: Buffer): DestValue {
     first: b.readUInt32LE(4),
     count: b.readUInt32LE(8),
     flags: b.readUInt32LE(12),
+    list: b.readUInt32LE(16),
   };
+}
+
+export function indexKey(list: number, kind: number, value: number): Buffer {
+  const b = Buffer.alloc(INDEX_KEY_LAYOUT.size);
+  b.writeUInt32LE(list, 0);
+  b.writeUInt32LE(kind, 4);
+  b.writeUInt32LE(value, 8);
+  return b;
+}
+
+export function encodeIndex(e: { deny: number; reason: number; allow: boolean }): Buffer {
+  const b = Buffer.alloc(INDEX_LAYOUT.size);
+  b.writeUInt32LE(e.deny, 0);
+  b.writeUInt8(e.reason, 4);
+  b.writeUInt8(e.allow ? 1 : 0, 5);
+  return b;
 }
 
 export function encodeTerm(t: Term): Buffer {

@@ -70,8 +70,27 @@ export interface Dest {
   family: Family;
   workload: number;
   flags: number;
+  /** Walked in order. */
   terms: Term[];
+  /** The index of the terms folded out of the walk (0: none). */
+  list: number;
 }
+
+/** What one lookup in km_authz_index answers: the first DENY and whether an ALLOW matches. */
+export interface IndexEntry {
+  deny: number;
+  reason: number;
+  allow: boolean;
+}
+
+/** Per list, by source identity and by destination port. */
+export interface TermIndex {
+  identities: Map<number, IndexEntry>;
+  ports: Map<number, IndexEntry>;
+}
+
+/** Entries one list's index may hold; past it, its terms stay in the walk. */
+export const MAX_INDEX_ENTRIES = 65536;
 
 export interface TermSet {
   /** Identity ids listed (the term's flag says whether the source must be in or out). */
@@ -87,6 +106,8 @@ export interface AuthzModel {
   /** Source address → identity id (addresses of no identity are left out). */
   sources: Map<string, number>;
   sets: Map<number, TermSet>;
+  /** Folded terms of each list id. */
+  index: Map<number, TermIndex>;
   /** For counters, events and the admin views: what each id names. */
   names: AuthzNames;
   workloads: WorkloadView[];
@@ -117,12 +138,13 @@ export interface WorkloadView {
  * terms are not rewritten). Never reused: a restarted agent starts above what it finds pinned.
  */
 export class AuthzIds {
-  private next = { policy: 1, workload: 1, identity: 1, set: 1 };
+  private next = { policy: 1, workload: 1, identity: 1, set: 1, list: 1 };
   private readonly maps = {
     policy: new Map<string, number>(),
     workload: new Map<string, number>(),
     identity: new Map<string, number>(),
     set: new Map<string, number>(),
+    list: new Map<string, number>(),
   };
 
   id(kind: keyof AuthzIds['next'], key: string): number {
@@ -364,6 +386,7 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
     policy: new Set<string>(),
     workload: new Set<string>(),
     identity: new Set<string>(),
+    list: new Set<string>(),
     set: new Set<string>(),
   };
   const policyId = (key: string): number => {
@@ -420,7 +443,20 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
     return e;
   };
   const sets = new Map<number, TermSet>();
+  const sharedTerms = new Map<string, Term[]>();
+  const foldCache = new Map<string, TermIndex | null>();
+  const index = new Map<number, TermIndex>();
+  const universeIds = new Set(universe.candidates.keys());
+  // one set per definition and action, whatever the number of destinations sharing it
+  const setCache = new Map<TermDef, Map<Action, { id: number; flags: number }>>();
   const setFor = (def: TermDef, action: Action): { id: number; flags: number } => {
+    let byAction = setCache.get(def);
+    if (!byAction) setCache.set(def, (byAction = new Map()));
+    let r = byAction.get(action);
+    if (!r) byAction.set(action, (r = makeSet(def, action)));
+    return r;
+  };
+  const makeSet = (def: TermDef, action: Action): { id: number; flags: number } => {
     let flags = 0;
     let idPart: { negated: boolean; ids: number[] } | undefined;
     if (def.identity.length > 0) {
@@ -500,6 +536,7 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
         // two workloads of this node claim the address (a recycled pod IP): whose policies? neither
         dest.terms = [denyAll(0, REASONS.unknown_destination)];
         dest.flags = 0;
+        dest.list = 0;
         if (i === 0) view.denyAll = 'unknown_destination';
       }
       if (i === 0) view.terms = dest.terms.length;
@@ -558,17 +595,23 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
         else deny.push(denyAll(id, REASONS.unexpressible));
         continue;
       }
-      const terms: Term[] = [];
-      for (const def of e) {
-        if (!dstHolds(def, host)) continue;
-        const set = setFor(def, p.action);
-        terms.push({
-          id,
-          set: set.id,
-          flags: set.flags | (p.dryRun ? TERM_FLAGS.dryRun : 0),
-          action: ACTION_CODE[p.action],
-          reason: REASONS.deny_policy,
-        });
+      // a policy without destination IPs has the same terms on every destination: built once
+      const shared = e.every((d) => d.dstIn.length === 0 && d.dstNotIn.length === 0);
+      let terms = shared ? sharedTerms.get(p.key) : undefined;
+      if (!terms) {
+        terms = [];
+        for (const def of e) {
+          if (!dstHolds(def, host)) continue;
+          const set = setFor(def, p.action);
+          terms.push({
+            id,
+            set: set.id,
+            flags: set.flags | (p.dryRun ? TERM_FLAGS.dryRun : 0),
+            action: ACTION_CODE[p.action],
+            reason: REASONS.deny_policy,
+          });
+        }
+        if (shared) sharedTerms.set(p.key, terms);
       }
       view?.policies.push({
         policy: a.key,
@@ -587,16 +630,69 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
       }
     }
     // dry-run DENYs first: they are reported even when an enforced DENY then matches (as ztunnel)
-    let terms = [...dryDeny, ...deny, ...allow, ...(enforcedAllow ? [] : dryAllow)];
+    const ordered = [...dryDeny, ...deny, ...allow, ...(enforcedAllow ? [] : dryAllow)];
+    const { walked, list } = fold(ordered);
+    let terms = walked;
     let flags = enforcedAllow ? DEST_FLAGS.allow : anyDryAllow ? DEST_FLAGS.dryAllow : 0;
+    let listId = list;
     if (terms.length > MAX_TERMS) {
       terms = [denyAll(workload, REASONS.over_budget)];
       flags = 0;
+      listId = 0;
       if (view) view.denyAll = 'over_budget';
     }
-    return { address, family: familyOf(address), workload, flags, terms };
+    return { address, family: familyOf(address), workload, flags, terms, list: listId };
   }
 
-  for (const kind of ['policy', 'workload', 'identity', 'set'] as const) ids.retain(kind, used[kind]);
-  return { dests, sources, sets, names, workloads: views };
+  /**
+   * Enforced terms with one identity condition or one port list, folded out of the walk into one
+   * lookup each (by source identity, by destination port); the rest is walked in order.
+   */
+  function fold(terms: Term[]): { walked: Term[]; list: number } {
+    const idOnly = (t: Term): boolean => t.flags === TERM_FLAGS.idIn || t.flags === TERM_FLAGS.idNotIn;
+    const portOnly = (t: Term): boolean => t.flags === TERM_FLAGS.portIn;
+    const folded = terms.filter((t) => idOnly(t) || portOnly(t));
+    if (folded.length === 0) return { walked: terms, list: 0 };
+    const key = JSON.stringify(folded.map((t) => [t.id, t.set, t.flags, t.action]));
+    let cached = foldCache.get(key);
+    if (cached === undefined) {
+      cached = buildIndex(folded, idOnly);
+      foldCache.set(key, cached);
+    }
+    if (!cached) return { walked: terms, list: 0 };
+    used.list.add(key);
+    const list = ids.id('list', key);
+    index.set(list, cached);
+    return { walked: terms.filter((t) => !(idOnly(t) || portOnly(t))), list };
+  }
+
+  function buildIndex(folded: Term[], idOnly: (t: Term) => boolean): TermIndex | null {
+    const out: TermIndex = { identities: new Map(), ports: new Map() };
+    const entry = (m: Map<number, IndexEntry>, k: number): IndexEntry => {
+      let e = m.get(k);
+      if (!e) m.set(k, (e = { deny: 0, reason: 0, allow: false }));
+      return e;
+    };
+    const note = (e: IndexEntry, t: Term): void => {
+      if (t.action === ACTION_CODE.ALLOW) e.allow = true;
+      else if (!e.deny) {
+        e.deny = t.id;
+        e.reason = t.reason;
+      }
+    };
+    const universe = [...universeIds];
+    for (const t of folded) {
+      const s = sets.get(t.set)!;
+      if (idOnly(t)) {
+        const listed = new Set(s.identities);
+        const holds = t.flags === TERM_FLAGS.idIn ? s.identities : universe.filter((x) => !listed.has(x));
+        for (const x of holds) note(entry(out.identities, x), t);
+      } else for (const p of s.ports) if (!p.negated) note(entry(out.ports, p.port), t);
+      if (out.identities.size + out.ports.size > MAX_INDEX_ENTRIES) return null;
+    }
+    return out;
+  }
+
+  for (const kind of ['policy', 'workload', 'identity', 'set', 'list'] as const) ids.retain(kind, used[kind]);
+  return { dests, sources, sets, index, names, workloads: views };
 }

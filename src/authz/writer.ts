@@ -6,7 +6,10 @@
 import type { BpfMap } from '../../native/index.js';
 import { REASONS, type AuthzModel } from './compile.js';
 import {
+  INDEX_KIND,
   cidrKey,
+  encodeIndex,
+  indexKey,
   decodeAddr,
   decodeCidrKey,
   decodeDest,
@@ -22,6 +25,7 @@ import {
 } from './codec.js';
 
 export interface AuthzMaps {
+  index: BpfMap;
   dest: BpfMap;
   src: BpfMap;
   terms: BpfMap;
@@ -122,7 +126,14 @@ export class AuthzWriter {
   private readonly idEntries = new Set<string>();
   private readonly portEntries = new Set<string>();
   private readonly cidrEntries = new Map<string, Buffer>();
+  /** km_authz_index: key hex → value hex. */
+  private readonly indexEntries = new Map<string, string>();
   private readonly ranges: TermRanges;
+  /**
+   * Term lists by content: destinations with the same list (a namespace's pods under the same
+   * NAMESPACE and GLOBAL policies) share one range.
+   */
+  private readonly lists = new Map<string, Range>();
 
   /** Rebuilds the mirror from what the maps hold (a previous agent's state stays in force until replaced). */
   constructor(
@@ -137,13 +148,18 @@ export class AuthzWriter {
         const t = maps.terms.lookup(u32(d.first + i));
         if (t) terms.push(decodeTerm(t));
       }
-      this.dests.set(decodeAddr(k), { ...d, signature: termListSignature({ terms }) });
-      if (d.first !== FALLBACK_SLOT && d.count > 0) used.push({ first: d.first, count: d.count });
+      const signature = d.first === FALLBACK_SLOT ? 'fallback' : termListSignature({ terms });
+      this.dests.set(decodeAddr(k), { ...d, signature });
+      if (d.first !== FALLBACK_SLOT && d.count > 0 && !this.lists.has(signature)) {
+        used.push({ first: d.first, count: d.count });
+        this.lists.set(signature, { first: d.first, count: d.count });
+      }
     }
     for (const [k, v] of maps.src.entries()) this.sources.set(decodeAddr(k), v.readUInt32LE(0));
     for (const k of maps.ids.keys()) this.idEntries.add(k.toString('hex'));
     for (const k of maps.ports.keys()) this.portEntries.add(k.toString('hex'));
     for (const k of maps.cidrs.keys()) this.cidrEntries.set(k.toString('hex'), k);
+    for (const [k, v] of maps.index.entries()) this.indexEntries.set(k.toString('hex'), v.toString('hex'));
     this.ranges = new TermRanges(maps.terms.maxEntries, used, now);
     maps.terms.update(
       u32(FALLBACK_SLOT),
@@ -152,10 +168,13 @@ export class AuthzWriter {
   }
 
   /** The largest ids the pinned state uses, so a restarted agent's new ids do not collide. */
-  pinnedMaxIds(): { policy: number; workload: number; identity: number; set: number } {
-    const max = { policy: 0, workload: 0, identity: 0, set: 0 };
+  pinnedMaxIds(): { policy: number; workload: number; identity: number; set: number; list: number } {
+    const max = { policy: 0, workload: 0, identity: 0, set: 0, list: 0 };
+    for (const k of this.indexEntries.keys())
+      max.list = Math.max(max.list, Buffer.from(k, 'hex').readUInt32LE(0));
     for (const d of this.dests.values()) {
       max.workload = Math.max(max.workload, d.workload);
+      max.list = Math.max(max.list, d.list);
       for (let i = 0; i < d.count; i++) {
         const t = this.maps.terms.lookup(u32(d.first + i));
         if (!t) continue;
@@ -201,40 +220,56 @@ export class AuthzWriter {
         this.cidrEntries.set(h, k);
         ops++;
       }
+    // folded terms: a new list's entries before any destination points to it; a list's entries
+    // for an identity that came or went change in place (as set entries do)
+    const wantIndex = new Map<string, Buffer>();
+    for (const [list, idx] of model.index)
+      for (const [kind, m] of [
+        [INDEX_KIND.identity, idx.identities],
+        [INDEX_KIND.port, idx.ports],
+      ] as const)
+        for (const [value, e] of m)
+          wantIndex.set(indexKey(list, kind, value).toString('hex'), encodeIndex(e));
+    const indexKeys: Buffer[] = [];
+    const indexValues: Buffer[] = [];
+    for (const [h, v] of wantIndex)
+      if (this.indexEntries.get(h) !== v.toString('hex')) {
+        indexKeys.push(Buffer.from(h, 'hex'));
+        indexValues.push(v);
+        this.indexEntries.set(h, v.toString('hex'));
+      }
+    if (indexKeys.length > 0) batch(this.maps.index, indexKeys, indexValues);
+    ops += indexKeys.length;
 
-    // 2. new term lists, each in a free range
+    // 2. new term lists, each in a free range (once per content)
     const destUpdates: [string, LiveDest][] = [];
-    const retired: Range[] = [];
     const termKeys: Buffer[] = [];
     const termValues: Buffer[] = [];
     for (const [address, d] of model.dests) {
-      const signature = termListSignature(d);
-      const live = this.dests.get(address);
-      let first = live?.signature === signature ? live.first : undefined;
+      let signature = termListSignature(d);
       let count = d.terms.length;
       let flags = d.flags;
-      let sig = signature;
+      let first = count === 0 ? 0 : this.lists.get(signature)?.first;
       if (first === undefined) {
-        first = count === 0 ? 0 : this.ranges.allocate(count);
+        first = this.ranges.allocate(count);
         if (first === undefined) {
           // no room: the destination denies everything until a later apply finds room
           overflowed.push(address);
           first = FALLBACK_SLOT;
           count = 1;
           flags = 0;
-          sig = 'fallback';
-        } else
+          signature = 'fallback';
+        } else {
+          this.lists.set(signature, { first, count });
           d.terms.forEach((t, i) => {
             termKeys.push(u32(first! + i));
             termValues.push(encodeTerm(t));
           });
+        }
       }
-      const next: LiveDest = { workload: d.workload, first, count, flags, signature: sig };
-      if (!live || !sameDest(live, next)) {
-        destUpdates.push([address, next]);
-        if (live && live.first !== next.first && live.first !== FALLBACK_SLOT)
-          retired.push({ first: live.first, count: live.count });
-      }
+      const next: LiveDest = { workload: d.workload, first, count, flags, list: d.list, signature };
+      const live = this.dests.get(address);
+      if (!live || !sameDest(live, next)) destUpdates.push([address, next]);
     }
     if (termKeys.length > 0) {
       batch(this.maps.terms, termKeys, termValues);
@@ -265,11 +300,7 @@ export class AuthzWriter {
     const goneDests = [...this.dests.keys()].filter((a) => !model.dests.has(a));
     if (goneDests.length > 0) {
       deleteAll(this.maps.dest, goneDests.map(encodeAddr));
-      for (const a of goneDests) {
-        const d = this.dests.get(a)!;
-        if (d.first !== FALLBACK_SLOT) retired.push({ first: d.first, count: d.count });
-        this.dests.delete(a);
-      }
+      for (const a of goneDests) this.dests.delete(a);
     }
     ops += goneDests.length;
     const goneSources = [...this.sources.keys()].filter((a) => !model.sources.has(a));
@@ -277,6 +308,14 @@ export class AuthzWriter {
     for (const a of goneSources) this.sources.delete(a);
     ops += goneSources.length;
     ops += this.removeStale(this.maps.ids, wantIds, this.idEntries);
+    const staleIndex = [...this.indexEntries.keys()].filter((h) => !wantIndex.has(h));
+    if (staleIndex.length > 0)
+      deleteAll(
+        this.maps.index,
+        staleIndex.map((h) => Buffer.from(h, 'hex')),
+      );
+    for (const h of staleIndex) this.indexEntries.delete(h);
+    ops += staleIndex.length;
     ops += this.removeStale(this.maps.ports, wantPorts, this.portEntries);
     for (const [h, k] of [...this.cidrEntries])
       if (!wantCidrs.has(h)) {
@@ -284,7 +323,13 @@ export class AuthzWriter {
         this.cidrEntries.delete(h);
         ops++;
       }
-    for (const r of retired) this.ranges.retire(r);
+    // ranges no destination points to any more wait out their quarantine before reuse
+    const live = new Set([...this.dests.values()].map((d) => d.signature));
+    for (const [signature, r] of [...this.lists])
+      if (!live.has(signature)) {
+        this.ranges.retire(r);
+        this.lists.delete(signature);
+      }
     return { ops, changed: ops > 0, overflowed };
   }
 
@@ -323,6 +368,7 @@ function sameDest(a: LiveDest, b: LiveDest): boolean {
     a.first === b.first &&
     a.count === b.count &&
     a.flags === b.flags &&
+    a.list === b.list &&
     a.signature === b.signature
   );
 }
