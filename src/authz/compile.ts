@@ -451,7 +451,7 @@ export function compile(input: AuthzInput, ids: AuthzIds): AuthzModel {
   const setCache = new Map<TermDef, Map<Action, { id: number; flags: number }>>();
   const setFor = (def: TermDef, action: Action): { id: number; flags: number } => {
     let byAction = setCache.get(def);
-    if (!byAction) setCache.set(def, (byAction = new Map()));
+    if (!byAction) setCache.set(def, (byAction = new Map<Action, { id: number; flags: number }>()));
     let r = byAction.get(action);
     if (!r) byAction.set(action, (r = makeSet(def, action)));
     return r;
