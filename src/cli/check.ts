@@ -214,6 +214,9 @@ function countByType(
     else {
       const why =
         notes.get(k) ??
+        (r.typeUrl === TYPE.authorization
+          ? 'inbound L4 authorization: enforced on enrolled pods by `kernmesh run --kubernetes --authorization`'
+          : undefined) ??
         (unused.has(k)
           ? `nothing in the input names this ${resourceType(r.typeUrl)?.noun ?? 'resource'}`
           : 'no programmed frontend uses it');
