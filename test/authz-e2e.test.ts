@@ -30,7 +30,7 @@ import {
 } from './support/authz-table.js';
 import { TestControlPlane } from './support/control-plane.js';
 import { getJson, passthroughCluster } from './support/control-plane-istiod.js';
-import { adminGet } from './support/cli.js';
+import { adminGet, stopProcess } from './support/cli.js';
 import { KubeApiServer } from './support/k8s-api.js';
 import { SimNode } from './support/k8s-node.js';
 import { kernelTest, type KernelEnv } from './support/kernel.js';
@@ -57,7 +57,8 @@ function podCgroup(node: SimNode, uid: string): string {
   return container;
 }
 
-async function world(env: KernelEnv): Promise<World> {
+/** hold: the control plane does not answer the Authorization type until cp.release() (the agent is not ready meanwhile). */
+async function world(env: KernelEnv, opts: { hold?: boolean } = {}): Promise<World> {
   const t = createAuthzTopology();
   env.defer(() => t.remove());
   const api = await new KubeApiServer().start();
@@ -127,17 +128,31 @@ async function world(env: KernelEnv): Promise<World> {
     labels: { [MODE]: 'none' },
   });
 
-  const agent = await node.startAgent(cp.address, ['--authorization', '--access-log', 'stdout']);
-  void agent;
-  await eventually('/ready', async () => (await getJson(node.admin!, '/ready')).status === 200, {
-    attempts: 600,
-    intervalMs: 50,
-  });
+  if (opts.hold) cp.hold(TYPE.authorization);
+  await node.startAgent(cp.address, ['--authorization', '--access-log', 'stdout']);
+  if (!opts.hold) await ready(node);
   const host = new NetnsClient(env.cgroup, t.host);
   env.defer(() => host.exit());
   const nodeClient = new NetnsClient(env.cgroup, t.node);
   env.defer(() => nodeClient.exit());
   return { t, cp, node, servers, other, clients: { host, local, node: nodeClient } };
+}
+
+async function ready(node: SimNode): Promise<void> {
+  let last = '';
+  try {
+    await eventually(
+      '/ready',
+      async () => {
+        const r = await adminGet(node.admin!, '/ready');
+        last = r.text;
+        return r.status === 200;
+      },
+      { attempts: 600, intervalMs: 50 },
+    );
+  } catch (e) {
+    throw new Error(`${(e as Error).message}: ${last}`, { cause: e });
+  }
 }
 
 interface DebugAuthz {
@@ -482,5 +497,90 @@ kernelTest(
         ['shop/deny-teller', 'enforced'],
       ],
     );
+  },
+);
+
+kernelTest(
+  'authorization end to end: before the workload API answers, enrolled pods deny; a pod whose namespace is not its own keeps the agent not ready',
+  async (t, env) => {
+    const w = await world(env, { hold: true });
+    await eventually('the server pod has the check', async () => {
+      const r = await getJson<DebugAuthz>(w.node.admin!, '/debug/xds');
+      return r.body.authorization?.pods.filter((p) => p.state === 'attached').length === 2;
+    });
+    const notReady = await adminGet(w.node.admin!, '/ready');
+    assert.equal(notReady.status, 503);
+    // the initial fetch waits for every wildcard type, WADS included (then its timeout names WADS)
+    assert.match(notReady.text, /waiting for the first config|authorization policies \(WADS\)/);
+    // nothing known yet: the pod's address has no workload, so nothing can allow
+    const [ratings] = w.t.addr.hosts as [string];
+    const before = await w.clients.host.connect({
+      host: w.t.addr.pod,
+      port: PORTS.main,
+      localAddress: ratings,
+    });
+    assert.equal(before.err, 'ECONNREFUSED', 'denied until the workload API has answered');
+    w.cp.release(TYPE.authorization);
+    await ready(w.node);
+    await probe(w, 'after the first answer', { from: 'ratings', expect: 'allow' });
+
+    // a pod whose first process runs in the agent's own namespace: its inbound cannot be judged
+    const shared = w.node.addPod({ namespace: 'shop', name: 'shared' });
+    await eventually('the agent is not ready, naming the pod', async () => {
+      const r = await adminGet(w.node.admin!, '/ready');
+      return (
+        r.status === 503 &&
+        r.text.includes(`authorization not enforced for the pod of cgroup ${shared.cgroup}`)
+      );
+    });
+  },
+);
+
+kernelTest(
+  'authorization end to end: a stopped agent leaves the pods enforcing their last policies; a restarted one updates the links in place',
+  async (t, env) => {
+    const w = await world(env);
+    const denyRatings = policy({
+      name: 'deny-ratings',
+      namespace: 'shop',
+      scope: 'NAMESPACE',
+      action: 'DENY',
+      groups: [[[{ principals: [exact('cluster.local/ns/shop/sa/ratings')] }]]],
+    });
+    await push(w, { policies: [denyRatings] });
+    await probe(w, 'running', {
+      from: 'ratings',
+      expect: { reason: 'deny_policy', policy: 'deny-ratings', namespace: 'shop' },
+    });
+    const [ratings, teller] = w.t.addr.hosts as [string, string];
+    const connect = (src: string) =>
+      w.clients.host.connect({ host: w.t.addr.pod, port: PORTS.main, localAddress: src });
+
+    await stopProcess(w.node.agent!, 'SIGKILL');
+    assert.equal(
+      (await connect(ratings)).err,
+      'ECONNREFUSED',
+      'no agent: the pinned program and maps still deny',
+    );
+    assert.ok((await connect(teller)).ok, 'and still allow');
+
+    await w.node.startAgent(w.cp.address, ['--authorization', '--access-log', 'stdout']);
+    await ready(w.node);
+    const attached = w.node.agent!.lines.filter((l) => l.msg === 'authorization attached to the pod');
+    assert.ok(
+      attached.length >= 2 && attached.every((l) => l.via === 'existing bpf_link'),
+      JSON.stringify(attached),
+    );
+    await eventually('the restarted agent applied the same policies', async () => {
+      const a = (await debugAuthz(w)).last_apply;
+      return (
+        a?.versions.policies['shop/deny-ratings'] === w.cp.versionOf(TYPE.authorization, 'shop/deny-ratings')
+      );
+    });
+    await probe(w, 'restarted', {
+      from: 'ratings',
+      expect: { reason: 'deny_policy', policy: 'deny-ratings', namespace: 'shop' },
+    });
+    await probe(w, 'restarted', { from: 'teller', expect: 'allow' });
   },
 );

@@ -40,7 +40,7 @@ interface World {
   decisions: AuthzDecision[];
 }
 
-async function world(env: KernelEnv): Promise<World> {
+async function world(env: KernelEnv, maxEntries?: Record<string, number>): Promise<World> {
   const t = createAuthzTopology();
   env.defer(() => t.remove());
   const servers = new PodServers(t.pod, [
@@ -55,7 +55,11 @@ async function world(env: KernelEnv): Promise<World> {
   env.defer(() => other.stop());
   await Promise.all([servers.start(), other.start()]);
   const decisions: AuthzDecision[] = [];
-  const kernel = AuthzKernel.open({ pinDir: env.pinDir, onDecision: (d) => decisions.push(d) });
+  const kernel = AuthzKernel.open({
+    pinDir: env.pinDir,
+    onDecision: (d) => decisions.push(d),
+    ...(maxEntries ? { maxEntries } : {}),
+  });
   env.defer(() => kernel.close());
   kernel.start();
   // enrolled: the server pod's namespace; the other pod's is left alone
@@ -382,5 +386,47 @@ kernelTest(
     const again = program(w, ids, { policies: [denyRatings] });
     assert.equal(again.changed, false);
     assert.equal(again.closed, 0);
+  },
+);
+
+kernelTest(
+  'authorization in the kernel: a term list that does not fit in km_authz_terms denies everything until it does',
+  async (t, env) => {
+    const w = await world(env, { km_authz_terms: 8 });
+    const ids = new AuthzIds();
+    // ten walked terms (two conditions each) for a table of eight slots, one of them the fallback's
+    const wide = policy({
+      name: 'wide',
+      namespace: 'shop',
+      scope: 'NAMESPACE',
+      groups: [
+        [
+          Array.from({ length: 10 }, (_, i) => ({
+            destination_ports: [PORTS.main],
+            source_ips: [cidr(`198.18.4.${i}/32`)],
+          })),
+        ],
+      ],
+    });
+    const applied = program(w, ids, { policies: [wide] });
+    assert.ok(
+      applied.overflowed.includes(w.t.addr.pod),
+      `${w.t.addr.pod} did not fit: ${JSON.stringify(applied.overflowed)}`,
+    );
+    // ratings (198.18.4.2) is one of the allowed sources, yet nothing passes while the list is not there
+    await probe(w, 'terms full', {
+      from: 'ratings',
+      expect: { reason: 'over_budget', policy: '', namespace: '' },
+    });
+    // a list that fits again is written in place of the fallback
+    const narrow = policy({
+      name: 'wide',
+      namespace: 'shop',
+      scope: 'NAMESPACE',
+      groups: [[[{ destination_ports: [PORTS.main], source_ips: [cidr('198.18.4.2/32')] }]]],
+    });
+    const again = program(w, ids, { policies: [narrow] });
+    assert.deepEqual(again.overflowed, []);
+    await probe(w, 'fits again', { from: 'ratings', expect: 'allow' });
   },
 );

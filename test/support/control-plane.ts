@@ -113,6 +113,8 @@ export class TestControlPlane {
   private versionCounter = 0;
   /** When false, requests are recorded but never answered (a control plane that hangs). */
   respond = true;
+  /** Types whose requests are recorded but not answered until release(). */
+  private readonly held = new Set<string>();
   private refusals: { count: number; code: grpc.status; details: string } = {
     count: 0,
     code: grpc.status.OK,
@@ -243,6 +245,22 @@ export class TestControlPlane {
         if (s.mode === 'sotw') this.sendSotw(s, typeUrl, w);
         else this.sendDelta(s, typeUrl, w, true);
       }
+    }
+  }
+
+  /** Stops answering one type (its requests are still recorded). */
+  hold(typeUrl: string): void {
+    this.held.add(typeUrl);
+  }
+
+  /** Answers a held type on every stream that asked for it, an empty answer too. */
+  release(typeUrl: string): void {
+    this.held.delete(typeUrl);
+    for (const s of this.streams) {
+      const w = s.types.get(typeUrl);
+      if (!s.open || !w) continue;
+      if (s.mode === 'sotw') this.sendSotw(s, typeUrl, w);
+      else this.sendDelta(s, typeUrl, w, true);
     }
   }
 
@@ -543,7 +561,7 @@ export class TestControlPlane {
   }
 
   private sendDelta(s: LiveStream, typeUrl: string, w: WatchedType, always: boolean): void {
-    if (!this.respond) return;
+    if (!this.respond || this.held.has(typeUrl)) return;
     const all = this.resources.get(typeUrl) ?? new Map<string, StoredResource>();
     const wanted = (n: string): boolean => w.wildcard || w.names.has(n);
     const changed = [...all.values()].filter((r) => wanted(r.name) && w.sent.get(r.name) !== r.version);
