@@ -43,6 +43,7 @@ const BOUND_MS = 1000;
 
 interface World {
   t: AuthzTopology;
+  api: KubeApiServer;
   cp: TestControlPlane;
   node: SimNode;
   servers: PodServers;
@@ -135,7 +136,7 @@ async function world(env: KernelEnv, opts: { hold?: boolean } = {}): Promise<Wor
   env.defer(() => host.exit());
   const nodeClient = new NetnsClient(env.cgroup, t.node);
   env.defer(() => nodeClient.exit());
-  return { t, cp, node, servers, other, clients: { host, local, node: nodeClient } };
+  return { t, api, cp, node, servers, other, clients: { host, local, node: nodeClient } };
 }
 
 async function ready(node: SimNode): Promise<void> {
@@ -582,5 +583,14 @@ kernelTest(
       expect: { reason: 'deny_policy', policy: 'deny-ratings', namespace: 'shop' },
     });
     await probe(w, 'restarted', { from: 'teller', expect: 'allow' });
+
+    // unenrolled (the pod opts out): its namespace's check goes with it
+    w.api.relabelPod('shop', 'reviews', { [MODE]: 'none' });
+    await eventually('the check left the unenrolled pod', async () => (await connect(ratings)).ok);
+    assert.deepEqual(
+      (await debugAuthz(w)).pods.map((p) => p.state),
+      ['attached'],
+      'only the local client pod keeps it',
+    );
   },
 );

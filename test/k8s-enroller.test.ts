@@ -158,3 +158,17 @@ void test('--kubernetes needs the node name; --kubelet-cgroup-root must be a cgr
     /no cgroup to serve: .* or --kubernetes/,
   );
 });
+
+void test('--authorization needs --kubernetes (it is enforced per enrolled pod), and is off by default', () => {
+  assert.throws(
+    () => loadConfig(['--xds-address', 'istiod:15010', '--cgroup', '/x', '--authorization'], {}),
+    /flag --authorization: --authorization is enforced per enrolled pod: it needs --kubernetes/,
+  );
+  const on = loadConfig(
+    ['--xds-address', 'istiod:15010', '--kubernetes', '--node-name', 'n', '--authorization'],
+    {},
+  );
+  assert.equal(on.authorization, true);
+  const off = loadConfig(['--xds-address', 'istiod:15010', '--kubernetes', '--node-name', 'n'], {});
+  assert.equal(off.authorization, false);
+});
