@@ -5,6 +5,7 @@
 #define KERNMESH_H
 
 #include <linux/types.h>
+#include <linux/bpf.h> /* struct bpf_timer */
 
 /* ---- routing (connect4/6, getpeername, waypoints) ---- */
 /* Addresses are 16 bytes: IPv4 in the first 4 (network order), the rest zero. Ports in network
@@ -54,22 +55,58 @@ struct km_frontend {
 	__u32 service_id;
 };
 
+/* km_service.flags */
+#define KM_SVC_OUTLIER 0x01            /* outlier detection: connect failures counted per host, ejected hosts skipped */
+#define KM_SVC_SPLIT_LOCAL_ORIGIN 0x02 /* outlier_detection.split_external_local_origin_errors */
+#define KM_SVC_ALWAYS_EJECT_ONE 0x04   /* outlier_detection.always_eject_one_host */
+#define KM_SVC_FAIL_ON_PANIC 0x08      /* zone_aware_lb_config.fail_traffic_on_panic: refuse rather than use every host */
+
 /* km_services value. Slots and Maglev tables are double-buffered: `generation` names the live
- * half, so the writer fills the other half and switches the service with this one update. */
+ * half, so the writer fills the other half and switches the service with this one update.
+ * Priority p's slots are keyed priority p: its healthy hosts, slot_count[p] of them. In panic a
+ * connect picks among every non-draining host: when panic_separate has bit p, from the
+ * panic_slot_count[p] slots (and Maglev table) keyed priority p | KM_PANIC_TABLE, each host with its
+ * own weight (Envoy ignores locality weights in panic); else from the healthy slots themselves. */
 struct km_service {
 	__u8 kind;
 	__u8 lb_policy;
 	__u8 generation;
 	__u8 waypoint_family;
 	__u32 max_connections; /* 0: no cap */
-	__u16 slot_count[KM_MAX_PRIORITIES]; /* selectable slots per priority group */
+	__u16 slot_count[KM_MAX_PRIORITIES]; /* healthy slots per priority group */
 	__u16 maglev_size;                   /* entries per Maglev table (prime), 0 unless MAGLEV */
 	__u16 waypoint_port;
 	__u8 waypoint_address[16];
-	__u8 lr_weighted; /* LEAST_REQUEST: bit p set when group p's weights differ (weighted mode) */
-	__u8 lr_pad[3];
+	__u8 lr_weighted;       /* LEAST_REQUEST: bit p set when group p's weights differ (weighted mode) */
+	__u8 lr_panic_weighted; /* the same for the panic slots */
+	__u8 flags;             /* KM_SVC_* */
+	__u8 panic_mask;        /* priorities in panic when no host is ejected (Envoy's per-priority panic) */
 	__u32 lr_bias; /* LEAST_REQUEST active_request_bias, KM_LR_BIAS_ONE or 0 */
+	/* priority levels as Envoy computes them (issue 17): health from host counts */
+	__u16 panic_slot_count[KM_MAX_PRIORITIES];
+	__u16 host_count[KM_MAX_PRIORITIES];    /* non-draining hosts per priority */
+	__u16 healthy_count[KM_MAX_PRIORITIES]; /* EDS-healthy hosts per priority */
+	__u8 load[KM_MAX_PRIORITIES]; /* % of connects per priority when no host is ejected */
+	__u16 overprovisioning;       /* overprovisioning_factor, percent (Envoy's default 140) */
+	__u8 panic_threshold;         /* healthy_panic_threshold, percent; 0: never in panic */
+	__u8 panic_separate;          /* bit p: priority p's panic slots follow its healthy ones */
+	/* outlier detection (KM_SVC_OUTLIER): Envoy's consecutive-failure detector, connects as results */
+	__u32 outlier_hosts;          /* the cluster's hosts: max_ejection_percent's denominator */
+	__u32 consecutive_5xx;        /* thresholds; 0: never reached */
+	__u32 consecutive_gateway;
+	__u32 consecutive_local_origin;
+	__u8 enforcing_5xx; /* percent */
+	__u8 enforcing_gateway;
+	__u8 enforcing_local_origin;
+	__u8 max_ejection_percent;
+	__u32 interval_ms;
+	__u32 base_ejection_ms;
+	__u32 max_ejection_ms;
+	__u32 max_jitter_ms;
+	__u32 connect_timeout_ms; /* a connect with no answer for this long is a failure */
 };
+
+#define KM_PANIC_TABLE 0x08 /* km_slot_key.priority bit of a priority's panic slots and table */
 
 /* Key of km_slots (dense, weight-expanded endpoint slots) and km_maglev (lookup tables). */
 struct km_slot_key {
@@ -102,6 +139,7 @@ struct km_service_name {
 #define KM_SOCK_COUNTED 0x04          /* holds one unit of km_backend_conn / km_service_conn */
 #define KM_SOCK_V4_MAPPED 0x08        /* IPv6 socket that connected to a v4-mapped VIP */
 #define KM_SOCK_PASSTHROUGH 0x10      /* matched a passthrough service; destination untouched */
+#define KM_SOCK_CONNECT_DONE 0x20     /* its connect's result went to outlier detection */
 
 /* Per-socket routing decision (BPF_MAP_TYPE_SK_STORAGE map km_sock_route), written by connect4/6.
  * STABLE LAYOUT: telemetry programs read this map by name (same pinned map); append only. */
@@ -112,9 +150,64 @@ struct km_sock_route {
 	__u8 flags;
 	__u32 service_id;
 	__u32 backend_id; /* 0 for passthrough and waypoint */
-	__u32 reserved;
+	__u32 connect_ms; /* bpf_ktime_get_ns() / 1e6 when the SYN left (sockops), for the connect timeout */
 };
 
+
+/* ---- outlier detection (issue 17) ---- */
+
+/* Key of km_hosts (per-host detector state) and km_members (a host's place in a service). */
+struct km_host_key {
+	__u32 service_id;
+	__u32 backend_id;
+};
+
+/* km_members value: written by user space for services with outlier detection. */
+struct km_member {
+	__u8 priority;
+	__u8 healthy; /* EDS healthy or unknown: counted in the priority's healthy_count */
+	__u16 pad;
+};
+
+#define KM_HOST_UNCOUNTED 0xff
+
+/* km_hosts value: one per (service, backend) that failed a connect; written by the kernel only,
+ * removed by the sweep once it has nothing left to remember. */
+struct km_host_state {
+	__u64 ejected_ns;   /* bpf_ktime_get_ns() at the last ejection */
+	__u64 unejected_ns; /* at the last return, 0 before the first */
+	__u32 ejected;      /* 1 while ejected; changed by compare-and-swap only */
+	__u32 counted_priority; /* the km_outlier.ejected[] slot this ejection holds, KM_HOST_UNCOUNTED if none */
+	__u32 consecutive_5xx;
+	__u32 consecutive_gateway;
+	__u32 consecutive_local_origin;
+	__u32 backoff;       /* Envoy's ejection time multiplier */
+	__u32 num_ejections; /* how many times ejected */
+	__u32 jitter_ms;     /* of the current ejection */
+	__u64 failures;      /* connect failures counted, ever */
+};
+
+/* Indexes of km_outlier.counters, named as Envoy's outlier_detection stats. */
+#define KM_OD_EJECTIONS_TOTAL 0              /* deprecated ejections_total: detected 5xx, within max % */
+#define KM_OD_ENFORCED_TOTAL 1               /* ejections_enforced_total */
+#define KM_OD_OVERFLOW 2                     /* ejections_overflow */
+#define KM_OD_DETECTED_5XX 3                 /* ejections_detected_consecutive_5xx */
+#define KM_OD_ENFORCED_5XX 4                 /* ejections_enforced_consecutive_5xx */
+#define KM_OD_DETECTED_GATEWAY 5             /* ejections_detected_consecutive_gateway_failure */
+#define KM_OD_ENFORCED_GATEWAY 6             /* ejections_enforced_consecutive_gateway_failure */
+#define KM_OD_DETECTED_LOCAL_ORIGIN 7        /* ejections_detected_consecutive_local_origin_failure */
+#define KM_OD_ENFORCED_LOCAL_ORIGIN 8        /* ejections_enforced_consecutive_local_origin_failure */
+#define KM_OD_COUNTERS 10
+
+/* km_outlier value, per service id: written by the kernel only (user space zeroes it when an id is
+ * given to another service). The sweep timer runs every interval while a host is ejected or backing off. */
+struct km_outlier {
+	struct bpf_timer timer;
+	__u32 active;      /* ejections_active */
+	__u32 sweep_armed; /* 1 while the timer is set */
+	__u32 ejected[KM_MAX_PRIORITIES]; /* ejected hosts counted in healthy_count, per priority */
+	__u64 counters[KM_OD_COUNTERS];
+};
 
 /* ---- acceleration and telemetry ---- */
 

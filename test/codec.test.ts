@@ -13,6 +13,9 @@ import {
   serviceNameCodec,
   slotKeyCodec,
   sockRouteCodec,
+  hostKeyCodec,
+  memberCodec,
+  hostStateCodec,
 } from '../src/dataplane/codec.js';
 import { btfStructs } from './support/btf.js';
 
@@ -39,6 +42,21 @@ void describe('codecs match the compiled object (BTF)', () => {
     });
   }
 });
+
+/** A service value's fields that the routing tests below do not set. */
+const PLAIN = {
+  lrPanicWeighted: 0,
+  panicMask: 0,
+  panicSlotCount: [0, 0, 0, 0, 0, 0, 0, 0],
+  panicSeparate: 0,
+  hostCount: [0, 0, 0, 0, 0, 0, 0, 0],
+  healthyCount: [0, 0, 0, 0, 0, 0, 0, 0],
+  load: [0, 0, 0, 0, 0, 0, 0, 0],
+  overprovisioning: 0,
+  panicThreshold: 0,
+  failOnPanic: false,
+  connectTimeoutMs: 0,
+};
 
 void describe('codecs round-trip', () => {
   void test('addresses: IPv4, IPv6 compressed, v4-mapped', () => {
@@ -71,9 +89,10 @@ void describe('codecs round-trip', () => {
       waypoint: { address: 'fd00::15', port: 15008 },
       lrWeighted: 0,
       activeRequestBias: 0,
+      ...PLAIN,
     };
     const b = serviceCodec.encode(v);
-    assert.equal(b.length, 52);
+    assert.equal(b.length, 152);
     assert.deepEqual(serviceCodec.decode(b), v);
   });
 
@@ -87,10 +106,54 @@ void describe('codecs round-trip', () => {
       maglevSize: 0,
       lrWeighted: 0b10,
       activeRequestBias: 1,
+      ...PLAIN,
     };
     const b = serviceCodec.encode(v);
     assert.equal(b[44], 0b10);
     assert.equal(b.readUInt32LE(48), 65536);
+    assert.deepEqual(serviceCodec.decode(b), v);
+  });
+
+  void test('service with priority loads, panic slots and outlier detection', () => {
+    const v = {
+      kind: 'endpoints' as const,
+      lbPolicy: 'random' as const,
+      generation: 1,
+      maxConnections: 0,
+      slotCount: [10, 4, 0, 0, 0, 0, 0, 0],
+      maglevSize: 0,
+      lrWeighted: 0,
+      activeRequestBias: 0,
+      lrPanicWeighted: 0b01,
+      panicMask: 0b11,
+      panicSlotCount: [12, 4, 0, 0, 0, 0, 0, 0],
+      panicSeparate: 0b01,
+      hostCount: [10, 10, 0, 0, 0, 0, 0, 0],
+      healthyCount: [2, 2, 0, 0, 0, 0, 0, 0],
+      load: [50, 50, 0, 0, 0, 0, 0, 0],
+      overprovisioning: 1400,
+      panicThreshold: 50,
+      failOnPanic: true,
+      connectTimeoutMs: 250,
+      outlier: {
+        hosts: 20,
+        consecutive5xx: 3,
+        consecutiveGateway: 5,
+        consecutiveLocalOrigin: 7,
+        enforcing5xx: 100,
+        enforcingGateway: 0,
+        enforcingLocalOrigin: 50,
+        maxEjectionPercent: 34,
+        intervalMs: 100,
+        baseEjectionMs: 300,
+        maxEjectionMs: 3000,
+        maxJitterMs: 10,
+        splitLocalOrigin: true,
+        alwaysEjectOne: true,
+      },
+    };
+    const b = serviceCodec.encode(v);
+    assert.equal(b[46], 0x0f, 'flags: outlier, split, always eject one, fail on panic');
     assert.deepEqual(serviceCodec.decode(b), v);
   });
 
@@ -111,5 +174,23 @@ void describe('codecs round-trip', () => {
       backendId: 9,
     };
     assert.deepEqual(sockRouteCodec.decode(sockRouteCodec.encode(r)), r);
+    const hk = { serviceId: 3, backendId: 65535 };
+    assert.deepEqual(hostKeyCodec.decode(hostKeyCodec.encode(hk)), hk);
+    const m = { priority: 7, healthy: true };
+    assert.deepEqual(memberCodec.decode(memberCodec.encode(m)), m);
+    const h = {
+      ejectedNs: 123456789012n,
+      unejectedNs: 0n,
+      ejected: true,
+      countedPriority: 255,
+      consecutive5xx: 1,
+      consecutiveGateway: 2,
+      consecutiveLocalOrigin: 3,
+      backoff: 4,
+      numEjections: 5,
+      jitterMs: 6,
+      failures: 7n,
+    };
+    assert.deepEqual(hostStateCodec.decode(hostStateCodec.encode(h)), h);
   });
 });

@@ -1,11 +1,13 @@
 // issue 3: make-before-break under churn. One process connects 20,000 times to a VIP while the
 // test rewrites the service's endpoints 50 times a second (adds, removals, priority, weight,
-// health and policy changes). No connect may fail, and each must land in the endpoint group that
-// was live at some moment during that connect. Not statistical: every connect must hold, whatever
+// health and policy changes). No connect may fail, and each must land on a host that the state
+// live at some moment during that connect could pick (Envoy's priority loads and panic). Not statistical: every connect must hold, whatever
 // the random choices (the rewrites' own randomness is seeded, so a failure replays).
 import assert from 'node:assert/strict';
 
-import type { DesiredState, Endpoint, LbPolicy } from '../src/dataplane/model.js';
+import { MAX_PRIORITIES, PANIC_TABLE } from '../src/dataplane/codec.js';
+import type { DesiredState, Endpoint, LbPolicy, Service } from '../src/dataplane/model.js';
+import { planService } from '../src/dataplane/plan.js';
 import { kernelTest } from './support/kernel.js';
 import { startRouting } from './support/routing.js';
 
@@ -22,11 +24,27 @@ function rng(seed: number): () => number {
 interface Applied {
   tBefore: number;
   tAfter: number;
-  /** Backends of the lowest priority group with a selectable endpoint: where connects may go. */
+  /** Backends a connect may reach in this state (Envoy's priority loads and panic). */
   live: Set<string>;
 }
 
 const POLICIES: LbPolicy[] = ['round_robin', 'random', 'least_request', 'maglev'];
+
+/**
+ * Where a connect may go in a state, by Envoy's priority loads (plan.ts computes them): the healthy
+ * hosts of every priority with load, or every non-draining host of one in panic.
+ */
+function reachable(s: Service): Set<string> {
+  const plan = planService(s);
+  const out = new Set<string>();
+  for (let p = 0; p < MAX_PRIORITIES; p++) {
+    if (!plan.value.load[p]) continue;
+    const panic = (plan.value.panicMask >> p) & 1;
+    const key = panic && (plan.value.panicSeparate >> p) & 1 ? p | PANIC_TABLE : p;
+    for (const e of plan.slots) if (e.priority === key) out.add(e.backend);
+  }
+  return out;
+}
 
 kernelTest(
   'churn: 20,000 connects while endpoints are rewritten 50 times a second; none fails or goes astray',
@@ -58,22 +76,18 @@ kernelTest(
           priority: 2,
           health: 'healthy',
         });
-      const selectable = endpoints.filter((e) => e.health === 'healthy' || e.health === 'unknown');
-      const top = Math.min(...selectable.map((e) => e.priority));
-      const live = new Set(selectable.filter((e) => e.priority === top).map((e) => `${e.address}|${e.port}`));
+      const service: Service = {
+        name: 'churn',
+        kind: 'endpoints',
+        lbPolicy: POLICIES[Math.floor(n / 7) % POLICIES.length]!,
+        endpoints,
+      };
       return {
         state: {
-          services: [
-            {
-              name: 'churn',
-              kind: 'endpoints',
-              lbPolicy: POLICIES[Math.floor(n / 7) % POLICIES.length]!,
-              endpoints,
-            },
-          ],
+          services: [service],
           frontends: [{ address: '127.100.11.1', port: 80, protocol: 'tcp', service: 'churn' }],
         },
-        live,
+        live: reachable(service),
       };
     };
 

@@ -43,8 +43,14 @@ kernelTest(
       svc('passthrough', 'random', [], { kind: 'passthrough' }),
       svc('blackhole', 'random', [], { kind: 'blackhole' }),
       svc('no-endpoints', 'random', []),
-      svc('all-draining', 'round_robin', [ep(b1, { health: 'draining' }), ep(b2, { health: 'unhealthy' })]),
+      // panic off: with no healthy host nothing is selectable
+      svc('all-draining', 'round_robin', [ep(b1, { health: 'draining' }), ep(b2, { health: 'unhealthy' })], {
+        panicThreshold: 0,
+      }),
       svc('unknown-health', 'round_robin', [ep(b3, { health: 'unknown' }), ep(b1, { health: 'draining' })]),
+      // Envoy's default panic threshold: no healthy host puts the priority in panic, which uses every
+      // host but a draining one
+      svc('panic', 'round_robin', [ep(b1, { health: 'draining' }), ep(b2, { health: 'unhealthy' })]),
     ];
     const frontends = services.map((s, i) => ({
       address: `127.100.1.${i + 1}`,
@@ -76,8 +82,14 @@ kernelTest(
       },
       { name: 'blackhole', host: '127.100.1.7', port: 80, expect: 'ECONNREFUSED' },
       { name: 'no endpoints', host: '127.100.1.8', port: 80, expect: 'ECONNREFUSED' },
-      { name: 'draining and unhealthy only', host: '127.100.1.9', port: 80, expect: 'ECONNREFUSED' },
+      {
+        name: 'draining and unhealthy only, panic off',
+        host: '127.100.1.9',
+        port: 80,
+        expect: 'ECONNREFUSED',
+      },
       { name: 'unknown health is selectable, draining not', host: '127.100.1.10', port: 80, expect: b3.id },
+      { name: 'unhealthy only: in panic, as Envoy', host: '127.100.1.11', port: 80, expect: b2.id },
       { name: 'unknown VIP untouched', host: direct.address, port: direct.port, expect: direct.id },
       { name: 'known VIP, other port untouched', host: '127.100.1.1', port: 81, expect: 'ECONNREFUSED' },
     ];

@@ -67,6 +67,7 @@ export const SOCK_FLAGS = {
   counted: 0x04,
   v4Mapped: 0x08,
   passthrough: 0x10,
+  connectDone: 0x20,
 } as const;
 
 function protocolName(n: number): Protocol {
@@ -128,6 +129,27 @@ export const frontendCodec: Codec<FrontendValue> = {
 };
 
 // ---- struct km_service ----
+/** Envoy's outlier detector settings as the kernel applies them (outlier_detection, issue 17). */
+export interface OutlierValue {
+  /** The cluster's hosts: max_ejection_percent's denominator. */
+  hosts: number;
+  /** Thresholds of consecutive failed connects; 0 never fires. */
+  consecutive5xx: number;
+  consecutiveGateway: number;
+  consecutiveLocalOrigin: number;
+  /** Percent chance an ejection is enforced. */
+  enforcing5xx: number;
+  enforcingGateway: number;
+  enforcingLocalOrigin: number;
+  maxEjectionPercent: number;
+  intervalMs: number;
+  baseEjectionMs: number;
+  maxEjectionMs: number;
+  maxJitterMs: number;
+  splitLocalOrigin: boolean;
+  alwaysEjectOne: boolean;
+}
+
 export interface ServiceValue {
   kind: ServiceKind;
   lbPolicy: LbPolicy;
@@ -135,7 +157,7 @@ export interface ServiceValue {
   generation: number;
   /** 0: no cap. */
   maxConnections: number;
-  /** Selectable slots per priority group, length MAX_PRIORITIES. */
+  /** Healthy slots per priority group, length MAX_PRIORITIES. */
   slotCount: number[];
   maglevSize: number;
   waypoint?: { address: string; port: number };
@@ -143,14 +165,46 @@ export interface ServiceValue {
   lrWeighted: number;
   /** least_request: Envoy's active_request_bias, carried as 16.16 fixed point (0 or 1 in the kernel). */
   activeRequestBias: number;
+  /** least_request: lrWeighted for the panic slots. */
+  lrPanicWeighted: number;
+  /** Priorities in panic with no host ejected (bit p). */
+  panicMask: number;
+  /** Slots a connect in panic picks from, per priority. */
+  panicSlotCount: number[];
+  /** Bit p: priority p's panic slots are their own (keyed p | PANIC_TABLE); else the healthy ones. */
+  panicSeparate: number;
+  /** Non-draining and EDS-healthy hosts per priority: Envoy's health inputs. */
+  hostCount: number[];
+  healthyCount: number[];
+  /** Percent of connects per priority with no host ejected. */
+  load: number[];
+  overprovisioning: number;
+  panicThreshold: number;
+  failOnPanic: boolean;
+  /** Present when outlier detection is on. */
+  outlier?: OutlierValue;
+  /** connect_timeout: a connect unanswered this long is a failure (outlier detection). */
+  connectTimeoutMs: number;
 }
 /** KM_LR_BIAS_ONE: the fixed-point unit of km_service.lr_bias. */
 export const LR_BIAS_ONE = 65536;
 /** KM_LR_MAX_WEIGHTED: endpoints a least_request group with unequal weights may hold. */
 export const LR_MAX_WEIGHTED = 1024;
+/** KM_PANIC_TABLE: the km_slot_key.priority bit of a priority's own panic slots and Maglev table. */
+export const PANIC_TABLE = 0x08;
+/** km_service.flags */
+export const SVC_FLAGS = {
+  outlier: 0x01,
+  splitLocalOrigin: 0x02,
+  alwaysEjectOne: 0x04,
+  failOnPanic: 0x08,
+} as const;
+const SERVICE_SIZE = 152;
+const u16s = (b: Buffer, off: number): number[] =>
+  Array.from({ length: MAX_PRIORITIES }, (_, p) => b.readUInt16LE(off + 2 * p));
 export const serviceCodec: Codec<ServiceValue> = {
   struct: 'km_service',
-  size: 52,
+  size: SERVICE_SIZE,
   fields: fieldLayout([
     ['kind', 1],
     ['lb_policy', 1],
@@ -162,16 +216,44 @@ export const serviceCodec: Codec<ServiceValue> = {
     ['waypoint_port', 2],
     ['waypoint_address', 16],
     ['lr_weighted', 1],
-    ['lr_pad', 3],
+    ['lr_panic_weighted', 1],
+    ['flags', 1],
+    ['panic_mask', 1],
     ['lr_bias', 4],
+    ['panic_slot_count', 2 * MAX_PRIORITIES],
+    ['host_count', 2 * MAX_PRIORITIES],
+    ['healthy_count', 2 * MAX_PRIORITIES],
+    ['load', MAX_PRIORITIES],
+    ['overprovisioning', 2],
+    ['panic_threshold', 1],
+    ['panic_separate', 1],
+    ['outlier_hosts', 4],
+    ['consecutive_5xx', 4],
+    ['consecutive_gateway', 4],
+    ['consecutive_local_origin', 4],
+    ['enforcing_5xx', 1],
+    ['enforcing_gateway', 1],
+    ['enforcing_local_origin', 1],
+    ['max_ejection_percent', 1],
+    ['interval_ms', 4],
+    ['base_ejection_ms', 4],
+    ['max_ejection_ms', 4],
+    ['max_jitter_ms', 4],
+    ['connect_timeout_ms', 4],
   ]),
   encode(v) {
-    const b = Buffer.alloc(52);
+    const b = Buffer.alloc(SERVICE_SIZE);
     b.writeUInt8(KINDS.indexOf(v.kind), 0);
     b.writeUInt8(LB_POLICIES.indexOf(v.lbPolicy), 1);
     b.writeUInt8(v.generation, 2);
     b.writeUInt32LE(v.maxConnections, 4);
-    for (let p = 0; p < MAX_PRIORITIES; p++) b.writeUInt16LE(v.slotCount[p] ?? 0, 8 + 2 * p);
+    for (let p = 0; p < MAX_PRIORITIES; p++) {
+      b.writeUInt16LE(v.slotCount[p] ?? 0, 8 + 2 * p);
+      b.writeUInt16LE(v.panicSlotCount[p] ?? 0, 52 + 2 * p);
+      b.writeUInt16LE(v.hostCount[p] ?? 0, 68 + 2 * p);
+      b.writeUInt16LE(v.healthyCount[p] ?? 0, 84 + 2 * p);
+      b.writeUInt8(v.load[p] ?? 0, 100 + p);
+    }
     b.writeUInt16LE(v.maglevSize, 24);
     if (v.waypoint) {
       b.writeUInt8(familyOf(v.waypoint.address), 3);
@@ -179,29 +261,84 @@ export const serviceCodec: Codec<ServiceValue> = {
       encodeAddress(v.waypoint.address).copy(b, 28);
     }
     b.writeUInt8(v.lrWeighted, 44);
+    b.writeUInt8(v.lrPanicWeighted, 45);
+    const o = v.outlier;
+    b.writeUInt8(
+      (o ? SVC_FLAGS.outlier : 0) |
+        (o?.splitLocalOrigin ? SVC_FLAGS.splitLocalOrigin : 0) |
+        (o?.alwaysEjectOne ? SVC_FLAGS.alwaysEjectOne : 0) |
+        (v.failOnPanic ? SVC_FLAGS.failOnPanic : 0),
+      46,
+    );
+    b.writeUInt8(v.panicMask, 47);
     b.writeUInt32LE(Math.round(v.activeRequestBias * LR_BIAS_ONE), 48);
+    b.writeUInt16LE(v.overprovisioning, 108);
+    b.writeUInt8(v.panicThreshold, 110);
+    b.writeUInt8(v.panicSeparate, 111);
+    if (o) {
+      b.writeUInt32LE(o.hosts, 112);
+      b.writeUInt32LE(o.consecutive5xx, 116);
+      b.writeUInt32LE(o.consecutiveGateway, 120);
+      b.writeUInt32LE(o.consecutiveLocalOrigin, 124);
+      b.writeUInt8(o.enforcing5xx, 128);
+      b.writeUInt8(o.enforcingGateway, 129);
+      b.writeUInt8(o.enforcingLocalOrigin, 130);
+      b.writeUInt8(o.maxEjectionPercent, 131);
+      b.writeUInt32LE(o.intervalMs, 132);
+      b.writeUInt32LE(o.baseEjectionMs, 136);
+      b.writeUInt32LE(o.maxEjectionMs, 140);
+      b.writeUInt32LE(o.maxJitterMs, 144);
+    }
+    b.writeUInt32LE(v.connectTimeoutMs, 148);
     return b;
   },
   decode(b) {
-    checkSize('km_service', b, 52);
+    checkSize('km_service', b, SERVICE_SIZE);
     const kind = KINDS[b.readUInt8(0)];
     const lbPolicy = LB_POLICIES[b.readUInt8(1)];
     if (!kind || !lbPolicy)
       throw new Error(`decode struct km_service: kind ${b[0]} / lb_policy ${b[1]} unknown`);
-    const slotCount: number[] = [];
-    for (let p = 0; p < MAX_PRIORITIES; p++) slotCount.push(b.readUInt16LE(8 + 2 * p));
+    const flags = b.readUInt8(46);
     const v: ServiceValue = {
       kind,
       lbPolicy,
       generation: b.readUInt8(2),
       maxConnections: b.readUInt32LE(4),
-      slotCount,
+      slotCount: u16s(b, 8),
       maglevSize: b.readUInt16LE(24),
       lrWeighted: b.readUInt8(44),
       activeRequestBias: b.readUInt32LE(48) / LR_BIAS_ONE,
+      lrPanicWeighted: b.readUInt8(45),
+      panicMask: b.readUInt8(47),
+      panicSlotCount: u16s(b, 52),
+      panicSeparate: b.readUInt8(111),
+      hostCount: u16s(b, 68),
+      healthyCount: u16s(b, 84),
+      load: [...b.subarray(100, 108)],
+      overprovisioning: b.readUInt16LE(108),
+      panicThreshold: b.readUInt8(110),
+      failOnPanic: (flags & SVC_FLAGS.failOnPanic) !== 0,
+      connectTimeoutMs: b.readUInt32LE(148),
     };
     const wf = b.readUInt8(3);
     if (wf) v.waypoint = { address: decodeAddress(b.subarray(28, 44), wf), port: b.readUInt16BE(26) };
+    if (flags & SVC_FLAGS.outlier)
+      v.outlier = {
+        hosts: b.readUInt32LE(112),
+        consecutive5xx: b.readUInt32LE(116),
+        consecutiveGateway: b.readUInt32LE(120),
+        consecutiveLocalOrigin: b.readUInt32LE(124),
+        enforcing5xx: b.readUInt8(128),
+        enforcingGateway: b.readUInt8(129),
+        enforcingLocalOrigin: b.readUInt8(130),
+        maxEjectionPercent: b.readUInt8(131),
+        intervalMs: b.readUInt32LE(132),
+        baseEjectionMs: b.readUInt32LE(136),
+        maxEjectionMs: b.readUInt32LE(140),
+        maxJitterMs: b.readUInt32LE(144),
+        splitLocalOrigin: (flags & SVC_FLAGS.splitLocalOrigin) !== 0,
+        alwaysEjectOne: (flags & SVC_FLAGS.alwaysEjectOne) !== 0,
+      };
     return v;
   },
 };
@@ -331,7 +468,7 @@ export const sockRouteCodec: Codec<SockRoute> = {
     ['flags', 1],
     ['service_id', 4],
     ['backend_id', 4],
-    ['reserved', 4],
+    ['connect_ms', 4],
   ]),
   encode(v) {
     const b = Buffer.alloc(32);
@@ -357,6 +494,173 @@ export const sockRouteCodec: Codec<SockRoute> = {
   },
 };
 
+// ---- outlier detection: struct km_host_key, km_member, km_host_state, km_outlier ----
+export interface HostKey {
+  serviceId: number;
+  backendId: number;
+}
+export const hostKeyCodec: Codec<HostKey> = {
+  struct: 'km_host_key',
+  size: 8,
+  fields: fieldLayout([
+    ['service_id', 4],
+    ['backend_id', 4],
+  ]),
+  encode(v) {
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(v.serviceId, 0);
+    b.writeUInt32LE(v.backendId, 4);
+    return b;
+  },
+  decode(b) {
+    checkSize('km_host_key', b, 8);
+    return { serviceId: b.readUInt32LE(0), backendId: b.readUInt32LE(4) };
+  },
+};
+
+export interface MemberValue {
+  priority: number;
+  healthy: boolean;
+}
+export const memberCodec: Codec<MemberValue> = {
+  struct: 'km_member',
+  size: 4,
+  fields: fieldLayout([
+    ['priority', 1],
+    ['healthy', 1],
+    ['pad', 2],
+  ]),
+  encode(v) {
+    const b = Buffer.alloc(4);
+    b.writeUInt8(v.priority, 0);
+    b.writeUInt8(v.healthy ? 1 : 0, 1);
+    return b;
+  },
+  decode(b) {
+    checkSize('km_member', b, 4);
+    return { priority: b[0]!, healthy: b[1] !== 0 };
+  },
+};
+
+/** KM_HOST_UNCOUNTED */
+export const HOST_UNCOUNTED = 0xff;
+export interface HostState {
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last ejection and return; 0n before the first. */
+  ejectedNs: bigint;
+  unejectedNs: bigint;
+  ejected: boolean;
+  countedPriority: number;
+  consecutive5xx: number;
+  consecutiveGateway: number;
+  consecutiveLocalOrigin: number;
+  backoff: number;
+  numEjections: number;
+  jitterMs: number;
+  failures: bigint;
+}
+export const hostStateCodec: Codec<HostState> = {
+  struct: 'km_host_state',
+  size: 56,
+  fields: fieldLayout([
+    ['ejected_ns', 8],
+    ['unejected_ns', 8],
+    ['ejected', 4],
+    ['counted_priority', 4],
+    ['consecutive_5xx', 4],
+    ['consecutive_gateway', 4],
+    ['consecutive_local_origin', 4],
+    ['backoff', 4],
+    ['num_ejections', 4],
+    ['jitter_ms', 4],
+    ['failures', 8],
+  ]),
+  encode(v) {
+    const b = Buffer.alloc(56);
+    b.writeBigUInt64LE(v.ejectedNs, 0);
+    b.writeBigUInt64LE(v.unejectedNs, 8);
+    b.writeUInt32LE(v.ejected ? 1 : 0, 16);
+    b.writeUInt32LE(v.countedPriority, 20);
+    b.writeUInt32LE(v.consecutive5xx, 24);
+    b.writeUInt32LE(v.consecutiveGateway, 28);
+    b.writeUInt32LE(v.consecutiveLocalOrigin, 32);
+    b.writeUInt32LE(v.backoff, 36);
+    b.writeUInt32LE(v.numEjections, 40);
+    b.writeUInt32LE(v.jitterMs, 44);
+    b.writeBigUInt64LE(v.failures, 48);
+    return b;
+  },
+  decode(b) {
+    checkSize('km_host_state', b, 56);
+    return {
+      ejectedNs: b.readBigUInt64LE(0),
+      unejectedNs: b.readBigUInt64LE(8),
+      ejected: b.readUInt32LE(16) !== 0,
+      countedPriority: b.readUInt32LE(20),
+      consecutive5xx: b.readUInt32LE(24),
+      consecutiveGateway: b.readUInt32LE(28),
+      consecutiveLocalOrigin: b.readUInt32LE(32),
+      backoff: b.readUInt32LE(36),
+      numEjections: b.readUInt32LE(40),
+      jitterMs: b.readUInt32LE(44),
+      failures: b.readBigUInt64LE(48),
+    };
+  },
+};
+
+/** km_outlier.counters, in KM_OD_* order, named as Envoy's cluster.<name>.outlier_detection.* stats. */
+export const OUTLIER_COUNTERS = [
+  'ejections_total',
+  'ejections_enforced_total',
+  'ejections_overflow',
+  'ejections_detected_consecutive_5xx',
+  'ejections_enforced_consecutive_5xx',
+  'ejections_detected_consecutive_gateway_failure',
+  'ejections_enforced_consecutive_gateway_failure',
+  'ejections_detected_consecutive_local_origin_failure',
+  'ejections_enforced_consecutive_local_origin_failure',
+] as const;
+export type OutlierCounter = (typeof OUTLIER_COUNTERS)[number];
+const OD_COUNTER_SLOTS = 10;
+export interface OutlierState {
+  /** ejections_active */
+  active: number;
+  sweepArmed: boolean;
+  /** Ejected hosts counted out of each priority's healthy hosts. */
+  ejected: number[];
+  counters: Record<OutlierCounter, bigint>;
+}
+export const outlierCodec: Codec<OutlierState> = {
+  struct: 'km_outlier',
+  size: 16 + 8 + 4 * MAX_PRIORITIES + 8 * OD_COUNTER_SLOTS,
+  fields: fieldLayout([
+    ['timer', 16],
+    ['active', 4],
+    ['sweep_armed', 4],
+    ['ejected', 4 * MAX_PRIORITIES],
+    ['counters', 8 * OD_COUNTER_SLOTS],
+  ]),
+  encode(v) {
+    // user space writes only zeroes (a fresh id) or what it read back; the timer bytes stay 0
+    const b = Buffer.alloc(this.size);
+    b.writeUInt32LE(v.active, 16);
+    b.writeUInt32LE(v.sweepArmed ? 1 : 0, 20);
+    for (let p = 0; p < MAX_PRIORITIES; p++) b.writeUInt32LE(v.ejected[p] ?? 0, 24 + 4 * p);
+    OUTLIER_COUNTERS.forEach((name, i) => b.writeBigUInt64LE(v.counters[name], 56 + 8 * i));
+    return b;
+  },
+  decode(b) {
+    checkSize('km_outlier', b, this.size);
+    return {
+      active: b.readUInt32LE(16),
+      sweepArmed: b.readUInt32LE(20) !== 0,
+      ejected: Array.from({ length: MAX_PRIORITIES }, (_, p) => b.readUInt32LE(24 + 4 * p)),
+      counters: Object.fromEntries(
+        OUTLIER_COUNTERS.map((name, i) => [name, b.readBigUInt64LE(56 + 8 * i)]),
+      ) as Record<OutlierCounter, bigint>,
+    };
+  },
+};
+
 /** Every routing codec, for the BTF layout test. */
 export const ROUTING_CODECS: readonly Codec<unknown>[] = [
   frontendKeyCodec,
@@ -367,6 +671,10 @@ export const ROUTING_CODECS: readonly Codec<unknown>[] = [
   backendCodec,
   serviceNameCodec,
   sockRouteCodec,
+  hostKeyCodec,
+  memberCodec,
+  hostStateCodec,
+  outlierCodec,
 ] as Codec<unknown>[];
 
 /** u32 keys and values of the id-indexed maps (host byte order, little-endian on our targets). */

@@ -30,7 +30,7 @@ import {
 import { DEFAULT_CAPACITY, mapSizes, ROUTE_MAPS, type Capacity, type RouteMaps } from './maps.js';
 import type { DesiredState } from './model.js';
 import { DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
-import { RouteWriter, type ApplyResult, type ServiceCounters } from './writer.js';
+import { RouteWriter, type ApplyResult, type ServiceCounters, type ServiceOutlier } from './writer.js';
 
 /** bpf/route.bpf.o, found from this file both under tsx (src/) and after tsc (dist/src/). */
 export function defaultRouteObject(): string {
@@ -261,6 +261,11 @@ export class Dataplane {
 
   serviceId(name: string): number | undefined {
     return this.writer.serviceId(name);
+  }
+
+  /** Outlier detection per service, as the kernel decided it (ejections, counters, failing hosts). */
+  outlier(): ServiceOutlier[] {
+    return this.writer.outlier();
   }
 
   backendId(address: string, port: number): number | undefined {

@@ -32,6 +32,9 @@ export const ROUTE_MAPS = [
   'km_service_conn',
   'km_rr',
   'km_counters',
+  'km_hosts',
+  'km_members',
+  'km_outlier',
 ] as const;
 export type RouteMapName = (typeof ROUTE_MAPS)[number];
 export type RouteMaps = Record<RouteMapName, MapHandle>;
@@ -72,5 +75,9 @@ export function mapSizes(c: Capacity, reasonSlots: number): Record<string, numbe
     km_backend_conn: c.backends,
     km_slots: c.slots,
     km_maglev: c.maglev,
+    // outlier detection: a host state per (service, backend) that failed, a member per endpoint slot
+    km_hosts: c.backends,
+    km_members: c.slots,
+    km_outlier: c.services,
   };
 }

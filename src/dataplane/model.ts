@@ -23,7 +23,56 @@ export interface Endpoint {
   priority: number;
   health: EndpointHealth;
   locality?: Locality;
+  /**
+   * The locality's load_balancing_weight, when the service weighs localities: Envoy gives a group
+   * without a locality, or without a weight, no load (0).
+   */
+  localityWeight?: number;
 }
+
+/**
+ * Envoy's outlier detector for L4 (CDS outlier_detection): consecutive failed connects eject a
+ * host for base × multiplier (capped by max), within max_ejection_percent of the cluster's hosts.
+ */
+export interface OutlierDetection {
+  consecutive5xx: number;
+  consecutiveGatewayFailure: number;
+  consecutiveLocalOriginFailure: number;
+  /** Percentages (0..100) of detected ejections that are enforced. */
+  enforcingConsecutive5xx: number;
+  enforcingConsecutiveGatewayFailure: number;
+  enforcingConsecutiveLocalOriginFailure: number;
+  splitExternalLocalOriginErrors: boolean;
+  intervalMs: number;
+  baseEjectionTimeMs: number;
+  maxEjectionTimeMs: number;
+  maxEjectionTimeJitterMs: number;
+  maxEjectionPercent: number;
+  alwaysEjectOneHost: boolean;
+}
+
+/** Envoy's defaults (outlier_detection.proto, DetectorConfig). */
+export const OUTLIER_DEFAULTS: OutlierDetection = {
+  consecutive5xx: 5,
+  consecutiveGatewayFailure: 5,
+  consecutiveLocalOriginFailure: 5,
+  enforcingConsecutive5xx: 100,
+  enforcingConsecutiveGatewayFailure: 0,
+  enforcingConsecutiveLocalOriginFailure: 100,
+  splitExternalLocalOriginErrors: false,
+  intervalMs: 10_000,
+  baseEjectionTimeMs: 30_000,
+  maxEjectionTimeMs: 300_000,
+  maxEjectionTimeJitterMs: 0,
+  maxEjectionPercent: 10,
+  alwaysEjectOneHost: false,
+};
+
+/** Envoy's defaults for a cluster's priority levels. */
+export const DEFAULT_OVERPROVISIONING = 140;
+export const DEFAULT_PANIC_THRESHOLD = 50;
+/** Envoy's connect_timeout when a cluster sets none. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 
 /**
  * What a frontend leads to. `endpoints`: load-balanced over its endpoints; `passthrough`: the
@@ -52,6 +101,26 @@ export interface Service {
   endpoints: Endpoint[];
   /** Set when kind is 'waypoint'. */
   waypoint?: Waypoint;
+  /** ClusterLoadAssignment policy.overprovisioning_factor, percent; undefined: Envoy's 140. */
+  overprovisioningFactor?: number;
+  /** common_lb_config.healthy_panic_threshold, percent (0 disables panic); undefined: 50. */
+  panicThreshold?: number;
+  /** zone_aware_lb_config.fail_traffic_on_panic: a priority in panic refuses connects. */
+  failTrafficOnPanic?: boolean;
+  /** common_lb_config.locality_weighted_lb_config: localities are weighed as Envoy does. */
+  localityWeighted?: boolean;
+  outlierDetection?: OutlierDetection;
+  /** connect_timeout, for outlier detection's timeouts; undefined: Envoy's 5 s. */
+  connectTimeoutMs?: number;
+  /** What closes open connections to this service's hosts (Envoy's cluster fields; issue 17). */
+  closeConnections?: CloseConnections;
+}
+
+export interface CloseConnections {
+  /** close_connections_on_host_health_failure: a host turning unhealthy (EDS or ejected) loses its connections. */
+  onHostHealthFailure?: boolean;
+  /** common_lb_config.close_connections_on_host_set_change: any host added or removed closes every connection. */
+  onHostSetChange?: boolean;
 }
 
 export type Protocol = 'tcp' | 'udp';

@@ -13,6 +13,12 @@ import {
   backendCodec,
   frontendCodec,
   frontendKeyCodec,
+  hostKeyCodec,
+  hostStateCodec,
+  memberCodec,
+  outlierCodec,
+  OUTLIER_COUNTERS,
+  PANIC_TABLE,
   REASON_SLOTS,
   REASONS,
   serviceCodec,
@@ -22,6 +28,7 @@ import {
   u32,
   type BackendValue,
   type FrontendKey,
+  type OutlierCounter,
   type Reason,
   type ServiceValue,
 } from './codec.js';
@@ -36,7 +43,15 @@ import {
   type ServicePlan,
 } from './plan.js';
 import type { MapHandle, RouteMapName, RouteMaps } from './maps.js';
-import type { DesiredState, Endpoint, Frontend, Service } from './model.js';
+import {
+  DEFAULT_OVERPROVISIONING,
+  DEFAULT_PANIC_THRESHOLD,
+  type DesiredState,
+  type Endpoint,
+  type Frontend,
+  type OutlierDetection,
+  type Service,
+} from './model.js';
 
 export interface MapOp {
   map: RouteMapName;
@@ -68,6 +83,8 @@ interface LiveService {
   /** km_slots / km_maglev entries of this service (all generations): key hex → value hex. */
   slots: Map<string, string>;
   maglev: Map<string, string>;
+  /** km_members entries (outlier detection only): key hex → value hex. */
+  members: Map<string, string>;
 }
 
 interface LiveBackend {
@@ -121,6 +138,53 @@ export function weightsPlanningTo(live: readonly number[], maxTotal: number): nu
   return undefined;
 }
 
+/** One host of a service as outlier detection sees it now (km_hosts). */
+export interface OutlierHost {
+  address: string;
+  port: number;
+  ejected: boolean;
+  /** CLOCK_MONOTONIC ns of the last ejection and return (0 before the first). */
+  ejectedNs: bigint;
+  unejectedNs: bigint;
+  numEjections: number;
+  consecutive5xx: number;
+  consecutiveGatewayFailure: number;
+  consecutiveLocalOriginFailure: number;
+  backoff: number;
+  failures: bigint;
+}
+
+export interface ServiceOutlier {
+  service: string;
+  id: number;
+  /** ejections_active */
+  active: number;
+  /** Ejected hosts counted out of each priority's healthy hosts. */
+  ejectedPerPriority: number[];
+  counters: Record<OutlierCounter, bigint>;
+  /** Hosts with something to remember: ejected, backing off, or failing. */
+  hosts: OutlierHost[];
+}
+
+/** The model's outlier settings back from a service value (what a restarted agent finds pinned). */
+function outlierFromValue(o: NonNullable<ServiceValue['outlier']>): OutlierDetection {
+  return {
+    consecutive5xx: o.consecutive5xx,
+    consecutiveGatewayFailure: o.consecutiveGateway,
+    consecutiveLocalOriginFailure: o.consecutiveLocalOrigin,
+    enforcingConsecutive5xx: o.enforcing5xx,
+    enforcingConsecutiveGatewayFailure: o.enforcingGateway,
+    enforcingConsecutiveLocalOriginFailure: o.enforcingLocalOrigin,
+    splitExternalLocalOriginErrors: o.splitLocalOrigin,
+    intervalMs: o.intervalMs,
+    baseEjectionTimeMs: o.baseEjectionMs,
+    maxEjectionTimeMs: o.maxEjectionMs,
+    maxEjectionTimeJitterMs: o.maxJitterMs,
+    maxEjectionPercent: o.maxEjectionPercent,
+    alwaysEjectOneHost: o.alwaysEjectOne,
+  };
+}
+
 export interface ServiceCounters {
   service: string;
   id: number;
@@ -165,7 +229,15 @@ export class RouteWriter {
         w.garbage.push({ map: 'km_services', key: hex(k) });
         continue;
       }
-      w.services.set(name, { id, name, value, valueHex: hex(v), slots: new Map(), maglev: new Map() });
+      w.services.set(name, {
+        id,
+        name,
+        value,
+        valueHex: hex(v),
+        slots: new Map(),
+        maglev: new Map(),
+        members: new Map(),
+      });
     }
     const byId = new Map([...w.services.values()].map((s) => [s.id, s]));
     for (const [id] of names) if (!byId.has(id)) w.garbage.push({ map: 'km_svc_names', key: hex(u32(id)) });
@@ -178,6 +250,11 @@ export class RouteWriter {
         if (s) s[field].set(hex(k), hex(v));
         else w.garbage.push({ map, key: hex(k) });
       }
+    }
+    for (const [k, v] of maps.km_members.entries()) {
+      const s = byId.get(hostKeyCodec.decode(k).serviceId);
+      if (s) s.members.set(hex(k), hex(v));
+      else w.garbage.push({ map: 'km_members', key: hex(k) });
     }
     for (const s of w.services.values()) {
       w.slotEntries += s.slots.size;
@@ -301,6 +378,16 @@ export class RouteWriter {
     return { ops: this.ops, syscalls: this.syscalls, refused };
   }
 
+  private membersFor(plan: ServicePlan, id: number): Map<string, string> {
+    const m = new Map<string, string>();
+    for (const [key, member] of plan.members) {
+      const backendId = this.backends.get(key)?.id;
+      if (backendId !== undefined)
+        m.set(hex(hostKeyCodec.encode({ serviceId: id, backendId })), hex(memberCodec.encode(member)));
+    }
+    return m;
+  }
+
   private entriesFor(
     plan: ServicePlan,
     id: number,
@@ -337,7 +424,8 @@ export class RouteWriter {
       if (
         hex(serviceCodec.encode(value)) === live.valueHex &&
         RouteWriter.sameEntries(slots, live.slots) &&
-        RouteWriter.sameEntries(maglev, live.maglev)
+        RouteWriter.sameEntries(maglev, live.maglev) &&
+        RouteWriter.sameEntries(this.membersFor(plan, live.id), live.members)
       )
         return undefined;
     }
@@ -383,8 +471,14 @@ export class RouteWriter {
         valueHex: '',
         slots: new Map(),
         maglev: new Map(),
+        members: new Map(),
       };
     }
+    // a host's place in the service before the switch, so an ejection is counted where it belongs
+    const members = this.membersFor(plan, svc.id);
+    const memberWrites: [Buffer, Buffer][] = [];
+    for (const [k, v] of members) if (svc.members.get(k) !== v) memberWrites.push([unhex(k), unhex(v)]);
+    this.updateMany('km_members', memberWrites);
     const generation = live ? live.value.generation ^ 1 : 0;
     const [slots, maglev] = this.entriesFor(plan, svc.id, generation);
     // new generation complete before the switch
@@ -421,12 +515,25 @@ export class RouteWriter {
       if (map === 'km_slots') this.slotEntries -= gone.length;
       else this.maglevEntries -= gone.length;
     }
+    // hosts that left: the kernel's sweep returns one that was ejected and forgets it
+    const goneMembers = [...svc.members.keys()].filter((k) => !members.has(k));
+    this.deleteMany('km_members', goneMembers.map(unhex));
+    svc.members = members;
     return undefined;
+  }
+
+  /** The detector's entries of a service id (hosts that failed): few, so a scan of the map is cheap. */
+  private hostStates(id: number): Buffer[] {
+    return this.maps.km_hosts.keys().filter((k) => hostKeyCodec.decode(k).serviceId === id);
   }
 
   /** A reused id starts with zero counters and no connections from its previous owner. */
   private resetServiceState(id: number): void {
     this.update('km_service_conn', u32(id), u32(0));
+    // zeroing the value also cancels a sweep timer the previous owner left armed
+    const od = this.maps.km_outlier.lookup(u32(id));
+    if (od?.some((b) => b !== 0)) this.update('km_outlier', u32(id), Buffer.alloc(od.length));
+    this.deleteMany('km_hosts', this.hostStates(id));
     const sample = this.maps.km_counters.lookup(u32(id * REASON_SLOTS));
     if (!sample) return;
     for (let r = 0; r < REASON_SLOTS; r++) {
@@ -492,6 +599,8 @@ export class RouteWriter {
     this.slotEntries -= s.slots.size;
     this.maglevEntries -= s.maglev.size;
     this.delete('km_svc_names', u32(s.id));
+    this.deleteMany('km_members', [...s.members.keys()].map(unhex));
+    this.deleteMany('km_hosts', this.hostStates(s.id));
     this.services.delete(s.name);
     this.freeServiceIds.push(s.id);
   }
@@ -531,6 +640,18 @@ export class RouteWriter {
       if (s.value.maxConnections > 0) service.maxConnections = s.value.maxConnections;
       if (s.value.lbPolicy === 'least_request') service.activeRequestBias = s.value.activeRequestBias;
       if (s.value.waypoint) service.waypoint = { ...s.value.waypoint };
+      if (s.value.kind === 'endpoints') {
+        // Envoy's defaults stay implicit, as translate leaves them
+        if (s.value.overprovisioning !== DEFAULT_OVERPROVISIONING)
+          service.overprovisioningFactor = s.value.overprovisioning;
+        if (s.value.panicThreshold !== DEFAULT_PANIC_THRESHOLD)
+          service.panicThreshold = s.value.panicThreshold;
+        if (s.value.failOnPanic) service.failTrafficOnPanic = true;
+        if (s.value.outlier) {
+          service.outlierDetection = outlierFromValue(s.value.outlier);
+          service.connectTimeoutMs = s.value.connectTimeoutMs;
+        }
+      }
       // live generation only: the other one holds leftovers of an apply cut short
       const groups = new Map<number, Map<string, number>>();
       for (const [k, v] of s.slots) {
@@ -543,15 +664,28 @@ export class RouteWriter {
         g.set(backend, slot.weight);
         groups.set(key.priority, g);
       }
-      for (const [priority, group] of [...groups].sort((a, b) => a[0] - b[0])) {
+      const total = weightTotal(s.value.lbPolicy, this.planOptions);
+      const weightsOf = (group: Map<string, number>): Map<string, number> => {
         const keys = [...group.keys()].sort();
         const planned = keys.map((k) => group.get(k)!);
-        const weights =
-          weightsPlanningTo(planned, weightTotal(s.value.lbPolicy, this.planOptions)) ?? planned;
-        keys.forEach((k, i) => {
-          const e: Endpoint = { ...splitBackendKey(k), weight: weights[i]!, priority, health: 'healthy' };
+        const weights = weightsPlanningTo(planned, total) ?? planned;
+        return new Map(keys.map((k, i) => [k, weights[i]!]));
+      };
+      for (let priority = 0; priority < PANIC_TABLE; priority++) {
+        const healthy = groups.get(priority) ?? new Map<string, number>();
+        const panic = groups.get(priority | PANIC_TABLE);
+        // with its own panic slots, those hold every host in proportion: the healthy ones re-plan
+        // from the same weights; without, every host is a healthy one
+        const weights = weightsOf(panic ?? healthy);
+        for (const [k, weight] of [...weights].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+          const e: Endpoint = {
+            ...splitBackendKey(k),
+            weight,
+            priority,
+            health: healthy.has(k) ? 'healthy' : 'unhealthy',
+          };
           service.endpoints.push(e);
-        });
+        }
       }
       services.push(service);
     }
@@ -595,6 +729,63 @@ export class RouteWriter {
       out.push({ service, id, counters });
     }
     return out;
+  }
+
+  /**
+   * Outlier detection as the kernel decided it, per service with the detector on: ejections active
+   * and Envoy's counters (km_outlier), and the hosts it remembers (km_hosts, only hosts that failed).
+   */
+  outlier(): ServiceOutlier[] {
+    const byId = new Map([...this.services.values()].filter((s) => s.value.outlier).map((s) => [s.id, s]));
+    if (!byId.size) return [];
+    const addressOf = new Map<number, string>();
+    for (const [key, b] of this.backends) addressOf.set(b.id, key);
+    const hosts = new Map<number, OutlierHost[]>();
+    for (const [k, v] of this.maps.km_hosts.entries()) {
+      const key = hostKeyCodec.decode(k);
+      const backend = addressOf.get(key.backendId);
+      if (!byId.has(key.serviceId) || backend === undefined) continue;
+      const h = hostStateCodec.decode(v);
+      const list = hosts.get(key.serviceId) ?? [];
+      list.push({
+        ...splitBackendKey(backend),
+        ejected: h.ejected,
+        ejectedNs: h.ejectedNs,
+        unejectedNs: h.unejectedNs,
+        numEjections: h.numEjections,
+        consecutive5xx: h.consecutive5xx,
+        consecutiveGatewayFailure: h.consecutiveGateway,
+        consecutiveLocalOriginFailure: h.consecutiveLocalOrigin,
+        backoff: h.backoff,
+        failures: h.failures,
+      });
+      hosts.set(key.serviceId, list);
+    }
+    const out: ServiceOutlier[] = [];
+    for (const [id, s] of byId) {
+      const raw = this.maps.km_outlier.lookup(u32(id));
+      const state = raw
+        ? outlierCodec.decode(raw)
+        : {
+            active: 0,
+            ejected: [],
+            counters: Object.fromEntries(OUTLIER_COUNTERS.map((c) => [c, 0n])) as Record<
+              OutlierCounter,
+              bigint
+            >,
+          };
+      out.push({
+        service: s.name,
+        id,
+        active: state.active,
+        ejectedPerPriority: state.ejected,
+        counters: state.counters,
+        hosts: (hosts.get(id) ?? []).sort(
+          (a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0) || a.port - b.port,
+        ),
+      });
+    }
+    return out.sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
   }
 
   /** Active connections per service and per backend, as counted by sockops. */
