@@ -12,11 +12,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the BPF toolchain, libbpf for the addon, iproute2 for network-namespace tests,
+# nftables for the outlier tests' dropping rules (inside their own network namespace),
 # prometheus (promtool checks the metrics exposition; the server evaluates the dashboards' queries),
 # openssl for the TLS test CA, tshark to read back what kernmesh capture writes,
 # kubectl with kustomize (package kubernetes-client) to render deploy/kubernetes offline, and
 # util-linux's setpriv to run the agent with only the capabilities the DaemonSet grants.
-pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 prometheus openssl tshark kubernetes-client util-linux)
+pkgs=(clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev linux-libc-dev pkg-config make g++ python3 iproute2 nftables prometheus openssl tshark kubernetes-client util-linux)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # Another package may own /usr/bin/kubectl (a cloud SDK's); then Debian's is unpacked under .tools/
 # instead of installed, and the tests use it from there.

@@ -91,7 +91,9 @@ function one(c) {
     if (c.localAddress) opts.localAddress = c.localAddress;
     const s = net.connect(opts);
     let settled = false;
-    const finish = (r) => { if (!settled) { settled = true; resolve(r); } };
+    let timer;
+    const finish = (r) => { if (!settled) { settled = true; clearTimeout(timer); resolve(r); } };
+    if (c.timeoutMs) timer = setTimeout(() => { s.destroy(); finish({ ok: false, err: 'TIMEOUT', t0, t1: now() }); }, c.timeoutMs);
     s.on('error', (e) => { s.destroy(); finish({ ok: false, err: e.code || String(e), t0, t1: now() }); });
     s.once('connect', () => {
       const t1 = now();
@@ -173,6 +175,8 @@ export interface ConnectRequest {
   tag?: string;
   /** Send this many bytes of a fixed pattern (see payload()), then half-close. */
   sendSize?: number;
+  /** Give up (destroy the socket) after this long without an answer: err 'TIMEOUT'. */
+  timeoutMs?: number;
 }
 
 /** The bytes a client sends for `sendSize` n. */
