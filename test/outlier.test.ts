@@ -96,7 +96,7 @@ async function icmpResponder(netns: string, address: string): Promise<{ stop(): 
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   );
-  await once(createInterface({ input: child.stdout! }), 'line');
+  await once(createInterface({ input: child.stdout }), 'line');
   return {
     stop: async () => {
       if (child.exitCode !== null || child.signalCode !== null) return;
