@@ -301,3 +301,111 @@ kernelTest(
     );
   },
 );
+
+void test('outlier detection: an ejected host reads /failed_outlier_check in /clusters, and the counts are Envoy outlier_detection stats', async () => {
+  const withOutlier: KernelStats = {
+    ...given,
+    outlier: [
+      {
+        name: REVIEWS,
+        active: 1,
+        counters: { ejections_total: 3n, ejections_enforced_total: 2n, ejections_overflow: 1n },
+        ejected: [{ address: '10.1.0.2', port: 9080 }],
+      },
+    ],
+  };
+  const view = new ClusterStatsView(withOutlier);
+  const json = buildClusters(givenResources, view);
+  encodeFromJson('envoy.admin.v3.Clusters', json);
+  const hosts = ((json.cluster_statuses as JsonObject[])[1]!.host_statuses as JsonObject[]).map(
+    (h) => h.health_status as JsonObject,
+  );
+  assert.deepEqual(
+    hosts.map((h) => h.failed_outlier_check ?? false),
+    [false, true, false],
+  );
+  const lines = clustersText(json, view).trim().split('\n');
+  for (const l of [
+    `${REVIEWS}::10.1.0.1:9080::health_flags::healthy`,
+    `${REVIEWS}::10.1.0.2:9080::health_flags::/failed_outlier_check`,
+    `${REVIEWS}::outlier_detection.ejections_active::1`,
+    `${REVIEWS}::outlier_detection.ejections_enforced_total::2`,
+  ])
+    assert.ok(lines.includes(l), `missing line ${l}`);
+  const source: AdminSource = {
+    readiness: () => ({ ready: true, reasons: [] }),
+    serverInfo: () => ({}),
+    configDump: () => ({ bootstrap: {}, startedAt: new Date().toISOString(), resources: givenResources }),
+    kernelStats: () => withOutlier,
+    debugXds: () => ({}),
+    debugMaps: () => ({}),
+    debugBpf: () => ({}),
+    renderMetrics: () =>
+      Promise.resolve({ contentType: 'text/plain; version=0.0.4; charset=utf-8', body: '' }),
+  };
+  const server = await startAdminServer(source, { host: '127.0.0.1', port: 0 });
+  try {
+    const stats = (await adminGet(server.address, '/stats/prometheus')).text;
+    assertPromtoolAccepts(stats);
+    const label = `\\{cluster_name="${REVIEWS.replace(/\|/g, '\\|')}"\\}`;
+    assert.match(stats, new RegExp(`^envoy_cluster_outlier_detection_ejections_active${label} 1$`, 'm'));
+    assert.match(stats, new RegExp(`^envoy_cluster_outlier_detection_ejections_total${label} 3$`, 'm'));
+    assert.match(
+      stats,
+      new RegExp(`^envoy_cluster_outlier_detection_ejections_overflow_total${label} 1$`, 'm'),
+    );
+  } finally {
+    await server.close();
+  }
+});
+
+kernelTest(
+  'outlier detection through the agent: a backend that refuses is ejected by the kernel, and /clusters and the metrics say so',
+  async (_t, env) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kernmesh-admin-outlier-'));
+    env.defer(() => rmSync(dir, { recursive: true, force: true }));
+    const up = await startBackend('127.79.1.1');
+    env.defer(() => up.close());
+    // nothing listens here: each connect to it is refused
+    const down = await startBackend('127.79.1.2');
+    const downPort = down.port;
+    await down.close();
+    const file = join(dir, 'resources.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        resources: [
+          edsCluster(ECHO, {
+            outlier_detection: {
+              consecutive_5xx: 2,
+              interval: '0.1s',
+              base_ejection_time: '600s',
+              max_ejection_percent: 50,
+              enforcing_success_rate: 0,
+            },
+          }),
+          assignment(ECHO, [up, { address: '127.79.1.2', port: downPort }]),
+          tcpListener(VIP, PORT, ECHO, {}),
+        ],
+      }),
+    );
+    const { admin, client } = await runAgentServing(env, ['--xds-file', file]);
+    await eventually('/ready is 200', async () => (await adminGet(admin, '/ready')).status === 200);
+    const flag = `${ECHO}::127.79.1.2:${downPort}::health_flags::/failed_outlier_check\n`;
+    for (let i = 0; !(await adminGet(admin, '/clusters')).text.includes(flag); i++) {
+      assert.ok(i < 50, 'the refusing backend is ejected');
+      await client.connect({ host: VIP, port: PORT, readId: true });
+    }
+    const text = (await adminGet(admin, '/clusters')).text;
+    assert.ok(text.includes(`${ECHO}::${up.id.replace('|', ':')}::health_flags::healthy\n`), text);
+    assert.ok(text.includes(`${ECHO}::outlier_detection.ejections_active::1\n`), text);
+    // once ejected, every connect goes to the one that answers
+    const after = await client.batch({ host: VIP, port: PORT, readId: true, count: 20 });
+    assert.deepEqual(new Set(after.map((r) => r.backend)), new Set([up.id]));
+    const stats = (await adminGet(admin, '/stats/prometheus')).text;
+    assertPromtoolAccepts(stats);
+    const label = `\\{cluster_name="${ECHO.replace(/\|/g, '\\|')}"\\}`;
+    assert.match(stats, new RegExp(`^envoy_cluster_outlier_detection_ejections_active${label} 1$`, 'm'));
+    assert.match(stats, new RegExp(`^envoy_cluster_outlier_detection_ejections_total${label} 1$`, 'm'));
+  },
+);

@@ -1,6 +1,7 @@
 // translate(): behaviour over small, hand-written sets of resources shaped like istiod's.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { planService } from '../src/dataplane/plan.js';
 import { concernsOneVirtualHost, translate, validate, validateAgainst } from '../src/translate/index.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../src/xds/types.js';
 import { slotKeyCodec, u32 } from '../src/dataplane/codec.js';
@@ -415,10 +416,25 @@ void describe('translate', () => {
         tcpListener('127.100.0.1', 5000, A),
       ],
     });
-    // Zone a gets 3/4 of connections split over three endpoints, zone b 1/4 on one.
+    // the service carries each locality's weight; the dataplane weighs them (plan.ts)
+    const s = r.desired.services[0]!;
+    assert.equal(s.localityWeighted, true);
     assert.deepEqual(
-      r.desired.services[0]?.endpoints.map((e) => e.weight),
-      [100, 100, 100, 100],
+      s.endpoints.map((e) => [e.weight, e.localityWeight]),
+      [
+        [1, 3],
+        [1, 3],
+        [1, 3],
+        [1, 1],
+      ],
+    );
+    // zone a gets 3/4 of connections split over three endpoints, zone b 1/4 on one
+    const slots = planService(s).slots.filter((x) => x.priority === 0);
+    const share = (a: string): number =>
+      slots.filter((x) => x.backend === `${a}|1`).length / slots.length;
+    assert.deepEqual(
+      ['127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.9'].map(share),
+      [0.25, 0.25, 0.25, 0.25],
     );
   });
 

@@ -13,6 +13,16 @@ export interface KernelStats {
   }[];
   /** Shared by every cluster listing the same address and port: the kernel counts per backend. */
   backends: { address: string; port: number; activeConnections: number }[];
+  /** Outlier detection per kernel service that has it: what the kernel decided (the agent only reads). */
+  outlier?: {
+    name: string;
+    /** ejections_active */
+    active: number;
+    /** Envoy's outlier_detection counters by stat name (ejections_total, ejections_enforced_total, ...). */
+    counters: Record<string, bigint | number>;
+    /** Hosts ejected now. */
+    ejected: { address: string; port: number }[];
+  }[];
 }
 
 export interface EnvoyStat {
@@ -52,10 +62,15 @@ function hostKey(address: string, port: number): string | undefined {
   }
 }
 
+type Outlier = NonNullable<KernelStats['outlier']>[number];
+
 /** Looks up kernel counts by Envoy cluster and host. */
 export class ClusterStatsView {
   private readonly backends = new Map<string, number>();
   private readonly services = new Map<string, KernelStats['services'][number]>();
+  private readonly outliers = new Map<string, Outlier>();
+  /** "service\u0000address|port" of every host ejected now. */
+  private readonly ejected = new Set<string>();
 
   constructor(stats: KernelStats) {
     for (const b of stats.backends) {
@@ -63,6 +78,20 @@ export class ClusterStatsView {
       if (k) this.backends.set(k, (this.backends.get(k) ?? 0) + b.activeConnections);
     }
     for (const s of stats.services) this.services.set(s.name, s);
+    for (const o of stats.outlier ?? []) {
+      this.outliers.set(o.name, o);
+      for (const h of o.ejected) {
+        const k = hostKey(h.address, h.port);
+        if (k) this.ejected.add(`${o.name}\u0000${k}`);
+      }
+    }
+  }
+
+  /** The host is ejected by outlier detection in the cluster (its own service or its `|ipv6` one). */
+  hostEjected(cluster: string, address: string, port: number): boolean {
+    const k = hostKey(address, port);
+    if (!k) return false;
+    return this.ejected.has(`${cluster}\u0000${k}`) || this.ejected.has(`${cluster}|ipv6\u0000${k}`);
   }
 
   /** Envoy host stats: cx_active only (cx_total would need a per-backend total the kernel does not keep). */
@@ -84,7 +113,7 @@ export class ClusterStatsView {
     const services = this.servicesOf(cluster);
     if (!services.length) return [];
     const sum = (f: (s: KernelStats['services'][number]) => number) => services.reduce((n, s) => n + f(s), 0);
-    return [
+    const out: EnvoyStat[] = [
       ...CLUSTER_COUNTERS.map((c): EnvoyStat => ({
         name: c.name,
         value: sum((s) => c.reasons.reduce((n, r) => n + num(s.counters[r]), 0)),
@@ -92,6 +121,23 @@ export class ClusterStatsView {
       })),
       { name: 'upstream_cx_active', value: sum((s) => s.activeConnections), type: 'GAUGE' },
     ];
+    const od = [this.outliers.get(cluster), this.outliers.get(`${cluster}|ipv6`)].filter(
+      (o): o is Outlier => o !== undefined,
+    );
+    if (od.length) {
+      out.push({
+        name: 'outlier_detection.ejections_active',
+        value: od.reduce((n, o) => n + o.active, 0),
+        type: 'GAUGE',
+      });
+      for (const c of Object.keys(od[0]!.counters))
+        out.push({
+          name: `outlier_detection.${c}`,
+          value: od.reduce((n, o) => n + num(o.counters[c]), 0),
+          type: 'COUNTER',
+        });
+    }
+    return out;
   }
 }
 
@@ -142,10 +188,12 @@ export function clusterMetrics(clusters: string[], view: ClusterStatsView): stri
   const series = new Map<string, { type: string; help: string; lines: string[] }>();
   const helpOf = (name: string) =>
     CLUSTER_COUNTERS.find((c) => c.name === name)?.help ??
-    'Connections of the cluster open now (established, counted by sockops)';
+    (name.startsWith('outlier_detection.')
+      ? `Envoy's ${name}: outlier detection as the kernel decided it`
+      : 'Connections of the cluster open now (established, counted by sockops)');
   for (const cluster of clusters) {
     for (const s of view.cluster(cluster)) {
-      const base = `envoy_cluster_${s.name}`;
+      const base = `envoy_cluster_${s.name.replace(/\./g, '_')}`;
       const metric = s.type === 'COUNTER' && !base.endsWith('_total') ? `${base}_total` : base;
       const entry = series.get(metric) ?? {
         type: s.type === 'COUNTER' ? 'counter' : 'gauge',

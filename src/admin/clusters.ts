@@ -10,7 +10,7 @@ const obj = (v: JsonValue | undefined): JsonObject => maybeObj(v) ?? {};
 const str = (v: JsonValue | undefined): string => maybeStr(v) ?? '';
 const uint = (v: JsonValue | undefined, dflt: number): number => num(v) ?? dflt;
 
-function hostsOf(cla: JsonObject, stats?: ClusterStatsView): JsonObject[] {
+function hostsOf(cla: JsonObject, stats?: ClusterStatsView, clusterName?: string): JsonObject[] {
   const hosts: JsonObject[] = [];
   for (const group of arr(cla.endpoints)) {
     const g = obj(group);
@@ -30,6 +30,10 @@ function hostsOf(cla: JsonObject, stats?: ClusterStatsView): JsonObject[] {
             : [],
         health_status: {
           eds_health_status: typeof e.health_status === 'string' ? e.health_status : 'UNKNOWN',
+          ...(clusterName &&
+          stats?.hostEjected(clusterName, str(sock.address), uint(sock.port_value, 0))
+            ? { failed_outlier_check: true }
+            : {}),
         },
         weight: uint(e.load_balancing_weight, 1),
         priority,
@@ -59,7 +63,7 @@ export function buildClusters(resources: XdsResource[], stats?: ClusterStatsView
       name: r.name,
       added_via_api: true,
       observability_name: str(c.alt_stat_name) || r.name,
-      host_statuses: hostsOf(cla, stats),
+      host_statuses: hostsOf(cla, stats, r.name),
     };
     if (edsName !== undefined) status.eds_service_name = edsName;
     statuses.push(status);
@@ -67,12 +71,18 @@ export function buildClusters(resources: XdsResource[], stats?: ClusterStatsView
   return { cluster_statuses: statuses };
 }
 
-/** Envoy's health_flags: "healthy", or the failure flags EDS health sets on the host. */
-function healthFlags(eds: string): string {
-  if (eds === 'UNHEALTHY' || eds === 'TIMEOUT') return '/failed_eds_health';
-  if (eds === 'DEGRADED') return '/degraded_eds_health';
-  if (eds === 'DRAINING') return '/eds_status_draining';
-  return 'healthy';
+/**
+ * Envoy's health_flags: "healthy", or the flags set on the host in Envoy's order (HealthFlag's):
+ * /failed_outlier_check for a host outlier detection ejected, then EDS health.
+ */
+function healthFlags(status: JsonObject): string {
+  const eds = str(status.eds_health_status);
+  let flags = '';
+  if (status.failed_outlier_check === true) flags += '/failed_outlier_check';
+  if (eds === 'UNHEALTHY' || eds === 'TIMEOUT') flags += '/failed_eds_health';
+  if (eds === 'DEGRADED') flags += '/degraded_eds_health';
+  if (eds === 'DRAINING') flags += '/eds_status_draining';
+  return flags || 'healthy';
 }
 
 /**
@@ -99,7 +109,7 @@ export function clustersText(clusters: JsonObject, stats?: ClusterStatsView): st
         lines.push(`${name}::${hp}::${str(obj(s).name)}::${str(obj(s).value)}`);
       lines.push(`${name}::${hp}::hostname::${str(host.hostname)}`);
       lines.push(
-        `${name}::${hp}::health_flags::${healthFlags(str(obj(host.health_status).eds_health_status))}`,
+        `${name}::${hp}::health_flags::${healthFlags(obj(host.health_status))}`,
       );
       lines.push(`${name}::${hp}::weight::${uint(host.weight, 1)}`);
       lines.push(`${name}::${hp}::region::${str(locality.region)}`);

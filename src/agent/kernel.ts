@@ -303,6 +303,12 @@ export class AgentKernel implements Kernel {
         ...splitBackendKey(key),
         activeConnections,
       })),
+      outlier: this.dataplane.outlier().map((o) => ({
+        name: o.service,
+        active: o.active,
+        counters: o.counters,
+        ejected: o.hosts.filter((h) => h.ejected).map((h) => ({ address: h.address, port: h.port })),
+      })),
     };
   }
 

@@ -1,6 +1,12 @@
 // CDS: what kind of service a cluster is, its load-balancing policy, its connection cap, and which
 // transport each endpoint would get (the kernel forwards plaintext only).
-import type { LbPolicy, ServiceKind } from '../dataplane/model.js';
+import {
+  OUTLIER_DEFAULTS,
+  type CloseConnections,
+  type LbPolicy,
+  type OutlierDetection,
+  type ServiceKind,
+} from '../dataplane/model.js';
 import { anyType, bool, durationMs, num, obj, objs, str } from '../xds/read-json.js';
 import { edsServiceName } from '../xds/resource-types/index.js';
 import type { HeldResources } from '../xds/state.js';
@@ -42,6 +48,15 @@ export interface ParsedCluster {
   transportMatches: TransportMatch[];
   /** common_lb_config.locality_weighted_lb_config: localities' weights apply. */
   localityWeighted: boolean;
+  /** outlier_detection, as the kernel applies it. */
+  outlierDetection?: OutlierDetection;
+  /** connect_timeout (outlier detection's connect timeouts). */
+  connectTimeoutMs?: number;
+  /** common_lb_config.healthy_panic_threshold, truncated to 1% as Envoy does. */
+  panicThreshold?: number;
+  /** common_lb_config.zone_aware_lb_config.fail_traffic_on_panic */
+  failTrafficOnPanic?: boolean;
+  closeConnections?: CloseConnections;
 }
 
 const LB_POLICIES: Readonly<Record<string, LbPolicy>> = {
@@ -146,9 +161,13 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
   };
   if (maxConnections !== undefined) parsed.maxConnections = maxConnections;
   if (activeRequestBias !== undefined) parsed.activeRequestBias = activeRequestBias;
-  for (const field of Object.keys(obj(c.common_lb_config) ?? {})) {
-    if (field !== 'locality_weighted_lb_config') res.notEnforced(`common_lb_config.${field}`);
-  }
+  readCommonLbConfig(obj(c.common_lb_config), parsed, res);
+  const od = obj(c.outlier_detection);
+  if (od) parsed.outlierDetection = readOutlierDetection(od, res);
+  const timeout = durationMs(c.connect_timeout);
+  if (timeout !== undefined) parsed.connectTimeoutMs = timeout;
+  if (bool(c.close_connections_on_host_health_failure) === true)
+    parsed.closeConnections = { ...parsed.closeConnections, onHostHealthFailure: true };
 
   if (type === 'EDS') {
     parsed.edsName = edsServiceName(c) ?? name;
@@ -252,6 +271,141 @@ function readLeastRequest(
         res.notEnforced(at);
     }
   }
+  return out;
+}
+
+/** A Percent message ({value: double}) as a whole percent, truncated as Envoy does; undefined if absent. */
+function percent(v: JsonValue | undefined): number | undefined {
+  const p = num(obj(v)?.value ?? v);
+  return p === undefined ? undefined : Math.floor(p);
+}
+
+/** common_lb_config: panic threshold, locality weighting, zone-aware routing, connection draining. */
+function readCommonLbConfig(cfg: JsonObject | undefined, parsed: ParsedCluster, res: ResourceFindings): void {
+  if (!cfg) return;
+  for (const [field, v] of Object.entries(cfg)) {
+    const at = `common_lb_config.${field}`;
+    switch (field) {
+      case 'healthy_panic_threshold': {
+        const p = percent(v) ?? 0;
+        if (p < 0 || p > 100) res.refuse(at, `${p}% is not a percentage`);
+        else parsed.panicThreshold = p;
+        break;
+      }
+      case 'locality_weighted_lb_config':
+        break; // read by analyseCluster
+      case 'zone_aware_lb_config': {
+        const z = obj(v) ?? {};
+        // zone-aware routing weighs this node's zone by the share the originating service (Envoy's
+        // local_cluster_name) has there; one agent serves pods of many services, so there is none
+        const routing = percent(z.routing_enabled);
+        if ((routing !== undefined && routing > 0) || z.min_cluster_size !== undefined)
+          res.refuse(
+            `${at}${routing !== undefined && routing > 0 ? '.routing_enabled' : '.min_cluster_size'}`,
+            'zone-aware routing splits traffic by the share of the originating service (local_cluster) in each zone; a node agent serving many services has no local cluster — use locality failover (priorities) or locality_weighted_lb_config, or set routing_enabled to 0',
+          );
+        if (bool(z.fail_traffic_on_panic) === true) parsed.failTrafficOnPanic = true;
+        break;
+      }
+      case 'close_connections_on_host_set_change':
+        if (bool(v) === true) parsed.closeConnections = { ...parsed.closeConnections, onHostSetChange: true };
+        break;
+      case 'ignore_new_hosts_until_first_hc':
+        break; // no active health checks: nothing to wait for
+      default:
+        // update_merge_window, consistent_hashing_lb_config, override_host_status and anything newer
+        res.notEnforced(at);
+    }
+  }
+}
+
+/** A UInt32Value percentage (0..100), refused with its path when out of range. */
+function percentage(
+  o: JsonObject,
+  field: string,
+  dflt: number,
+  res: ResourceFindings,
+): number {
+  const v = num(o[field]);
+  if (v === undefined) return dflt;
+  if (!Number.isInteger(v) || v < 0 || v > 100) {
+    res.refuse(`outlier_detection.${field}`, `${v} is not a percentage`);
+    return dflt;
+  }
+  return v;
+}
+
+/**
+ * outlier_detection for L4, as Envoy's detector treats a TCP proxy's connects: a failed or timed-out
+ * connect is a gateway error (503/504) for consecutive_5xx and consecutive_gateway_failure, or a
+ * local-origin failure with split_external_local_origin_errors; an established one a success. The
+ * kernel runs the consecutive-failure detector; success-rate and failure-percentage statistics are
+ * not computed (listed as not enforced when Envoy would run them).
+ */
+function readOutlierDetection(o: JsonObject, res: ResourceFindings): OutlierDetection {
+  const d = OUTLIER_DEFAULTS;
+  const count = (field: string, dflt: number): number => {
+    const v = num(o[field]);
+    return v === undefined || !Number.isInteger(v) || v < 0 ? dflt : Math.min(v, 0xffffffff);
+  };
+  const ms = (field: string, dflt: number): number => {
+    const v = durationMs(o[field]);
+    if (v === undefined) return dflt;
+    if (v <= 0 && field !== 'max_ejection_time_jitter') {
+      res.refuse(`outlier_detection.${field}`, `${String(o[field])} is not a positive duration`);
+      return dflt;
+    }
+    return Math.min(v, 0xffffffff);
+  };
+  const base = ms('base_ejection_time', d.baseEjectionTimeMs);
+  const out: OutlierDetection = {
+    consecutive5xx: count('consecutive_5xx', d.consecutive5xx),
+    consecutiveGatewayFailure: count('consecutive_gateway_failure', d.consecutiveGatewayFailure),
+    consecutiveLocalOriginFailure: count('consecutive_local_origin_failure', d.consecutiveLocalOriginFailure),
+    enforcingConsecutive5xx: percentage(o, 'enforcing_consecutive_5xx', d.enforcingConsecutive5xx, res),
+    enforcingConsecutiveGatewayFailure: percentage(
+      o,
+      'enforcing_consecutive_gateway_failure',
+      d.enforcingConsecutiveGatewayFailure,
+      res,
+    ),
+    enforcingConsecutiveLocalOriginFailure: percentage(
+      o,
+      'enforcing_consecutive_local_origin_failure',
+      d.enforcingConsecutiveLocalOriginFailure,
+      res,
+    ),
+    splitExternalLocalOriginErrors: bool(o.split_external_local_origin_errors) === true,
+    intervalMs: ms('interval', d.intervalMs),
+    baseEjectionTimeMs: base,
+    // Envoy's default is the larger of 300 s and base_ejection_time
+    maxEjectionTimeMs: ms('max_ejection_time', Math.max(d.maxEjectionTimeMs, base)),
+    maxEjectionTimeJitterMs: ms('max_ejection_time_jitter', d.maxEjectionTimeJitterMs),
+    maxEjectionPercent: percentage(o, 'max_ejection_percent', d.maxEjectionPercent, res),
+    alwaysEjectOneHost: bool(o.always_eject_one_host) === true,
+  };
+  if (out.maxEjectionTimeMs < out.baseEjectionTimeMs)
+    res.refuse(
+      'outlier_detection.max_ejection_time',
+      "max_ejection_time cannot be smaller than base_ejection_time (Envoy refuses the cluster too)",
+    );
+  // the statistical detectors: Envoy runs success rate unless enforcing_success_rate is 0 (its
+  // default is 100; istiod sets 0), failure percentage only when enforcing_failure_percentage > 0
+  const successRate = percentage(o, 'enforcing_success_rate', 100, res);
+  const localSuccessRate = out.splitExternalLocalOriginErrors
+    ? percentage(o, 'enforcing_local_origin_success_rate', 100, res)
+    : 0;
+  if (successRate > 0 || localSuccessRate > 0) {
+    res.notEnforced(
+      `outlier_detection.${successRate > 0 ? 'enforcing_success_rate' : 'enforcing_local_origin_success_rate'}`,
+    );
+    res.note(
+      'outlier_detection: success-rate ejection (Envoy runs it unless enforcing_success_rate is 0) is not computed by the kernel; consecutive failures are',
+    );
+  }
+  for (const f of ['enforcing_failure_percentage', 'enforcing_failure_percentage_local_origin'])
+    if (percentage(o, f, 0, res) > 0) res.notEnforced(`outlier_detection.${f}`);
+  for (const f of ['monitors']) if (o[f] !== undefined) res.notEnforced(`outlier_detection.${f}`);
   return out;
 }
 

@@ -18,7 +18,11 @@ export interface ParsedEndpoint {
   priority: number;
   health: EndpointHealth;
   locality?: Locality;
-  localityWeight?: number;
+  /**
+   * The locality's load_balancing_weight for locality-weighted clusters: Envoy records it only for a
+   * group that has a locality (an empty one counts), and a group without one gets no load (0).
+   */
+  localityWeight: number;
   /** Key of the locality group (priority + locality), for locality weighting. */
   group: string;
   /** `envoy.transport_socket_match` metadata of the endpoint, which picks its transport socket. */
@@ -33,6 +37,8 @@ export interface ParsedAssignment {
   endpoints: ParsedEndpoint[];
   /** Endpoints skipped because no connect() can reach them (unix sockets). */
   skipped: string[];
+  /** policy.overprovisioning_factor, when set. */
+  overprovisioningFactor?: number;
 }
 
 const HEALTH: Readonly<Record<string, EndpointHealth>> = {
@@ -58,11 +64,12 @@ export function analyseAssignment(
   const at = (p: string) => (base ? `${base}.${p}` : p);
   checkFields(cla, base, CLA_FIELDS, res);
   const out: ParsedAssignment = { endpoints: [], skipped: [] };
+  readPolicy(obj(cla.policy), at('policy'), out, res);
   objs(cla.endpoints).forEach((group, gi) => {
     const gpath = at(`endpoints[${gi}]`);
     const priority = num(group.priority) ?? 0;
     const locality = readLocality(obj(group.locality));
-    const localityWeight = num(group.load_balancing_weight);
+    const localityWeight = group.locality !== undefined ? (num(group.load_balancing_weight) ?? 0) : 0;
     const key = `${priority}/${locality?.region ?? ''}/${locality?.zone ?? ''}/${locality?.subZone ?? ''}`;
     if (group.leds_cluster_locality_config !== undefined) {
       res.refuse(`${gpath}.leds_cluster_locality_config`, 'LEDS endpoint discovery is not supported');
@@ -92,11 +99,7 @@ export function analyseAssignment(
       const address = obj(ep.address);
       const internal = obj(address?.envoy_internal_address);
       const common = { weight, priority, health, group: key, tlsMatch, path: epath };
-      const withLocality = {
-        ...common,
-        ...(locality ? { locality } : {}),
-        ...(localityWeight !== undefined ? { localityWeight } : {}),
-      };
+      const withLocality = { ...common, localityWeight, ...(locality ? { locality } : {}) };
       if (internal) {
         // HBONE: the endpoint is reached through Envoy's internal listener, which tunnels in mTLS.
         const endpointId = str(internal.endpoint_id) ?? '';
@@ -130,6 +133,37 @@ export function analyseAssignment(
     });
   });
   return out;
+}
+
+/**
+ * ClusterLoadAssignment.policy: the overprovisioning factor feeds Envoy's priority and locality
+ * health; what would drop traffic or weigh health differently is refused, never ignored.
+ */
+function readPolicy(p: JsonObject | undefined, path: string, out: ParsedAssignment, res: ResourceFindings): void {
+  if (!p) return;
+  for (const [field, v] of Object.entries(p)) {
+    const at = `${path}.${field}`;
+    switch (field) {
+      case 'overprovisioning_factor': {
+        const f = num(v);
+        if (f === undefined || !Number.isInteger(f) || f < 1 || f > 65535)
+          res.refuse(at, `${String(f)} is not a factor in 1..65535 (percent)`);
+        else out.overprovisioningFactor = f;
+        break;
+      }
+      case 'weighted_priority_health':
+        if (v === true)
+          res.refuse(at, "the kernel computes a priority's health from host counts, not weights");
+        break;
+      case 'drop_overloads':
+        if (Array.isArray(v) && v.length > 0)
+          res.refuse(at, 'dropping a share of connections on purpose is not done by the kernel');
+        break;
+      default:
+        // endpoint_stale_after and anything newer
+        res.notEnforced(at);
+    }
+  }
 }
 
 function readLocality(l: JsonObject | undefined): Locality | undefined {

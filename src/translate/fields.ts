@@ -52,12 +52,21 @@ export const CLUSTER_FIELDS: FieldTable = {
     name: 'envoy.transport_sockets.raw_buffer',
   }),
   transport_socket_matches: acc('per-endpoint choice; plaintext match accepted, mTLS refused', []),
-  common_lb_config: acc('locality_weighted_lb_config weights localities; the rest not enforced', {}),
+  common_lb_config: acc(
+    'healthy_panic_threshold, locality_weighted_lb_config, fail_traffic_on_panic and close_connections_on_host_set_change enforced; zone-aware routing refused (see Priorities, localities and panic)',
+    {},
+  ),
   dns_lookup_family: acc('which families of resolved addresses are kept', 'V4_ONLY'),
   dns_refresh_rate: acc('how often the agent re-resolves', '10s'),
   respect_dns_ttl: ne('the agent re-resolves on dns_refresh_rate; record TTLs are not read', true),
-  connect_timeout: ne('the kernel does not time connects out', '10s'),
-  outlier_detection: ne('no passive ejection in the kernel', { consecutive_5xx: 5 }),
+  connect_timeout: ne(
+    'the kernel does not cut a connect; outlier detection counts one unanswered this long as a failure',
+    '10s',
+  ),
+  outlier_detection: acc('consecutive-failure ejection in the kernel (see Outlier detection)', {
+    consecutive_5xx: 5,
+    enforcing_success_rate: 0,
+  }),
   health_checks: ne('no active health checking; EDS health is honoured', [{ timeout: '1s' }]),
   upstream_connection_options: ne('TCP keepalive is the application socket’s', { tcp_keepalive: {} }),
   typed_extension_protocol_options: ne('HTTP protocol options: no HTTP in the kernel', {}),
@@ -74,7 +83,10 @@ export const CLUSTER_FIELDS: FieldTable = {
   ring_hash_lb_config: ne('the kernel uses a fixed-size Maglev table', { minimum_ring_size: 1024 }),
   maglev_lb_config: ne('the kernel uses a fixed-size Maglev table', { table_size: 65537 }),
   upstream_bind_config: ne('the source address is the application’s', {}),
-  close_connections_on_host_health_failure: ne('existing connections are left alone', true),
+  close_connections_on_host_health_failure: acc(
+    'a host turning unhealthy (EDS or ejected) has its connections closed (see Connections to removed endpoints)',
+    true,
+  ),
   ignore_health_on_host_removal: ne('removed endpoints are removed', true),
   track_cluster_stats: ign('stats', {}),
   alt_stat_name: ign('stats', 'x'),
@@ -96,7 +108,9 @@ export const CLUSTER_FIELDS: FieldTable = {
 export const CLA_FIELDS: FieldTable = {
   cluster_name: acc('which cluster', 'x'),
   endpoints: acc('localities, priorities, weights, health', []),
-  policy: ne('overprovisioning and drop overloads are proxy policies', { overprovisioning_factor: 140 }),
+  policy: acc('overprovisioning_factor enforced; weighted_priority_health and drop_overloads refused', {
+    overprovisioning_factor: 140,
+  }),
   named_endpoints: ref('named endpoints are not resolvable here', {}),
 };
 

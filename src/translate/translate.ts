@@ -1,7 +1,16 @@
 // translate(): accepted xDS resources of every type (+ waypoints, + resolved DNS names) in, the
 // desired kernel model and everything an operator needs to know about it out. Pure: no I/O, no clock.
 import { isIP } from 'node:net';
-import type { DesiredState, Endpoint, Frontend, LbPolicy, Service, Waypoint } from '../dataplane/model.js';
+import {
+  DEFAULT_OVERPROVISIONING,
+  type DesiredState,
+  type Endpoint,
+  type Frontend,
+  type LbPolicy,
+  type Service,
+  type Waypoint,
+} from '../dataplane/model.js';
+import { localityShares } from '../dataplane/plan.js';
 import { canonicalAddress } from '../net/address.js';
 import { TYPE, resourceKey, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
 import { analysed } from './analysis.js';
@@ -30,8 +39,10 @@ interface ClusterState {
   view: ClusterView;
   /** Set when the cluster cannot be programmed (yet): waiting for EDS/DNS, or refused on its endpoints. */
   pending?: string;
-  /** Kernel endpoints, weights already adjusted for locality weighting. */
+  /** Kernel endpoints with their own weights (the dataplane weighs localities, plan.ts). */
   endpoints: Endpoint[];
+  /** The ClusterLoadAssignment's policy.overprovisioning_factor, when set. */
+  overprovisioningFactor?: number;
 }
 
 interface FrontendEntry {
@@ -235,10 +246,13 @@ function buildCluster(
       return state;
     }
     eps = a.parsed.endpoints;
+    if (a.parsed.overprovisioningFactor !== undefined)
+      state.overprovisioningFactor = a.parsed.overprovisioningFactor;
     for (const s of a.parsed.skipped) claRes.note(`${s}: not reachable by a connect() rewrite, skipped`);
   } else if (parsed.loadAssignment) {
     const a = analyseAssignment(parsed.loadAssignment, res, 'load_assignment', parsed.dns !== undefined);
     eps = a.endpoints;
+    if (a.overprovisioningFactor !== undefined) state.overprovisioningFactor = a.overprovisioningFactor;
     for (const s of a.skipped) res.note(`${s}: not reachable by a connect() rewrite, skipped`);
   }
 
@@ -247,8 +261,7 @@ function buildCluster(
   checkEndpoints(parsed, eps, res);
 
   view.endpoints = eps.flatMap((e) => toKernelEndpoints(e, e.weight));
-  const weights = kernelWeights(parsed, eps);
-  state.endpoints = eps.flatMap((e, i) => toKernelEndpoints(e, weights[i] ?? e.weight));
+  state.endpoints = eps.flatMap((e) => toKernelEndpoints(e, e.weight));
   return state;
 }
 
@@ -296,15 +309,6 @@ function familyAllowed(family: DnsQuery['family'], address: string): boolean {
   return f !== 0;
 }
 
-/** Locality weighting: each locality gets its weight's share of its priority, split by endpoint weight. */
-function kernelWeights(c: ParsedCluster, all: ParsedEndpoint[]): number[] {
-  if (!c.localityWeighted) return all.map((e) => e.weight);
-  const totals = sumBy(all, (e) => e.group);
-  return all.map((e) =>
-    Math.max(1, Math.round(((e.localityWeight ?? 1) * e.weight * SHARE_SCALE) / (totals.get(e.group) ?? 1))),
-  );
-}
-
 function sumBy<T extends { weight: number }>(
   items: T[],
   key: (x: T) => string | number,
@@ -320,6 +324,7 @@ function toKernelEndpoints(e: ParsedEndpoint, weight: number): Endpoint[] {
     priority: e.priority,
     health: e.health,
     ...(e.locality ? { locality: e.locality } : {}),
+    ...(e.localityWeight > 0 ? { localityWeight: e.localityWeight } : {}),
   };
   return [{ address: e.address, port: e.port }, ...e.additional].map((a) => ({ ...a, ...base }));
 }
@@ -657,6 +662,7 @@ function serviceFor(
     };
     if (only.parsed.maxConnections !== undefined) s.maxConnections = only.parsed.maxConnections;
     if (only.parsed.activeRequestBias !== undefined) s.activeRequestBias = only.parsed.activeRequestBias;
+    if (only.parsed.kind === 'endpoints') Object.assign(s, loadBalancing(only));
     return s;
   }
   if (states.some((s) => s.parsed.kind !== 'endpoints')) {
@@ -672,21 +678,81 @@ function serviceFor(
     const c = states[i];
     if (!c) return;
     if (heaviest && m.weight > heaviest.weight) heaviest = m;
-    const mine = c.endpoints.filter((x) => isIP(x.address) === family);
+    const mine = memberWeights(
+      c,
+      c.endpoints.filter((x) => isIP(x.address) === family),
+    );
     const totals = sumBy(mine, (x) => x.priority);
     for (const ep of mine) {
       const total = totals.get(ep.priority) ?? 1;
+      const { localityWeight: _, ...plain } = ep;
       endpoints.push({
-        ...ep,
+        ...plain,
         weight: Math.max(1, Math.round((m.weight * ep.weight * SHARE_SCALE) / total)),
       });
     }
   });
-  const policyOf = clusters.get(heaviest?.cluster ?? '')?.parsed;
+  const heaviestState = clusters.get(heaviest?.cluster ?? '');
+  const policyOf = heaviestState?.parsed;
   const lbPolicy: LbPolicy = policyOf?.lbPolicy ?? 'round_robin';
   const s: Service = { name, kind: 'endpoints', lbPolicy, endpoints };
   if (policyOf?.activeRequestBias !== undefined) s.activeRequestBias = policyOf.activeRequestBias;
+  // the heaviest member's settings, as for the policy; its locality weights are already in the weights
+  if (heaviestState) {
+    const { localityWeighted: _, ...rest } = loadBalancing(heaviestState);
+    Object.assign(s, rest);
+  }
   return s;
+}
+
+/** A cluster's load-balancing settings beyond the policy, as the kernel service carries them. */
+function loadBalancing(c: ClusterState): Partial<Service> {
+  const p = c.parsed;
+  const out: Partial<Service> = {};
+  if (c.overprovisioningFactor !== undefined) out.overprovisioningFactor = c.overprovisioningFactor;
+  if (p.panicThreshold !== undefined) out.panicThreshold = p.panicThreshold;
+  if (p.failTrafficOnPanic) out.failTrafficOnPanic = true;
+  if (p.localityWeighted) out.localityWeighted = true;
+  if (p.outlierDetection) out.outlierDetection = p.outlierDetection;
+  if (p.connectTimeoutMs !== undefined) out.connectTimeoutMs = p.connectTimeoutMs;
+  if (p.closeConnections) out.closeConnections = p.closeConnections;
+  return out;
+}
+
+/**
+ * A weighted-cluster member's endpoints with its locality weighting folded into their weights
+ * (Envoy's shares for its EDS health at this moment; plan.ts's localityShares), since the
+ * synthetic service mixes members with different localities.
+ */
+function memberWeights(c: ClusterState, eps: Endpoint[]): Endpoint[] {
+  if (!c.parsed.localityWeighted) return eps;
+  const overprovisioning = c.overprovisioningFactor ?? DEFAULT_OVERPROVISIONING;
+  const out: Endpoint[] = [];
+  for (const priority of new Set(eps.map((e) => e.priority))) {
+    const mine = eps.filter((e) => e.priority === priority && e.health !== 'draining');
+    const key = (e: Endpoint): string => `${e.address}|${e.port}`;
+    const shares = localityShares(
+      mine.map((e) => ({
+        key: key(e),
+        weight: e.weight,
+        healthy: e.health === 'healthy' || e.health === 'unknown',
+        locality: `${e.locality?.region ?? ''}/${e.locality?.zone ?? ''}/${e.locality?.subZone ?? ''}`,
+        localityWeight: e.localityWeight ?? 0,
+      })),
+      overprovisioning,
+    );
+    if (!shares) {
+      out.push(...mine);
+      continue;
+    }
+    // scaled so the smallest share stays a whole weight
+    const scale = 1_000_000 / Math.max(...shares.values());
+    for (const e of mine) {
+      const share = shares.get(key(e));
+      if (share) out.push({ ...e, weight: Math.max(1, Math.round(share * scale)) });
+    }
+  }
+  return out;
 }
 
 /** Addresses compared as the kernel keys them: a previous state rebuilt from the maps spells IPv6 canonically. */
