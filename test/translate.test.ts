@@ -430,8 +430,7 @@ void describe('translate', () => {
     );
     // zone a gets 3/4 of connections split over three endpoints, zone b 1/4 on one
     const slots = planService(s).slots.filter((x) => x.priority === 0);
-    const share = (a: string): number =>
-      slots.filter((x) => x.backend === `${a}|1`).length / slots.length;
+    const share = (a: string): number => slots.filter((x) => x.backend === `${a}|1`).length / slots.length;
     assert.deepEqual(
       ['127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.9'].map(share),
       [0.25, 0.25, 0.25, 0.25],

@@ -30,8 +30,7 @@ function hostsOf(cla: JsonObject, stats?: ClusterStatsView, clusterName?: string
             : [],
         health_status: {
           eds_health_status: typeof e.health_status === 'string' ? e.health_status : 'UNKNOWN',
-          ...(clusterName &&
-          stats?.hostEjected(clusterName, str(sock.address), uint(sock.port_value, 0))
+          ...(clusterName && stats?.hostEjected(clusterName, str(sock.address), uint(sock.port_value, 0))
             ? { failed_outlier_check: true }
             : {}),
         },
@@ -108,9 +107,7 @@ export function clustersText(clusters: JsonObject, stats?: ClusterStatsView): st
       for (const s of arr(host.stats))
         lines.push(`${name}::${hp}::${str(obj(s).name)}::${str(obj(s).value)}`);
       lines.push(`${name}::${hp}::hostname::${str(host.hostname)}`);
-      lines.push(
-        `${name}::${hp}::health_flags::${healthFlags(obj(host.health_status))}`,
-      );
+      lines.push(`${name}::${hp}::health_flags::${healthFlags(obj(host.health_status))}`);
       lines.push(`${name}::${hp}::weight::${uint(host.weight, 1)}`);
       lines.push(`${name}::${hp}::region::${str(locality.region)}`);
       lines.push(`${name}::${hp}::zone::${str(locality.zone)}`);

@@ -320,12 +320,7 @@ function readCommonLbConfig(cfg: JsonObject | undefined, parsed: ParsedCluster, 
 }
 
 /** A UInt32Value percentage (0..100), refused with its path when out of range. */
-function percentage(
-  o: JsonObject,
-  field: string,
-  dflt: number,
-  res: ResourceFindings,
-): number {
+function percentage(o: JsonObject, field: string, dflt: number, res: ResourceFindings): number {
   const v = num(o[field]);
   if (v === undefined) return dflt;
   if (!Number.isInteger(v) || v < 0 || v > 100) {
@@ -352,7 +347,7 @@ function readOutlierDetection(o: JsonObject, res: ResourceFindings): OutlierDete
     const v = durationMs(o[field]);
     if (v === undefined) return dflt;
     if (v <= 0 && field !== 'max_ejection_time_jitter') {
-      res.refuse(`outlier_detection.${field}`, `${String(o[field])} is not a positive duration`);
+      res.refuse(`outlier_detection.${field}`, `${JSON.stringify(o[field])} is not a positive duration`);
       return dflt;
     }
     return Math.min(v, 0xffffffff);
@@ -387,7 +382,7 @@ function readOutlierDetection(o: JsonObject, res: ResourceFindings): OutlierDete
   if (out.maxEjectionTimeMs < out.baseEjectionTimeMs)
     res.refuse(
       'outlier_detection.max_ejection_time',
-      "max_ejection_time cannot be smaller than base_ejection_time (Envoy refuses the cluster too)",
+      'max_ejection_time cannot be smaller than base_ejection_time (Envoy refuses the cluster too)',
     );
   // the statistical detectors: Envoy runs success rate unless enforcing_success_rate is 0 (its
   // default is 100; istiod sets 0), failure percentage only when enforcing_failure_percentage > 0

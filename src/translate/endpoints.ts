@@ -139,7 +139,12 @@ export function analyseAssignment(
  * ClusterLoadAssignment.policy: the overprovisioning factor feeds Envoy's priority and locality
  * health; what would drop traffic or weigh health differently is refused, never ignored.
  */
-function readPolicy(p: JsonObject | undefined, path: string, out: ParsedAssignment, res: ResourceFindings): void {
+function readPolicy(
+  p: JsonObject | undefined,
+  path: string,
+  out: ParsedAssignment,
+  res: ResourceFindings,
+): void {
   if (!p) return;
   for (const [field, v] of Object.entries(p)) {
     const at = `${path}.${field}`;
