@@ -1,7 +1,7 @@
 // issue 3 and 10: how connections spread. Every bound comes from the algorithm under the test's own
 // conditions (for least_request: how many connections each backend holds when each connect is made,
 // read from the kernel's own counts) and is computed exactly (test/support/stats.ts) so that a
-// correct policy fails a row with probability at most 1e-7 (PER_CHECK; at most 1e-6 for a run of the
+// correct policy fails a row with probability at most 5e-8 (PER_CHECK; at most 1e-6 for a run of the
 // whole suite); each row prints its rate. bpf_get_prandom_u32's modulo skews a draw by under 2^-32.
 // A broken policy is far outside the bounds (critical values 28-33): one backend taking all 3000
 // connects scores 6000; weights ignored (1000/1000 where 500/1500 is due) scores 667; the bias rows
