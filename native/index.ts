@@ -109,6 +109,7 @@ interface NativeProgramHandle {
   detachSockmap(map: NativeMapHandle): void;
   attachNetns(netnsPath: string, pinPath?: string): NativeLinkHandle;
   runIterator(netnsPath?: string): number;
+  iterate(): Buffer;
   stats(): { runTimeNs: bigint; runCount: bigint };
 }
 interface NativeObjectHandle {
@@ -407,6 +408,13 @@ export class BpfProgram {
    */
   runIterator(opts: { netnsPath?: string } = {}): number {
     return this.handle.runIterator(opts.netnsPath);
+  }
+  /**
+   * Runs an iterator program (SEC("iter/tcp") and the like) once over its whole set, through a
+   * bpf_iter link made and closed for the run, and returns what it wrote with bpf_seq_write.
+   */
+  iterate(): Buffer {
+    return this.handle.iterate();
   }
   /** Cumulative run time and count; they only grow while stats are enabled (enableStats()). */
   stats(): { runTimeNs: bigint; runCount: bigint } {

@@ -518,6 +518,38 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
     return env.Undefined();
   }
 
+  // iterate(): runs an iterator program (SEC("iter/...")) once over its whole set and returns what
+  // it wrote (bpf_seq_write/printf): a link for the run, an iterator fd read to its end, both closed.
+  Napi::Value Iterate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Fd(env, "bpf_program__attach_iter");
+    bpf_link* link = bpf_program__attach_iter(prog_, nullptr);
+    if (!link) throw BpfError(env, errno, "bpf_program__attach_iter", ProgramSubject(name_));
+    int fd = bpf_iter_create(bpf_link__fd(link));
+    if (fd < 0) {
+      int err = errno;
+      bpf_link__destroy(link);
+      throw BpfError(env, err, "bpf_iter_create", ProgramSubject(name_));
+    }
+    std::string out;
+    char buf[65536];
+    for (;;) {
+      ssize_t n = read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int err = errno;
+        close(fd);
+        bpf_link__destroy(link);
+        throw BpfError(env, err, "read", ProgramSubject(name_), "iterator");
+      }
+      if (n == 0) break;
+      out.append(buf, n);
+    }
+    close(fd);
+    bpf_link__destroy(link);
+    return Napi::Buffer<char>::Copy(env, out.data(), out.size());
+  }
+
   bool Info(Napi::Env env, bpf_prog_info* pi) {
     memset(pi, 0, sizeof *pi);
     __u32 len = sizeof *pi;
@@ -575,6 +607,7 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
                         InstanceMethod<&NativeProgram::AttachNetns>("attachNetns"),
                         InstanceMethod<&NativeProgram::RunIterator>("runIterator"),
                         InstanceMethod<&NativeProgram::DetachSockmap>("detachSockmap"),
+                        InstanceMethod<&NativeProgram::Iterate>("iterate"),
                         InstanceMethod<&NativeProgram::Stats>("stats")});
   }
 };

@@ -661,6 +661,93 @@ export const outlierCodec: Codec<OutlierState> = {
   },
 };
 
+// ---- struct km_drain, km_drained (drain.bpf.o) ----
+export interface DrainValue {
+  address: string;
+  port: number;
+  closed: bigint;
+}
+export const drainCodec: Codec<DrainValue> = {
+  struct: 'km_drain',
+  size: 32,
+  fields: fieldLayout([
+    ['address', 16],
+    ['port', 2],
+    ['family', 1],
+    ['pad', 1],
+    ['pad2', 4],
+    ['closed', 8],
+  ]),
+  encode(v) {
+    const b = Buffer.alloc(32);
+    encodeAddress(v.address).copy(b, 0);
+    b.writeUInt16BE(v.port, 16);
+    b.writeUInt8(familyOf(v.address), 18);
+    b.writeBigUInt64LE(v.closed, 24);
+    return b;
+  },
+  decode(b) {
+    checkSize('km_drain', b, 32);
+    return {
+      address: decodeAddress(b.subarray(0, 16), b[18]!),
+      port: b.readUInt16BE(16),
+      closed: b.readBigUInt64LE(24),
+    };
+  },
+};
+
+export interface DrainedSocket {
+  cookie: bigint;
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the kernel closed it. */
+  ns: bigint;
+  serviceId: number;
+  backendId: number;
+  localAddress: string;
+  localPort: number;
+  remoteAddress: string;
+  remotePort: number;
+}
+export const drainedCodec: Codec<DrainedSocket> = {
+  struct: 'km_drained',
+  size: 64,
+  fields: fieldLayout([
+    ['cookie', 8],
+    ['ns', 8],
+    ['service_id', 4],
+    ['backend_id', 4],
+    ['local_address', 16],
+    ['remote_address', 16],
+    ['local_port', 2],
+    ['remote_port', 2],
+    ['family', 1],
+    ['pad', 3],
+  ]),
+  encode() {
+    throw new Error('km_drained is written by the kernel only');
+  },
+  decode(b) {
+    checkSize('km_drained', b, 64);
+    const family = b[60] === AF.inet6 ? 6 : 4;
+    return {
+      cookie: b.readBigUInt64LE(0),
+      ns: b.readBigUInt64LE(8),
+      serviceId: b.readUInt32LE(16),
+      backendId: b.readUInt32LE(20),
+      localAddress: decodeAddress(b.subarray(24, 40), family),
+      remoteAddress: decodeAddress(b.subarray(40, 56), family),
+      localPort: b.readUInt16LE(56),
+      remotePort: b.readUInt16LE(58),
+    };
+  },
+};
+
+/** The codecs of drain.bpf.o, for the BTF layout test. */
+export const DRAIN_CODECS: readonly Codec<unknown>[] = [
+  drainCodec,
+  drainedCodec,
+  hostKeyCodec,
+] as Codec<unknown>[];
+
 /** Every routing codec, for the BTF layout test. */
 export const ROUTING_CODECS: readonly Codec<unknown>[] = [
   frontendKeyCodec,

@@ -30,6 +30,7 @@ import {
 import { DEFAULT_CAPACITY, mapSizes, ROUTE_MAPS, type Capacity, type RouteMaps } from './maps.js';
 import type { DesiredState } from './model.js';
 import { DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
+import { drainPlan, SocketCloser, stillGone, type DrainEvent, type DrainTarget } from './drain.js';
 import { RouteWriter, type ApplyResult, type ServiceCounters, type ServiceOutlier } from './writer.js';
 
 /** bpf/route.bpf.o, found from this file both under tsx (src/) and after tsc (dist/src/). */
@@ -58,6 +59,11 @@ export interface DataplaneOptions {
   capacity?: Partial<Capacity>;
   plan?: Partial<PlanOptions>;
   log?: Logger;
+  /**
+   * Node-wide drain window: connections to an endpoint EDS removed or marked DRAINING are closed by
+   * the kernel this long after, unless it is back. Undefined: they are left open.
+   */
+  drainAfterMs?: number;
 }
 
 export interface Attachment {
@@ -108,12 +114,24 @@ export class Dataplane {
   private readonly writer: RouteWriter;
   private readonly routeMaps: RouteMaps;
   private readonly attached: Attachment[] = [];
+  /** The last desired state applied: what the next apply's changes to open connections are read against. */
+  private lastDesired?: DesiredState;
+  private closer?: SocketCloser;
+  private closerError?: string;
+  private readonly drainTimers = new Set<NodeJS.Timeout>();
+  private ejectionWatch?: NodeJS.Timeout;
+  /** (service id, backend id, ejection time) of ejections whose connections were closed already. */
+  private readonly closedEjections = new Set<string>();
+  private readonly drains: DrainEvent[] = [];
+  private readonly drainedTotal = new Map<DrainTarget['why'], number>();
+  private closed = false;
 
   private constructor(
     readonly pinDir: string,
     private readonly object: BpfObject,
     planOptions: PlanOptions,
     private readonly log?: Logger,
+    private readonly drainAfterMs?: number,
   ) {
     this.routeMaps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, object.map(n)])) as unknown as RouteMaps;
     this.writer = RouteWriter.recover(this.routeMaps, planOptions);
@@ -140,7 +158,13 @@ export class Dataplane {
       throw new Error(`load ${path} with maps pinned in ${opts.pinDir}: ${message}${hint}`, { cause: e });
     }
     try {
-      return new Dataplane(opts.pinDir, object, { ...DEFAULT_PLAN_OPTIONS, ...opts.plan }, opts.log);
+      return new Dataplane(
+        opts.pinDir,
+        object,
+        { ...DEFAULT_PLAN_OPTIONS, ...opts.plan },
+        opts.log,
+        opts.drainAfterMs,
+      );
     } catch (e) {
       object.close();
       throw new Error(`recover routing state from ${opts.pinDir}: ${(e as Error).message}`, { cause: e });
@@ -236,14 +260,136 @@ export class Dataplane {
     return [...this.attached];
   }
 
-  /** Programs the maps from the desired state; applies run one at a time in call order. */
+  /**
+   * Programs the maps from the desired state; applies run one at a time in call order. Connections
+   * to hosts the change took away are closed as the cluster and the drain window say (drain.ts).
+   */
   apply(desired: DesiredState): Promise<ApplyResult> {
     return this.queue.add(() => {
+      // ids before the apply: it frees a removed backend's
+      const before = this.lastDesired ?? this.writer.live();
+      const drain = drainPlan(before, desired, this.writer, this.drainAfterMs);
+      const changedNs = process.hrtime.bigint();
       const result = this.writer.apply(desired);
+      this.lastDesired = desired;
       if (result.refused.length) this.log?.warn({ refused: result.refused }, 'routing entries refused');
       this.log?.debug({ ops: result.ops.length, syscalls: result.syscalls }, 'routing applied');
+      if (drain.now.length) this.runDrain(drain.now, changedNs);
+      if (drain.later.length && this.drainAfterMs !== undefined) this.scheduleDrain(drain.later, changedNs);
+      this.watchEjections(desired);
       return result;
     });
+  }
+
+  private scheduleDrain(targets: DrainTarget[], changedNs: bigint): void {
+    const timer = setTimeout(() => {
+      this.drainTimers.delete(timer);
+      void this.queue.add(() => {
+        if (this.closed) return;
+        const current = this.lastDesired ?? { services: [], frontends: [] };
+        const gone = targets.filter((t) => stillGone(t, current));
+        if (gone.length) this.runDrain(gone, changedNs);
+      });
+    }, this.drainAfterMs);
+    timer.unref();
+    this.drainTimers.add(timer);
+  }
+
+  /** close_connections_on_host_health_failure with outlier detection: a host the kernel ejects loses its connections. */
+  private watchEjections(desired: DesiredState): void {
+    const watched = desired.services.some(
+      (s) => s.closeConnections?.onHostHealthFailure && s.outlierDetection,
+    );
+    if (!watched) {
+      if (this.ejectionWatch) clearInterval(this.ejectionWatch);
+      this.ejectionWatch = undefined;
+      return;
+    }
+    if (this.ejectionWatch) return;
+    this.ejectionWatch = setInterval(() => {
+      void this.queue.add(() => {
+        if (this.closed) return;
+        const wanted = new Set(
+          (this.lastDesired?.services ?? [])
+            .filter((s) => s.closeConnections?.onHostHealthFailure)
+            .map((s) => s.name),
+        );
+        const targets: DrainTarget[] = [];
+        for (const o of this.writer.outlier()) {
+          if (!wanted.has(o.service)) continue;
+          for (const h of o.hosts) {
+            const backendId = this.writer.backendId(h.address, h.port);
+            const mark = `${o.id}|${backendId}|${h.ejectedNs}`;
+            if (!h.ejected || backendId === undefined || this.closedEjections.has(mark)) continue;
+            this.closedEjections.add(mark);
+            targets.push({
+              service: o.service,
+              serviceId: o.id,
+              backendId,
+              address: h.address,
+              port: h.port,
+              why: 'ejected',
+            });
+          }
+        }
+        if (targets.length) this.runDrain(targets, process.hrtime.bigint());
+      });
+    }, 1000);
+    this.ejectionWatch.unref();
+  }
+
+  private runDrain(targets: DrainTarget[], changedNs: bigint): void {
+    if (!this.closer && !this.closerError) {
+      try {
+        this.closer = SocketCloser.open(this.pinDir, this.log);
+      } catch (e) {
+        this.closerError = (e as Error).message;
+        this.log?.warn({ err: e }, 'open connections to removed or unhealthy endpoints cannot be closed');
+      }
+    }
+    if (!this.closer) return;
+    let closed: ReturnType<SocketCloser['close']> = [];
+    try {
+      closed = this.closer.close(targets);
+    } catch (e) {
+      this.log?.warn({ err: e, targets }, 'closing connections failed');
+      return;
+    }
+    const event: DrainEvent = { targets, changedNs, ranNs: process.hrtime.bigint(), closed };
+    this.drains.push(event);
+    if (this.drains.length > 100) this.drains.shift();
+    for (const c of closed) {
+      const t =
+        targets.find((x) => x.serviceId === c.serviceId && x.backendId === c.backendId) ??
+        targets.find((x) => x.serviceId === c.serviceId && x.backendId === 0);
+      const why = t?.why ?? 'removed';
+      this.drainedTotal.set(why, (this.drainedTotal.get(why) ?? 0) + 1);
+      this.log?.info(
+        {
+          service: t?.service,
+          why,
+          client: `${c.localAddress}:${c.localPort}`,
+          endpoint: `${c.remoteAddress}:${c.remotePort}`,
+          cookie: String(c.cookie),
+        },
+        'connection closed by the kernel',
+      );
+    }
+  }
+
+  /** Every run of the connection closer (the last 100): targets, when, and what the kernel closed. */
+  drainEvents(): DrainEvent[] {
+    return [...this.drains];
+  }
+
+  /** Connections the kernel closed, by why. */
+  drainedConnections(): Record<string, number> {
+    return Object.fromEntries(this.drainedTotal);
+  }
+
+  /** Waits for the applies queued so far (and the drains they started). */
+  idle(): Promise<void> {
+    return this.queue.onIdle();
   }
 
   counters(): ServiceCounters[] {
@@ -352,7 +498,12 @@ export class Dataplane {
 
   /** Waits for queued applies, then closes our fds: pinned maps and links keep the routing. */
   async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.drainTimers) clearTimeout(t);
+    this.drainTimers.clear();
+    if (this.ejectionWatch) clearInterval(this.ejectionWatch);
     await this.queue.onIdle();
+    this.closer?.closeObject();
     this.object.close();
   }
 }

@@ -77,6 +77,7 @@ export async function startBackend(address: string, opts: BackendOptions = {}): 
 const CLIENT_JS = String.raw`
 const net = require('net');
 const held = new Map();
+const ends = new Map();
 const now = () => Number(process.hrtime.bigint());
 function payloadOf(c) {
   if (c.sendSize === undefined) return undefined;
@@ -100,7 +101,11 @@ function one(c) {
       const r = { ok: true, peer: s.remoteAddress + '|' + s.remotePort, local: s.localAddress + '|' + s.localPort, t0, t1 };
       const payload = payloadOf(c);
       if (payload) s.end(payload);
-      if (c.hold) held.set(c.tag, s);
+      if (c.hold) {
+        held.set(c.tag, s);
+        s.on('error', (e) => { if (!ends.has(c.tag)) ends.set(c.tag, { err: e.code || String(e) }); });
+        s.on('close', () => { const e = ends.get(c.tag) || {}; ends.set(c.tag, Object.assign(e, { closedNs: now() })); });
+      }
       if (!c.readId) {
         if (!c.hold && !payload) s.destroy();
         return finish(r);
@@ -144,6 +149,7 @@ rl.on('line', async (line) => {
     if (c.op === 'connect') r = await one(c);
     else if (c.op === 'batch') r = await batch(c);
     else if (c.op === 'close') { const s = held.get(c.tag); held.delete(c.tag); if (s) s.destroy(); r = { ok: !!s }; }
+    else if (c.op === 'ends') r = { ends: Object.fromEntries(ends) };
     else if (c.op === 'exit') { for (const s of held.values()) s.destroy(); process.exit(0); }
   } catch (e) { r = { ok: false, err: String(e && e.stack || e) }; }
   process.stdout.write(JSON.stringify(Object.assign({ seq: c.seq }, r)) + '\n');
@@ -233,6 +239,15 @@ export class Client {
 
   close(tag: string): Promise<{ ok: boolean }> {
     return this.request({ op: 'close', tag });
+  }
+
+  /**
+   * Held connections that have closed: per tag, the error the socket saw
+   * and when it closed (process.hrtime, CLOCK_MONOTONIC: the kernel's bpf_ktime_get_ns clock).
+   */
+  async ends(): Promise<Record<string, { err?: string; closedNs: number }>> {
+    return (await this.request<{ ends: Record<string, { err?: string; closedNs: number }> }>({ op: 'ends' }))
+      .ends;
   }
 
   async exit(): Promise<void> {
