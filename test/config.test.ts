@@ -172,3 +172,19 @@ void test('an unreadable xDS file or a missing cgroup stops the start', () => {
     rmSync(dir, { recursive: true });
   }
 });
+
+void test('--drain-removed-after: a duration, off unless set; a bad one is refused naming the flag', () => {
+  assert.equal(loadConfig(['--xds-file', 'f'], {}, noFiles).drainRemovedAfterMs, undefined);
+  assert.equal(
+    loadConfig(['--xds-file', 'f', '--drain-removed-after', '30s'], {}, noFiles).drainRemovedAfterMs,
+    30_000,
+  );
+  assert.equal(
+    loadConfig(['--xds-file', 'f', '--drain-removed-after=250ms'], {}, noFiles).drainRemovedAfterMs,
+    250,
+  );
+  rejects(
+    () => loadConfig(['--xds-file', 'f', '--drain-removed-after', 'soon'], {}, noFiles),
+    /flag --drain-removed-after: "soon" is not a duration/,
+  );
+});

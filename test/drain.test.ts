@@ -156,7 +156,7 @@ kernelTest(
     await apply(svc([ep(a), ep(b, 'draining'), ep(c)]));
     await until('b is closed', async () => ((await client.ends())[tagOf(b)] ? true : undefined));
     // both windows have run (one timer each apply): only b's connection went
-    await until('both windows ran', async () => (dp.drainEvents().length >= 1 ? true : undefined));
+    await until('both windows ran', () => Promise.resolve(dp.drainEvents().length >= 1 ? true : undefined));
     await dp.idle();
     const ends = await client.ends();
     assert.ok(!ends[tagOf(a)] && !ends[tagOf(c)], JSON.stringify(ends));

@@ -91,6 +91,7 @@ export class AgentKernel implements Kernel {
       pinDir: config.bpffs,
       capacity: capacityFrom(config.mapSizes),
       log: log.child({ stage: 'dataplane' }),
+      ...(config.drainRemovedAfterMs !== undefined ? { drainAfterMs: config.drainRemovedAfterMs } : {}),
     });
     let pinned: DesiredState;
     try {
@@ -287,6 +288,7 @@ export class AgentKernel implements Kernel {
       return sum;
     },
     programs: () => this.programs().map((p) => ({ name: p.name, ...p.stats() })),
+    closedConnections: () => this.dataplane.drainedConnections(),
   };
 
   /** Connection counts for /clusters and the cluster metrics, from the writer's ids: no map scan. */

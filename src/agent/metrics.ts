@@ -12,6 +12,8 @@ export interface KernelGauges {
   maps(): { name: string; entries: number; capacity: number }[];
   fallbacks(): Record<string, number>;
   programs(): { name: string; runTimeNs: bigint; runCount: bigint }[];
+  /** Open connections the kernel closed, by why (removed, draining, unhealthy, ejected, host set changed). */
+  closedConnections?(): Record<string, number>;
 }
 
 export class AgentMetrics {
@@ -111,6 +113,17 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const [reason, n] of Object.entries(kernel()?.fallbacks() ?? {})) this.inc({ reason }, n);
+      },
+    });
+    new Counter({
+      name: 'kernmesh_connections_closed_total',
+      help: 'Open connections to endpoints that went away or turned unhealthy, closed by the kernel, by why',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(kernel()?.closedConnections?.() ?? {}))
+          this.inc({ reason }, n);
       },
     });
     new Counter({

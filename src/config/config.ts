@@ -57,6 +57,11 @@ export interface AgentConfig {
   logLevel: LogLevel;
   /** Per BPF map name: max_entries set before load. */
   mapSizes: Record<string, number>;
+  /**
+   * Connections to an endpoint EDS removed or marked DRAINING are closed this long after (by the
+   * kernel); undefined: left open.
+   */
+  drainRemovedAfterMs?: number;
   /** Where the config file was, if any. */
   configFile?: string;
   /** The control socket (kernmesh accel, kernmesh capture); undefined with `--control-socket none`. */
@@ -174,6 +179,11 @@ export const OPTIONS: OptionSpec[] = [
     name: 'map-size',
     kind: 'map',
     help: 'capacity NAME=N: frontends, services, backends, slots, maglev (repeatable)',
+  },
+  {
+    name: 'drain-removed-after',
+    kind: 'string',
+    help: 'close connections to endpoints EDS removed or marked DRAINING this long after (e.g. 30s); off unless set',
   },
 ];
 
@@ -468,6 +478,18 @@ export function loadConfig(
     mapSizes[k] = n;
   }
 
+  const drainText = str('drain-removed-after');
+  let drainRemovedAfterMs: number | undefined;
+  if (drainText !== undefined) {
+    const m = /^(\d+(?:\.\d+)?)(ms|s|m)$/.exec(drainText);
+    if (!m)
+      throw new ConfigError(
+        `"${drainText}" is not a duration (such as 500ms, 30s or 5m)`,
+        src('drain-removed-after'),
+      );
+    drainRemovedAfterMs = Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : 60_000));
+  }
+
   const instanceIps = (get('instance-ip')?.value as string[] | undefined) ?? [];
   for (const ip of instanceIps)
     if (!isIP(ip)) throw new ConfigError(`"${ip}" is not an IP address`, src('instance-ip'));
@@ -562,6 +584,7 @@ export function loadConfig(
     controlSocket,
     controlSocketExplicit: controlText !== undefined,
     traces,
+    ...(drainRemovedAfterMs !== undefined ? { drainRemovedAfterMs } : {}),
   };
 
   if (checkFiles) {
