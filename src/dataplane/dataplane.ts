@@ -273,7 +273,9 @@ export class Dataplane {
       const result = this.writer.apply(desired);
       this.lastDesired = desired;
       if (result.refused.length) this.log?.warn({ refused: result.refused }, 'routing entries refused');
-      this.log?.debug({ ops: result.ops.length, syscalls: result.syscalls }, 'routing applied');
+      const byMap: Record<string, number> = {};
+      for (const o of result.ops) byMap[`${o.op} ${o.map}`] = (byMap[`${o.op} ${o.map}`] ?? 0) + 1;
+      this.log?.debug({ ops: result.ops.length, syscalls: result.syscalls, byMap }, 'routing applied');
       if (drain.now.length) this.runDrain(drain.now, changedNs);
       if (drain.later.length && this.drainAfterMs !== undefined) this.scheduleDrain(drain.later, changedNs);
       this.watchEjections(desired);

@@ -189,10 +189,44 @@ export function localityShares(
   return any ? out : undefined;
 }
 
-/** Slot weights from real-valued shares: integers in the ratio of the shares, before normalisation. */
-function shareWeights(keys: readonly BackendKey[], shares: Map<BackendKey, number>): number[] {
-  const max = Math.max(...keys.map((k) => shares.get(k) ?? 0));
-  return keys.map((k) => Math.max(1, Math.round(((shares.get(k) ?? 0) / max) * 1_000_000)));
+const bgcd = (a: bigint, b: bigint): bigint => {
+  while (b) [a, b] = [b, a % b];
+  return a;
+};
+
+/**
+ * The same shares as localityShares, as exact integers (weights in their ratio, before the slot
+ * normalisation): locality L's hosts get weight(L) × min(100 × hosts(L), overprovisioning ×
+ * healthy(L)) × weight(host) / (100 × hosts(L) × Σ weight(healthy of L)), over a common denominator.
+ * A single locality thus keeps its hosts' own weights exactly.
+ */
+export function localityWeights(
+  hosts: readonly Host[],
+  overprovisioning: number,
+): Map<BackendKey, number> | undefined {
+  const byLocality = new Map<string, Host[]>();
+  for (const h of hosts) byLocality.set(h.locality, [...(byLocality.get(h.locality) ?? []), h]);
+  const parts: { healthy: Host[]; factor: bigint; denominator: bigint }[] = [];
+  for (const group of byLocality.values()) {
+    const healthy = group.filter((h) => h.healthy);
+    const factor =
+      BigInt(group[0]!.localityWeight) *
+      BigInt(Math.min(100 * group.length, overprovisioning * healthy.length));
+    if (!healthy.length || factor === 0n) continue;
+    const sum = healthy.reduce((a, h) => a + BigInt(h.weight), 0n);
+    parts.push({ healthy, factor, denominator: 100n * BigInt(group.length) * sum });
+  }
+  if (!parts.length) return undefined;
+  const lcm = parts.reduce((l, p) => (l * p.denominator) / bgcd(l, p.denominator), 1n);
+  const raw = new Map<BackendKey, bigint>();
+  for (const p of parts)
+    for (const h of p.healthy) raw.set(h.key, p.factor * BigInt(h.weight) * (lcm / p.denominator));
+  const g = [...raw.values()].reduce((a, b) => bgcd(a, b));
+  const reduced = [...raw].map(([k, v]): [BackendKey, bigint] => [k, v / g]);
+  const max = reduced.reduce((m, [, v]) => (v > m ? v : m), 0n);
+  // past double precision the ratio is kept to 2^-40, far finer than the slots
+  const scale = max > 2n ** 40n ? Number(max) / 2 ** 40 : 1;
+  return new Map(reduced.map(([k, v]) => [k, Math.max(1, Math.round(Number(v) / scale))]));
 }
 
 /** Throws with the reason when the service cannot be expressed in the kernel. */
@@ -284,19 +318,22 @@ export function planService(s: Service, opts: PlanOptions = DEFAULT_PLAN_OPTIONS
     const healthy = all.filter((h) => h.healthy);
     plan.value.hostCount[priority] = all.length;
     plan.value.healthyCount[priority] = healthy.length;
-    const shares = s.localityWeighted ? localityShares(all, overprovisioning) : undefined;
-    const healthyKeys = healthy.map((h) => h.key);
-    const healthyWeights = shares ? shareWeights(healthyKeys, shares) : healthy.map((h) => h.weight);
+    const shares = s.localityWeighted ? localityWeights(all, overprovisioning) : undefined;
     // a host with no locality share gets no traffic while the priority is not in panic
-    const served = shares ? healthyKeys.filter((k) => (shares.get(k) ?? 0) > 0) : healthyKeys;
-    sets.push({
-      priority,
-      hosts: served,
-      weights: served.map((k) => healthyWeights[healthyKeys.indexOf(k)]!),
-      panic: false,
-    });
+    const served = shares ? healthy.filter((h) => shares.has(h.key)) : healthy;
+    const weights = served.map((h) => (shares ? shares.get(h.key)! : h.weight));
+    sets.push({ priority, hosts: served.map((h) => h.key), weights, panic: false });
     // in panic every host counts, with its own weight: its own slots unless they would be these
-    if (shares || healthy.length !== all.length)
+    const total = weightTotal(s.lbPolicy, opts);
+    const same =
+      served.length === all.length &&
+      all.length <= total &&
+      normalizeWeights(weights, total).join() ===
+        normalizeWeights(
+          all.map((h) => h.weight),
+          total,
+        ).join();
+    if (!same)
       sets.push({ priority, hosts: all.map((h) => h.key), weights: all.map((h) => h.weight), panic: true });
     if (s.outlierDetection)
       for (const h of all)

@@ -10,7 +10,7 @@ import {
   type Service,
   type Waypoint,
 } from '../dataplane/model.js';
-import { localityShares } from '../dataplane/plan.js';
+import { localityWeights } from '../dataplane/plan.js';
 import { canonicalAddress } from '../net/address.js';
 import { TYPE, resourceKey, type ServiceWaypoint, type XdsResource } from '../xds/types.js';
 import { analysed } from './analysis.js';
@@ -731,7 +731,7 @@ function memberWeights(c: ClusterState, eps: Endpoint[]): Endpoint[] {
   for (const priority of new Set(eps.map((e) => e.priority))) {
     const mine = eps.filter((e) => e.priority === priority && e.health !== 'draining');
     const key = (e: Endpoint): string => `${e.address}|${e.port}`;
-    const shares = localityShares(
+    const shares = localityWeights(
       mine.map((e) => ({
         key: key(e),
         weight: e.weight,
@@ -745,11 +745,9 @@ function memberWeights(c: ClusterState, eps: Endpoint[]): Endpoint[] {
       out.push(...mine);
       continue;
     }
-    // scaled so the smallest share stays a whole weight
-    const scale = 1_000_000 / Math.max(...shares.values());
     for (const e of mine) {
-      const share = shares.get(key(e));
-      if (share) out.push({ ...e, weight: Math.max(1, Math.round(share * scale)) });
+      const weight = shares.get(key(e));
+      if (weight) out.push({ ...e, weight });
     }
   }
   return out;
