@@ -1,9 +1,9 @@
 // Assembles a running agent from its configuration: the config source (istiod or a file), translate,
 // the kernel (routing, telemetry, acceleration) and the admin endpoint. Used by `kernmesh run`, the
 // demo and the end-to-end tests, so all three run the same code.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startAdminServer, type AdminServer } from '../admin/server.js';
 import type { AgentConfig } from '../config/config.js';
@@ -13,6 +13,7 @@ import { ConnectionTracer } from '../telemetry/traces.js';
 import { translate, validateAgainst, type TranslateResult } from '../translate/index.js';
 import { XdsClient } from '../xds/client.js';
 import { parseConfigFile } from '../xds/config-file.js';
+import { XdsStateStore } from '../xds/persist.js';
 import { XdsFileSource } from '../xds/file-source.js';
 import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
@@ -68,6 +69,23 @@ export function nodeIdentity(config: AgentConfig): NodeIdentity {
       ? { locality: { region: region || undefined, zone: zone || undefined, subZone: subZone || undefined } }
       : {}),
   });
+}
+
+/**
+ * The kept xDS state of this pin directory: one directory per --bpffs under the state dir, bound to
+ * the pinned routing map (its bpffs inode changes when the maps are made anew, after a cleanup).
+ */
+function xdsStateStore(root: string, bpffs: string): XdsStateStore {
+  const dir = join(
+    root,
+    resolve(bpffs)
+      .replace(/^\/+/, '')
+      .replace(/[^A-Za-z0-9._-]+/g, '_'),
+  );
+  return new XdsStateStore(
+    dir,
+    `${resolve(bpffs)} km_services inode ${statSync(join(bpffs, 'km_services')).ino}`,
+  );
 }
 
 export async function startAgent(
@@ -133,6 +151,7 @@ export async function startAgent(
       authorization: config.authorization,
       validate: validateAgainst,
       logger: xdsLog,
+      ...(config.xdsStateDir ? { store: xdsStateStore(config.xdsStateDir, config.bpffs) } : {}),
     });
     source = new XdsSource({ kind: 'istiod', client }, address, node, xdsLog);
     state = client.config;

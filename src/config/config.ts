@@ -62,6 +62,8 @@ export interface AgentConfig {
    * kernel); undefined: left open.
    */
   drainRemovedAfterMs?: number;
+  /** Where accepted xDS resources are kept across restarts (a directory per --bpffs); undefined: not kept. */
+  xdsStateDir?: string;
   /** Where the config file was, if any. */
   configFile?: string;
   /** The control socket (kernmesh accel, kernmesh capture); undefined with `--control-socket none`. */
@@ -181,6 +183,11 @@ export const OPTIONS: OptionSpec[] = [
     help: 'capacity NAME=N: frontends, services, backends, slots, maglev (repeatable)',
   },
   {
+    name: 'xds-state-dir',
+    kind: 'string',
+    help: 'keep accepted xDS resources here across restarts, so a restart needs no full push (none: off)',
+  },
+  {
     name: 'drain-removed-after',
     kind: 'string',
     help: 'close connections to endpoints EDS removed or marked DRAINING this long after (e.g. 30s); off unless set',
@@ -203,6 +210,7 @@ export const DEFAULTS = {
   controlSocket: '/run/kernmesh/control.sock',
   traceSampling: 0.01,
   traceQueue: 2048,
+  xdsStateDir: '/run/kernmesh/xds',
 } as const;
 
 type RawValue = string | boolean | string[] | Record<string, string>;
@@ -585,6 +593,9 @@ export function loadConfig(
     controlSocketExplicit: controlText !== undefined,
     traces,
     ...(drainRemovedAfterMs !== undefined ? { drainRemovedAfterMs } : {}),
+    ...((str('xds-state-dir') ?? DEFAULTS.xdsStateDir) !== 'none'
+      ? { xdsStateDir: str('xds-state-dir') ?? DEFAULTS.xdsStateDir }
+      : {}),
   };
 
   if (checkFiles) {

@@ -15,6 +15,7 @@ import type { NodeIdentity } from './identity.js';
 import { subscribedTypes } from './resource-types/index.js';
 import type { TypeStatus, Validator } from './state.js';
 import type { Rejection, ServiceWaypoint, XdsResource } from './types.js';
+import type { XdsStateStore } from './persist.js';
 
 export type { XdsRejectionEvent, XdsUpdate } from './config-state.js';
 export { DEFAULT_INITIAL_FETCH_TIMEOUT_MS };
@@ -41,6 +42,8 @@ export interface XdsClientOptions {
   clock?: Clock;
   random?: () => number;
   logger?: Logger;
+  /** Accepted resources kept across restarts: restored at start, told to the server (persist.ts). */
+  store?: XdsStateStore;
 }
 
 export interface XdsClientStatus {
@@ -59,6 +62,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   readonly config: ConfigState;
   private readonly opts: XdsClientOptions;
   private readonly connection: ServerConnection;
+  private readonly logger: Logger;
 
   constructor(opts: XdsClientOptions) {
     super();
@@ -81,7 +85,9 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
       clock,
       now,
       logger,
+      ...(opts.store ? { store: opts.store } : {}),
     });
+    this.logger = logger;
     for (const event of ['update', 'waypoints', 'rejected', 'initialized'] as const)
       this.config.on(event, (...args: unknown[]) => this.emit(event, ...(args as [never])));
     this.connection = new ServerConnection(
@@ -106,6 +112,17 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
   }
 
   start(): void {
+    const store = this.opts.store;
+    if (store) {
+      // what the previous run accepted: the first request tells the server, which sends what changed
+      let restored = 0;
+      try {
+        restored = this.config.restore(store.load());
+      } catch (e) {
+        this.logger.warn({ err: e, dir: store.dir }, 'kept xDS resources unreadable: a full push follows');
+      }
+      this.logger.info({ resources: restored, dir: store.dir }, 'xDS resources kept from the previous run');
+    }
     this.config.start();
     this.connection.start();
   }

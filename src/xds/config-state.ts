@@ -20,6 +20,7 @@ import {
 } from './state.js';
 import { TYPE, type Rejection, type ServiceWaypoint, type XdsResource } from './types.js';
 import { serviceWaypoints } from './waypoints.js';
+import type { SavedType, XdsStateStore } from './persist.js';
 
 export type XdsProtocol = 'delta' | 'sotw';
 
@@ -65,6 +66,8 @@ export interface ConfigStateOptions {
   clock: Clock;
   now: () => Date;
   logger: Logger;
+  /** Where accepted resources are kept across restarts (persist.ts); none: not kept. */
+  store?: XdsStateStore;
 }
 
 export class ConfigState extends EventEmitter<ConfigStateEvents> {
@@ -141,8 +144,48 @@ export class ConfigState extends EventEmitter<ConfigStateEvents> {
   /** Hands on what a handled response changed: follow-up subscriptions, warming, update events. */
   settle(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
     if (outcome.rejections.length > 0) this.emit('rejected', { typeUrl, rejections: outcome.rejections });
+    this.persist(typeUrl, outcome);
     if (outcome.changed) this.changed([typeUrl]);
     this.checkInitialized();
+  }
+
+  /**
+   * Takes back what a previous run accepted, before the first stream: the types hold it as accepted
+   * (so Delta's first request lists it in initial_resource_versions, SotW's carries the version) and
+   * count as answered; it is handed on as an update, and the initial fetch may be complete at once.
+   * Returns how many resources were restored.
+   */
+  restore(saved: ReadonlyMap<string, SavedType>): number {
+    let n = 0;
+    const typeUrls: string[] = [];
+    for (const [typeUrl, s] of saved) {
+      const state = this.states.get(typeUrl);
+      if (!state) continue;
+      state.restore(s.resources, s.version);
+      typeUrls.push(typeUrl);
+      n += s.resources.length;
+    }
+    if (typeUrls.length) this.changed(typeUrls);
+    this.checkInitialized();
+    return n;
+  }
+
+  /** Keeps what a response changed for the next run (a failure to write is logged, never fatal). */
+  private persist(typeUrl: string, outcome: ResponseOutcome<SotwRequest | DeltaRequest>): void {
+    const store = this.opts.store;
+    const state = this.states.get(typeUrl);
+    if (!store || !state || (outcome.upserted.length === 0 && outcome.removed.length === 0)) return;
+    const upserted = outcome.upserted
+      .map((n) => state.resourceState(n)?.accepted)
+      .filter((r): r is XdsResource => r !== undefined);
+    try {
+      store.save(typeUrl, upserted, outcome.removed, state.version());
+    } catch (e) {
+      this.opts.logger.warn(
+        { err: e, dir: store.dir },
+        'accepted xDS resources could not be kept for a restart',
+      );
+    }
   }
 
   // ---- views ----

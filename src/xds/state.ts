@@ -194,6 +194,27 @@ abstract class TypeStateBase {
     this.nonce = '';
   }
 
+  /**
+   * Takes back what a previous run of the agent accepted (xds/persist.ts), before any stream: the
+   * resources are held as accepted under their versions, and the type counts as answered, so the
+   * first request tells the server what is held and the config is complete without a full push.
+   */
+  restore(resources: readonly XdsResource[], version: string | undefined): void {
+    for (const r of resources) {
+      this.resources.set(r.name, { name: r.name, status: 'ACKED', accepted: r, version: r.version });
+      if (!this.wildcard) this.wanted.add(r.name);
+    }
+    this.anyResponse = true;
+    this.restoredVersion(version ?? '');
+  }
+
+  protected abstract restoredVersion(version: string): void;
+
+  /** The type's version now: SotW's last accepted version_info, Delta's last system_version_info. */
+  version(): string {
+    return this.typeVersion();
+  }
+
   /** The initial fetch timed out without the resource: CSDS's DOES_NOT_EXIST; returns true if that changed. */
   markDoesNotExist(name: string): boolean {
     const r = this.resources.get(name);
@@ -352,6 +373,11 @@ export class SotwTypeState extends TypeStateBase {
     return this.acceptedVersion;
   }
 
+  /** SotW's equivalent of Delta's initial versions: the first request carries this version_info. */
+  protected restoredVersion(version: string): void {
+    this.acceptedVersion = version;
+  }
+
   /** The first request of a new stream: the last accepted version and the current names, no nonce. */
   streamStarted(): SotwRequest {
     this.active = true;
@@ -428,6 +454,10 @@ export class DeltaTypeState extends TypeStateBase {
 
   protected typeVersion(): string {
     return this.systemVersion;
+  }
+
+  protected restoredVersion(version: string): void {
+    this.systemVersion = version;
   }
 
   /** The first request of a new stream: the names wanted and the versions we already hold. */

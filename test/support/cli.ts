@@ -19,6 +19,9 @@ function spawnKernmesh(args: string[]): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    // kept xDS state only where a test asks for it (--xds-state-dir in its own directory): a restart
+    // test otherwise sees a full push, and nothing is left under /run
+    env: { KERNMESH_XDS_STATE_DIR: 'none', ...process.env },
   });
 }
 
