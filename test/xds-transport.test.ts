@@ -264,6 +264,23 @@ void describe('node identity', () => {
   });
 });
 
+/**
+ * A dump's endpoints are Envoy's rendering of its host sets, where a locality with no weight reads
+ * `load_balancing_weight: 0`; sent as config that value breaks Envoy's own rule (>= 1).
+ */
+function asSent(cla: JsonObject): JsonObject {
+  const groups = cla['endpoints'];
+  if (!Array.isArray(groups)) return cla;
+  return {
+    ...cla,
+    endpoints: groups.map((g) => {
+      if (!g || typeof g !== 'object' || Array.isArray(g) || g['load_balancing_weight'] !== 0) return g;
+      const { load_balancing_weight: _w, ...rest } = g;
+      return rest;
+    }),
+  };
+}
+
 function fixtureResources(file: string, typeUrl: string): JsonObject[] {
   const dump: JsonValue = readFixture(file);
   const out: JsonObject[] = [];
@@ -276,7 +293,7 @@ function fixtureResources(file: string, typeUrl: string): JsonObject[] {
         // Static and dynamic sections may repeat a name; one response carries each name once.
         if (!seen.has(name)) {
           seen.add(name);
-          out.push(v);
+          out.push(typeUrl === TYPE.endpoint ? asSent(v) : v);
         }
         return;
       }
@@ -339,6 +356,7 @@ void describe('real Istio fixtures over ADS', () => {
     const extraListeners = rds.map((r, i) => ({
       '@type': TYPE.listener,
       name: `route-holder-${i}`,
+      address: { socket_address: { address: '127.0.0.1', port_value: 20000 + i } },
       filter_chains: [
         {
           filters: [

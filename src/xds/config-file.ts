@@ -164,7 +164,7 @@ function readConfigDump(doc: JsonObject, file: string, out: ConfigFileContents):
           }
           throw new ConfigFileError(file, `${at}: no "${t.configDump!.key}" object`);
         }
-        const r = fileResource(t, resource, at, v2Section || V2_LISTS.includes(list));
+        const r = fileResource(t, dumpRendering(t, resource), at, v2Section || V2_LISTS.includes(list));
         // A cluster both active and warming: the active one is what runs.
         if (seen.has(r.name) && list === 'dynamic_warming_clusters') return;
         seen.add(r.name);
@@ -176,6 +176,24 @@ function readConfigDump(doc: JsonObject, file: string, out: ConfigFileContents):
     }
   });
   out.layout = `Envoy config_dump (${[...spellings].sort().join(' and ') || 'no resources'})`;
+}
+
+/**
+ * An EndpointsConfigDump is Envoy's rendering of its host sets, not config it was sent: a locality
+ * with no weight is written as `load_balancing_weight: 0`, which as input Envoy's rules refuse (>= 1).
+ */
+function dumpRendering(t: ResourceType, resource: JsonObject): JsonObject {
+  if (t.configDump?.section !== 'EndpointsConfigDump' || !Array.isArray(resource.endpoints)) return resource;
+  return {
+    ...resource,
+    endpoints: resource.endpoints.map((g) => {
+      if (!isObject(g)) return g;
+      const w = field(g, 'load_balancing_weight');
+      if (w !== 0 && !(isObject(w) && w.value === 0)) return g;
+      const { load_balancing_weight: _a, loadBalancingWeight: _b, ...rest } = g;
+      return rest;
+    }),
+  };
 }
 
 /** One resource of a dump or resources file, decoded through the proto3 JSON mapping, or refused. */

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { Clock } from './backoff.js';
+import { declaredRuleViolations } from './proto-rules.js';
 import { resourceType, type ResourceType } from './resource-types/index.js';
 import {
   DeltaTypeState,
@@ -89,6 +90,19 @@ export class ConfigState extends EventEmitter<ConfigStateEvents> {
   private initialDone = false;
   private initialTimer: unknown;
 
+  /** Envoy's declared API rules first (proto-rules.ts), then the source's own check on what keeps them. */
+  private readonly validate: Validator = (typeUrl, candidates, held) => {
+    const declared: Rejection[] = [];
+    const fine: XdsResource[] = [];
+    for (const c of candidates) {
+      const v = declaredRuleViolations(typeUrl, c.resource);
+      if (v.length === 0) fine.push(c);
+      else for (const reason of v) declared.push({ typeUrl, name: c.name, reason });
+    }
+    const own = this.opts.validate && fine.length > 0 ? this.opts.validate(typeUrl, fine, held) : [];
+    return [...declared, ...own];
+  };
+
   constructor(opts: ConfigStateOptions) {
     super();
     this.opts = opts;
@@ -131,14 +145,14 @@ export class ConfigState extends EventEmitter<ConfigStateEvents> {
   handleSotw(typeUrl: string, resp: SotwResponse): ResponseOutcome<SotwRequest> | undefined {
     const state = this.states.get(typeUrl);
     if (!(state instanceof SotwTypeState)) return undefined;
-    return state.handleResponse(resp, this.opts.validate, (t) => this.accepted(t));
+    return state.handleResponse(resp, this.validate, (t) => this.accepted(t));
   }
 
   /** Applies a Delta response of a type; returns the ACK or NACK to send (settle() after sending it). */
   handleDelta(typeUrl: string, resp: DeltaResponse): ResponseOutcome<DeltaRequest> | undefined {
     const state = this.states.get(typeUrl);
     if (!(state instanceof DeltaTypeState)) return undefined;
-    return state.handleResponse(resp, this.opts.validate, (t) => this.accepted(t));
+    return state.handleResponse(resp, this.validate, (t) => this.accepted(t));
   }
 
   /** Hands on what a handled response changed: follow-up subscriptions, warming, update events. */

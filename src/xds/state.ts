@@ -269,11 +269,13 @@ abstract class TypeStateBase {
         continue;
       }
       present.add(d.name);
-      if (!this.wildcard && !this.wanted.has(d.name)) continue; // not asked for: ignored, as Envoy does
+      // Bytes that do not decode are refused whether or not their name was asked for: the name may
+      // be our fallback (the index), and Envoy NACKs a response it cannot decode. Never ACKed.
       if (d.error !== undefined || !d.resource) {
         rejections.push({ typeUrl: this.typeUrl, name: d.name, reason: d.error ?? 'empty resource' });
         continue;
       }
+      if (!this.wildcard && !this.wanted.has(d.name)) continue; // not asked for: ignored, as Envoy does
       candidates.push({
         typeUrl: this.typeUrl,
         name: d.name,
@@ -329,10 +331,12 @@ abstract class TypeStateBase {
       state.accepted = c;
       upserted.push(c.name);
     }
-    // Resources that failed to decode never reach validation: record them too.
+    // Resources that failed to decode never reach validation: record them too, except under a name
+    // this non-wildcard type does not subscribe to (the NACK and the type's error still list them).
     const candidateNames = new Set(candidates.map((c) => c.name));
     for (const [name, refusals] of rejected) {
       if (candidateNames.has(name)) continue;
+      if (!this.wildcard && !this.wanted.has(name)) continue;
       const state = this.resources.get(name) ?? { name, status: 'NACKED' as ResourceStatus };
       state.status = 'NACKED';
       state.lastError = refusals.map((r) => r.reason).join('; ');
