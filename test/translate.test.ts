@@ -795,7 +795,7 @@ void describe('translate', () => {
     });
     const internal = res(TYPE.listener, 'connect_originate', {
       name: 'connect_originate',
-      filter_chains: [],
+      filter_chains: [{ filters: [tcpProxy('connect_originate')] }],
       internal_listener: {},
     });
     const r = translate({ resources: [vo, vi, internal] });

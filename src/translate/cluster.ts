@@ -138,6 +138,7 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
   else if (name === 'BlackHoleCluster') kind = 'blackhole';
 
   const { lbPolicy, activeRequestBias } = readLbPolicy(c, type, res);
+  checkMaglevTableSizes(c, res);
   const maxConnections = readMaxConnections(c, res);
 
   const transport = classifyTransportSocket(c.transport_socket, 'transport_socket');
@@ -170,6 +171,9 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
     parsed.closeConnections = { ...parsed.closeConnections, onHostHealthFailure: true };
 
   if (type === 'EDS') {
+    // Envoy's EDS cluster factory refuses it the same way ("cannot create an EDS cluster without an EDS config").
+    if (!obj(c.eds_cluster_config))
+      res.refuse('eds_cluster_config', 'an EDS cluster needs eds_cluster_config');
     parsed.edsName = edsServiceName(c) ?? name;
   } else if (type === 'STATIC' || type === 'STRICT_DNS' || type === 'LOGICAL_DNS') {
     const la = obj(c.load_assignment);
@@ -189,6 +193,29 @@ export function analyseCluster(c: JsonObject, res: ResourceFindings): ParsedClus
     };
   }
   return parsed;
+}
+
+function isPrime(n: number): boolean {
+  if (!Number.isInteger(n) || n < 2) return false;
+  for (let d = 2; d * d <= n; d++) if (n % d === 0) return false;
+  return true;
+}
+
+/** Envoy's Maglev load balancer refuses a table size that is not prime, wherever it is set. */
+function checkMaglevTableSizes(c: JsonObject, res: ResourceFindings): void {
+  const check = (size: JsonValue | undefined, path: string): void => {
+    const n = num(size);
+    if (n !== undefined && !isPrime(n)) res.refuse(path, `Maglev table size ${n} is not a prime number`);
+  };
+  check(obj(c.maglev_lb_config)?.table_size, 'maglev_lb_config.table_size');
+  objs(obj(c.load_balancing_policy)?.policies).forEach((p, i) => {
+    const config = obj(obj(p.typed_extension_config)?.typed_config);
+    if ((anyType(config) ?? '').endsWith('.Maglev'))
+      check(
+        config?.table_size,
+        `load_balancing_policy.policies[${i}].typed_extension_config.typed_config.table_size`,
+      );
+  });
 }
 
 function readLbPolicy(

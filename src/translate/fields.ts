@@ -118,7 +118,20 @@ export const LISTENER_FIELDS: FieldTable = {
   name: acc('listener name', 'x'),
   address: acc('the VIP and port', { socket_address: { address: '127.100.0.1', port_value: 80 } }),
   additional_addresses: acc('more VIPs (dual stack) for the same chains', []),
-  filter_chains: acc('where connections go', []),
+  filter_chains: acc('where connections go', [
+    {
+      filters: [
+        {
+          name: 'envoy.filters.network.tcp_proxy',
+          typed_config: {
+            '@type': 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy',
+            stat_prefix: 'x',
+            cluster: 'x',
+          },
+        },
+      ],
+    },
+  ]),
   default_filter_chain: acc('non-HTTP traffic of a sniffed port', {
     filters: [{ name: 'envoy.filters.network.tcp_proxy', typed_config: { cluster: 'x' } }],
   }),

@@ -61,6 +61,19 @@ export function analyseListener(l: JsonObject, res: ResourceFindings): ListenerR
   const address = str(sa?.address);
   const port = num(sa?.port_value) ?? 0;
   const result: ListenerResult = { name, role: 'outbound', candidates: [] };
+  // What Envoy's listener manager refuses before any filter runs.
+  if (l.address === undefined && l.internal_listener === undefined) {
+    res.refuse('address', 'a listener needs an address (or internal_listener)');
+    return result;
+  }
+  if (
+    objs(l.filter_chains).length === 0 &&
+    l.default_filter_chain === undefined &&
+    l.api_listener === undefined
+  ) {
+    res.refuse('filter_chains', 'a listener needs at least one filter chain (or a default_filter_chain)');
+    return result;
+  }
 
   if (l.internal_listener !== undefined || !sa) {
     result.role = 'internal';

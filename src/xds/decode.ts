@@ -41,6 +41,38 @@ export function decodeResource(
     if (!name) return { name: fallbackName, error: 'resource has no name' };
     return { name, resource: { '@type': typeUrl, ...json } };
   } catch (err) {
-    return { name: wrapperName ?? fallbackName, error: `cannot decode: ${(err as Error).message}` };
+    const message = (err as Error).message;
+    const bad = /utf-8/i.test(message) ? invalidUtf8Path(typeUrl, any.value ?? new Uint8Array()) : undefined;
+    const error = bad !== undefined ? `${bad || '(resource)'}: not valid UTF-8` : `cannot decode: ${message}`;
+    return { name: wrapperName ?? fallbackName, error };
   }
+}
+
+/**
+ * Where a string that is not UTF-8 sits: the strict decoder only says that one is there, so decode
+ * leniently (protobufjs puts U+FFFD in its place) and look for the replacement character.
+ */
+function invalidUtf8Path(typeUrl: string, bytes: Uint8Array): string | undefined {
+  let message: unknown;
+  try {
+    message = lookupType(typeUrl)?.toObject(lookupType(typeUrl)!.decode(bytes), { defaults: false });
+  } catch {
+    return undefined;
+  }
+  const walk = (v: unknown, path: string): string | undefined => {
+    if (typeof v === 'string') return v.includes('\uFFFD') ? path : undefined;
+    if (Array.isArray(v)) {
+      for (const [i, x] of v.entries()) {
+        const p = walk(x, `${path}[${i}]`);
+        if (p !== undefined) return p;
+      }
+    } else if (v && typeof v === 'object' && !(v instanceof Uint8Array)) {
+      for (const [k, x] of Object.entries(v)) {
+        const p = walk(x, path ? `${path}.${k}` : k);
+        if (p !== undefined) return p;
+      }
+    }
+    return undefined;
+  };
+  return walk(message, '');
 }

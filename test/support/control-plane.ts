@@ -218,8 +218,10 @@ export class TestControlPlane {
     let name: string;
     let version: string | undefined;
     if ('any' in r && typeof r['name'] === 'string') {
+      // Raw bytes are served as given, whatever their type URL: tests send wrong and broken ones.
       any = r.any as { type_url: string; value: Uint8Array };
       name = r['name'];
+      return { name, version: createHash('sha256').update(any.value).digest('hex').slice(0, 12), any };
     } else if ('resource' in r && 'typeUrl' in r) {
       const x = r as XdsResource;
       any = anyFromJson(x.resource) as { type_url: string; value: Uint8Array };
