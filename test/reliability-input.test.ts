@@ -89,7 +89,7 @@ for (const protocol of ['sotw', 'delta'] as const) {
           cp.setResources(TYPE.endpoint, [cla('good'), { name: 'bad', any: g.any }]);
           client.start();
           const nack = await cp.waitForNack(TYPE.endpoint, { timeoutMs: 10_000 });
-          const message = String((nack.json['error_detail'] as JsonObject | undefined)?.['message'] ?? '');
+          const message = nackMessage(nack.json);
           // Delta names the resource; SotW can only give its index in the response.
           assert.match(message, protocol === 'delta' ? /^bad: / : /^(bad|resources\[1\]): /);
           assert.doesNotMatch(message, /good/);
@@ -215,7 +215,7 @@ for (const protocol of ['sotw', 'delta'] as const) {
           [TYPE.endpoint, badClas],
         ] as const) {
           const nack = await cp.waitForNack(typeUrl, { timeoutMs: 10_000 });
-          const message = String((nack.json['error_detail'] as JsonObject | undefined)?.['message'] ?? '');
+          const message = nackMessage(nack.json);
           for (const [, re] of cases) assert.match(message, re);
           assert.doesNotMatch(message, /^good:/m);
           assert.doesNotMatch(message, /RangeError|out of range of|ERR_/);
@@ -232,4 +232,9 @@ for (const protocol of ['sotw', 'delta'] as const) {
       }
     });
   });
+}
+
+function nackMessage(request: JsonObject): string {
+  const m = (request['error_detail'] as JsonObject | undefined)?.['message'];
+  return typeof m === 'string' ? m : '';
 }
