@@ -238,3 +238,42 @@ function nackMessage(request: JsonObject): string {
   const m = (request['error_detail'] as JsonObject | undefined)?.['message'];
   return typeof m === 'string' ? m : '';
 }
+
+void it('a ClusterLoadAssignment larger than the backend map is refused unread, by name, over SotW', async () => {
+  const cp = await TestControlPlane.start();
+  const client = makeClient(cp, {
+    protocol: 'sotw',
+    validate: validateAgainst,
+    limits: { endpointsPerResource: 65_535 },
+  });
+  try {
+    const lbEndpoints = Array.from({ length: 100_000 }, (_, i) => ({
+      endpoint: {
+        address: {
+          socket_address: { address: `127.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port_value: 80 },
+        },
+      },
+    }));
+    cp.setResources(TYPE.cluster, [edsCluster('good'), edsCluster('huge')]);
+    cp.setResources(TYPE.endpoint, [
+      cla('good'),
+      { ...cla('huge'), endpoints: [{ lb_endpoints: lbEndpoints }] },
+    ]);
+    const started = process.hrtime.bigint();
+    client.start();
+    const nack = await cp.waitForNack(TYPE.endpoint, { timeoutMs: 30_000 });
+    const message = nackMessage(nack.json);
+    assert.equal(
+      message,
+      'huge: endpoints: 100000 endpoints, more than the 65535 backends the kernel can hold (--map-size backends); refused unread',
+    );
+    assert.ok(client.accepted(TYPE.endpoint).some((r) => r.name === 'good'));
+    const ms = Number(process.hrtime.bigint() - started) / 1e6;
+    console.log(
+      `# 100,000-endpoint CLA (${cp.responses.at(-1)?.bytes ?? 0} bytes) refused: "${message}" (${ms.toFixed(0)} ms, not a bound)`,
+    );
+  } finally {
+    client.stop();
+    await cp.stop();
+  }
+});

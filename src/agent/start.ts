@@ -10,6 +10,7 @@ import type { AgentConfig } from '../config/config.js';
 import { startControl } from '../control/agent.js';
 import type { ControlServer } from '../control/server.js';
 import { ConnectionTracer } from '../telemetry/traces.js';
+import { DEFAULT_CAPACITY } from '../dataplane/maps.js';
 import { translate, validateAgainst, type TranslateResult } from '../translate/index.js';
 import { XdsClient } from '../xds/client.js';
 import { parseConfigFile } from '../xds/config-file.js';
@@ -19,7 +20,7 @@ import { buildNodeIdentity, type NodeIdentity } from '../xds/identity.js';
 import { Agent } from './agent.js';
 import { DnsRefresher } from './dns.js';
 import { KubernetesNode } from '../k8s/index.js';
-import { AgentKernel } from './kernel.js';
+import { AgentKernel, capacityFrom } from './kernel.js';
 import { AgentMetrics } from './metrics.js';
 import type { Translate } from './stage-interfaces.js';
 import { XdsSource } from './xds-source.js';
@@ -132,10 +133,14 @@ export async function startAgent(
   // Either source hands its responses to the same check on receipt (translate/'s validateAgainst,
   // against what the source holds) and the same per-resource state.
   const xdsLog = log.child({ stage: 'xds' });
+  // A resource holding more endpoints than the backend map can ever take is refused unread.
+  const limits = {
+    endpointsPerResource: (capacityFrom(config.mapSizes).backends ?? DEFAULT_CAPACITY.backends) - 1,
+  };
   let source: XdsSource;
   let state: ConfigState;
   if (config.xdsFile) {
-    const file = new XdsFileSource(config.xdsFile, { validate: validateAgainst, logger: xdsLog });
+    const file = new XdsFileSource(config.xdsFile, { validate: validateAgainst, limits, logger: xdsLog });
     source = new XdsSource({ kind: 'file', file }, resolve(config.xdsFile), node, xdsLog);
     state = file.config;
   } else {
@@ -150,6 +155,7 @@ export async function startAgent(
       waypoints: config.waypoints,
       authorization: config.authorization,
       validate: validateAgainst,
+      limits,
       logger: xdsLog,
       ...(config.xdsStateDir ? { store: xdsStateStore(config.xdsStateDir, config.bpffs) } : {}),
     });

@@ -12,6 +12,7 @@ import {
 } from './config-state.js';
 import { ServerConnection, type ConnectionStatus } from './connection.js';
 import type { NodeIdentity } from './identity.js';
+import type { ResourceLimits } from './limits.js';
 import { subscribedTypes } from './resource-types/index.js';
 import type { TypeStatus, Validator } from './state.js';
 import type { Rejection, ServiceWaypoint, XdsResource } from './types.js';
@@ -35,6 +36,8 @@ export interface XdsClientOptions {
   authorization?: boolean;
   /** Supplied by translate/: resources it refuses are NACKed, the rest of the response applies. */
   validate?: Validator;
+  /** What one resource may hold (the kernel's capacity): more is refused before it is decoded. */
+  limits?: ResourceLimits;
   /** How long a new EDS cluster waits for its first ClusterLoadAssignment (Envoy's initial_fetch_timeout). */
   initialFetchTimeoutMs?: number;
   backoff?: { initialMs?: number; maxMs?: number };
@@ -79,6 +82,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
       types,
       protocol,
       ...(opts.validate ? { validate: opts.validate } : {}),
+      ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.initialFetchTimeoutMs !== undefined
         ? { initialFetchTimeoutMs: opts.initialFetchTimeoutMs }
         : {}),
@@ -101,6 +105,7 @@ export class XdsClient extends EventEmitter<XdsClientEvents> {
         protocol,
         node: opts.node,
         deltaOnlyTypes: types.filter((t) => t.deltaOnly).map((t) => t.typeUrl),
+        ...(opts.limits ? { limits: opts.limits } : {}),
         clock,
         random: opts.random ?? Math.random,
         backoff: opts.backoff,

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import type { Clock } from './backoff.js';
+import { countEndpointsInJson, overLimit, type ResourceLimits } from './limits.js';
 import { declaredRuleViolations } from './proto-rules.js';
 import { resourceType, type ResourceType } from './resource-types/index.js';
 import {
@@ -62,6 +63,8 @@ export interface ConfigStateOptions {
   /** SotW or Delta for the Envoy types; Delta-only types (the workload API) always use Delta. */
   protocol: XdsProtocol;
   validate?: Validator;
+  /** What one resource may hold; a file's resources are counted here, ADS ones before decoding too. */
+  limits?: ResourceLimits;
   /** How long a resource waits for what it depends on (Envoy's initial_fetch_timeout). */
   initialFetchTimeoutMs?: number;
   clock: Clock;
@@ -95,6 +98,15 @@ export class ConfigState extends EventEmitter<ConfigStateEvents> {
     const declared: Rejection[] = [];
     const fine: XdsResource[] = [];
     for (const c of candidates) {
+      const over = overLimit(
+        typeUrl,
+        typeUrl === TYPE.endpoint ? countEndpointsInJson(c.resource) : undefined,
+        this.opts.limits,
+      );
+      if (over) {
+        declared.push({ typeUrl, name: c.name, reason: over });
+        continue;
+      }
       const v = declaredRuleViolations(typeUrl, c.resource);
       if (v.length === 0) fine.push(c);
       else for (const reason of v) declared.push({ typeUrl, name: c.name, reason });

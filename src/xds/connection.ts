@@ -9,6 +9,7 @@ import type { NodeIdentity } from './identity.js';
 import { encodeFromJson } from './proto-json.js';
 import { requireType } from './protos.js';
 import { decodeResource, type RawAny } from './decode.js';
+import type { ResourceLimits } from './limits.js';
 import type { DecodedResource, DeltaRequest, ResponseOutcome, SotwRequest } from './state.js';
 import type { JsonObject } from './types.js';
 
@@ -55,6 +56,8 @@ export interface ServerConnectionOptions extends TransportOptions {
   node: NodeIdentity;
   /** Types carried over Delta even when the protocol is SotW (Istio's workload API). */
   deltaOnlyTypes: string[];
+  /** Resources past these are refused before they are decoded. */
+  limits?: ResourceLimits;
   clock: Clock;
   random: () => number;
   backoff?: { initialMs?: number; maxMs?: number };
@@ -309,7 +312,7 @@ export class ServerConnection implements Subscriber {
       return;
     }
     const decoded: DecodedResource[] = (resp.resources ?? []).map((any, i) =>
-      decodeResource(typeUrl, any, `resources[${i}]`),
+      decodeResource(typeUrl, any, `resources[${i}]`, undefined, this.opts.limits),
     );
     const outcome = this.config.handleSotw(typeUrl, {
       version_info: resp.version_info ?? '',
@@ -340,7 +343,7 @@ export class ServerConnection implements Subscriber {
     const decoded: DecodedResource[] = [];
     (resp.resources ?? []).forEach((r, i) => {
       if (!r.resource) return; // a heartbeat or TTL refresh without content
-      const d = decodeResource(typeUrl, r.resource, `resources[${i}]`, r.name || undefined);
+      const d = decodeResource(typeUrl, r.resource, `resources[${i}]`, r.name || undefined, this.opts.limits);
       decoded.push({ ...d, version: r.version ?? '' });
     });
     const outcome = this.config.handleDelta(typeUrl, {

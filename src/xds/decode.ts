@@ -1,10 +1,11 @@
 // One resource of an ADS response, from its Any to proto3 JSON with "@type" and its name, or the
 // reason it cannot be: a wrong or unknown type, Envoy's v2 API, bytes that do not decode.
+import { countEndpointsInBytes, overLimit, type ResourceLimits } from './limits.js';
 import { decodeToJson } from './proto-json.js';
 import { lookupType } from './protos.js';
 import { resourceType, v2Predecessor } from './resource-types/index.js';
 import type { DecodedResource } from './state.js';
-import type { JsonObject } from './types.js';
+import { TYPE, type JsonObject } from './types.js';
 
 /** A google.protobuf.Any as protobufjs decodes it. */
 export interface RawAny {
@@ -24,6 +25,7 @@ export function decodeResource(
   any: RawAny,
   fallbackName: string,
   wrapperName?: string,
+  limits?: ResourceLimits,
 ): DecodedResource {
   const typeUrl = any.type_url ?? '';
   if (typeUrl !== expectedTypeUrl) {
@@ -35,6 +37,12 @@ export function decodeResource(
   }
   if (!lookupType(typeUrl))
     return { name: wrapperName ?? fallbackName, error: `unknown resource type ${typeUrl}` };
+  if (limits && typeUrl === TYPE.endpoint) {
+    // Refused before anything is built from it: its cost stays that of one pass over its bytes.
+    const scan = countEndpointsInBytes(any.value ?? new Uint8Array());
+    const reason = overLimit(typeUrl, scan?.count, limits);
+    if (reason) return { name: wrapperName ?? (scan?.clusterName || fallbackName), error: reason };
+  }
   try {
     const json = decodeToJson(typeUrl, any.value ?? new Uint8Array()) as JsonObject;
     const name = wrapperName ?? resourceType(typeUrl)?.nameOf(json) ?? '';

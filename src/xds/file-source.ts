@@ -11,11 +11,14 @@ import type { Logger } from 'pino';
 import { systemClock, type Clock } from './backoff.js';
 import { parseConfigFile, type ConfigFileContents, type FileResource } from './config-file.js';
 import { ConfigState, type Subscriber } from './config-state.js';
+import type { ResourceLimits } from './limits.js';
 import { RESOURCE_TYPES, resourceType } from './resource-types/index.js';
 import type { DecodedResource, Validator } from './state.js';
 
 export interface FileSourceOptions {
   validate?: Validator;
+  /** What one resource may hold (the kernel's capacity). */
+  limits?: ResourceLimits;
   logger: Logger;
   clock?: Clock;
 }
@@ -54,6 +57,7 @@ export class XdsFileSource implements Subscriber {
       types: RESOURCE_TYPES,
       protocol: 'delta',
       ...(opts.validate ? { validate: opts.validate } : {}),
+      ...(opts.limits ? { limits: opts.limits } : {}),
       clock,
       now: () => new Date(clock.now()),
       logger: opts.logger,
