@@ -66,6 +66,11 @@ export function analyseListener(l: JsonObject, res: ResourceFindings): ListenerR
     res.refuse('address', 'a listener needs an address (or internal_listener)');
     return result;
   }
+  if (sa && !isIP(address ?? '')) {
+    // Envoy resolves a listener's socket address as an IP literal whatever the listener's role.
+    res.refuse('address.socket_address.address', `"${address ?? ''}" is not an IP address`);
+    return result;
+  }
   if (
     objs(l.filter_chains).length === 0 &&
     l.default_filter_chain === undefined &&
