@@ -14,6 +14,7 @@ import * as k8s from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
 
 import { loadConfig } from '../src/config/config.js';
+import { PROBE_ROUTES } from '../src/admin/server.js';
 import { REPO_ROOT, adminAddress, stopProcess, type KernmeshProcess } from './support/cli.js';
 import { TestControlPlane } from './support/control-plane.js';
 import {
@@ -238,17 +239,28 @@ void test('RBAC is read-only on pods, namespaces and one node; the agent has the
     assert.equal(mountOf('/etc/kernmesh/config.yaml'), 'config');
     // the root filesystem is read-only: the control socket needs a writable mount of its own
     assert.equal(mountOf(config.controlSocket!), 'run');
-    const port = config.admin.port;
+    // The admin endpoint (the whole config) stays on the pod's loopback; the kubelet and Prometheus
+    // reach only the read-only probe listener, on the routes it serves.
+    assert.equal(config.admin.host, '127.0.0.1');
+    assert.equal(config.probes?.host, '0.0.0.0');
+    const port = config.probes.port;
+    assert.notEqual(port, config.admin.port);
     assert.deepEqual(
       [
-        c.ports[0]!.containerPort,
+        c.ports.map((p) => p.containerPort),
         c.readinessProbe.httpGet.port,
         c.livenessProbe.httpGet.port,
         Number(ds.spec.template.metadata.annotations['prometheus.io/port']),
       ],
-      [port, port, port, port],
+      [[port], port, port, port],
     );
-    assert.equal(c.readinessProbe.httpGet.path, '/ready');
+    for (const path of [
+      c.readinessProbe.httpGet.path,
+      c.livenessProbe.httpGet.path,
+      ds.spec.template.metadata.annotations['prometheus.io/path'],
+    ])
+      assert.ok(PROBE_ROUTES.includes(path ?? ''), `${path} is served by the probe listener`);
+    assert.equal(c.readinessProbe.httpGet.path, '/healthz/ready');
     assert.equal(ds.spec.template.metadata.annotations['prometheus.io/path'], '/stats/prometheus');
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -302,6 +314,8 @@ kernelTest('the agent enrolls and routes a pod with only the DaemonSet’s capab
       node.pinDir,
       '--admin',
       '127.0.0.1:0',
+      '--probes',
+      '127.0.0.1:0',
     ],
     { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KUBECONFIG: kubeconfig } },
   ) as KernmeshProcess;
@@ -319,6 +333,13 @@ kernelTest('the agent enrolls and routes a pod with only the DaemonSet’s capab
   });
   const admin = await adminAddress(child);
   await eventually('/ready', async () => (await getJson(admin, '/ready')).status === 200);
+  // The probe listener answers the manifest's probes and scrape path, and shows no config.
+  const started = child.lines.find((l) => typeof l.msg === 'string' && l.msg.startsWith('kernmesh started'));
+  const probes = (typeof started?.probes === 'string' ? started.probes : '').replace('http://', '');
+  for (const path of ['/healthz/ready', '/healthz', '/stats/prometheus'])
+    assert.equal((await fetch(`http://${probes}${path}`)).status, 200, `probes ${path}`);
+  for (const path of ['/config_dump', '/debug/xds', '/clusters', '/server_info'])
+    assert.equal((await fetch(`http://${probes}${path}`)).status, 404, `probes ${path}`);
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
   const bounding = BigInt(`0x${/^CapBnd:\s+([0-9a-f]+)/m.exec(status)![1]}`);
   // CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39

@@ -52,16 +52,59 @@ const ROUTES: Record<string, string> = {
   '/debug/bpf': 'programs, attach points, run time and count',
 };
 
-export async function startAdminServer(
-  source: AdminSource,
-  opts: { host: string; port: number; log?: Logger },
-): Promise<AdminServer> {
-  const server: Server = createServer((req, res) => {
-    handle(source, req, res, opts).catch((e: unknown) => {
-      opts.log?.error({ err: e, url: req.url }, 'admin request failed');
-      if (!res.headersSent) send(res, 500, 'text/plain', `internal error: ${(e as Error).message}\n`);
-      else res.end();
-    });
+/** The read-only routes of the probe listener (Istio's 15020): readiness and metrics, never config. */
+export const PROBE_ROUTES: readonly string[] = [
+  '/ready',
+  '/healthz/ready',
+  '/healthz',
+  '/stats/prometheus',
+  '/metrics',
+];
+
+export interface AdminServerOptions {
+  host: string;
+  port: number;
+  log?: Logger;
+  /** 'probes': only PROBE_ROUTES are served (for a listener reachable from outside the node). */
+  routes?: 'all' | 'probes';
+  /** A client that has not sent its whole request by then is cut off (slow clients). */
+  requestTimeoutMs?: number;
+  /** Connections past this are closed at once, so many clients cannot exhaust the agent. */
+  maxConnections?: number;
+}
+
+/** Longest request target served: /config_dump's parameters fit many times over. */
+export const MAX_URL_LENGTH = 8192;
+
+export async function startAdminServer(source: AdminSource, opts: AdminServerOptions): Promise<AdminServer> {
+  const requestTimeout = opts.requestTimeoutMs ?? 10_000;
+  const server: Server = createServer(
+    {
+      // Slow clients (headers or body trickling in) are cut off; none can hold a connection forever.
+      headersTimeout: requestTimeout,
+      requestTimeout,
+      keepAliveTimeout: 5_000,
+      maxHeaderSize: 16 * 1024,
+    },
+    (req, res) => {
+      handle(source, req, res, opts).catch((e: unknown) => {
+        opts.log?.error({ err: e, url: req.url }, 'admin request failed');
+        if (!res.headersSent) send(res, 500, 'text/plain', `internal error: ${(e as Error).message}\n`);
+        else res.end();
+      });
+    },
+  );
+  server.maxConnections = opts.maxConnections ?? 256;
+  // A malformed request is answered 400 and its connection closed; nothing reaches a handler.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return socket.destroy();
+    const status =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? '431 Request Header Fields Too Large'
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? '408 Request Timeout'
+          : '400 Bad Request';
+    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e) =>
@@ -122,9 +165,19 @@ async function handle(
   source: AdminSource,
   req: IncomingMessage,
   res: ServerResponse,
-  opts: { log?: Logger },
+  opts: AdminServerOptions,
 ): Promise<void> {
-  const url = new URL(req.url ?? '/', 'http://admin');
+  if ((req.url ?? '').length > MAX_URL_LENGTH) {
+    send(res, 414, 'text/plain', `request target longer than ${MAX_URL_LENGTH} bytes\n`);
+    return;
+  }
+  let url: URL;
+  try {
+    url = new URL(req.url ?? '/', 'http://admin');
+  } catch {
+    send(res, 400, 'text/plain', 'malformed request target\n');
+    return;
+  }
   const q = url.searchParams;
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     send(
@@ -132,6 +185,15 @@ async function handle(
       405,
       'text/plain',
       'only GET is served; kernmesh changes no state through the admin endpoint\n',
+    );
+    return;
+  }
+  if (opts.routes === 'probes' && !PROBE_ROUTES.includes(url.pathname)) {
+    send(
+      res,
+      404,
+      'text/plain',
+      `no route ${url.pathname}; this listener serves ${PROBE_ROUTES.join(', ')}\n`,
     );
     return;
   }
@@ -146,7 +208,8 @@ async function handle(
           .join('\n') + '\n',
       );
       return;
-    case '/ready': {
+    case '/ready':
+    case '/healthz/ready': {
       const r = source.readiness();
       send(
         res,

@@ -213,15 +213,31 @@ export async function startAgent(
   holder.agent = agent;
 
   let admin: AdminServer;
+  let probes: AdminServer | undefined;
   try {
     admin = await startAdminServer(agent, { host: config.admin.host, port: config.admin.port, log });
   } catch (e) {
     await kernel.close();
     throw e;
   }
+  if (config.probes) {
+    try {
+      probes = await startAdminServer(agent, {
+        host: config.probes.host,
+        port: config.probes.port,
+        log,
+        routes: 'probes',
+      });
+    } catch (e) {
+      await admin.close();
+      await kernel.close();
+      throw e;
+    }
+  }
   try {
     await agent.start();
   } catch (e) {
+    await probes?.close();
     await admin.close();
     await kernel.close();
     throw e;
@@ -260,8 +276,9 @@ export async function startAgent(
       bpffs: config.bpffs,
       admin: `http://${admin.address}`,
       ...(control ? { control: control.path } : {}),
+      ...(probes ? { probes: `http://${probes.address}` } : {}),
     },
-    `kernmesh started: ${agent.attachmentsSummary()}; admin on http://${admin.address}`,
+    `kernmesh started: ${agent.attachmentsSummary()}; admin on http://${admin.address}${probes ? `, probes on http://${probes.address}` : ''}`,
   );
   return {
     agent,
@@ -275,6 +292,7 @@ export async function startAgent(
       await k8s?.stop();
       await control?.close();
       await agent.stop();
+      await probes?.close();
       await admin.close();
     },
   };

@@ -47,6 +47,8 @@ export interface AgentConfig {
   kubeletCgroupRoot?: string;
   bpffs: string;
   admin: HostPort;
+  /** The read-only probe and scrape listener (/ready, /stats/prometheus); off when undefined. */
+  probes?: HostPort;
   waypoints: boolean;
   /** Enforce Istio's L4 AuthorizationPolicies on enrolled pods (workload API; src/authz/). */
   authorization: boolean;
@@ -154,7 +156,16 @@ export const OPTIONS: OptionSpec[] = [
     help: "cgroup v2 directory holding the kubelet's kubepods(.slice) (default: discovered)",
   },
   { name: 'bpffs', kind: 'string', help: 'bpffs directory for pinned maps and links' },
-  { name: 'admin', kind: 'string', help: 'admin endpoint ADDR:PORT' },
+  {
+    name: 'admin',
+    kind: 'string',
+    help: 'admin endpoint ADDR:PORT (keep it on localhost: it shows the config)',
+  },
+  {
+    name: 'probes',
+    kind: 'string',
+    help: 'read-only listener ADDR:PORT serving only /ready, /healthz/ready and /stats/prometheus (off unless set)',
+  },
   { name: 'waypoints', kind: 'bool', help: "send traffic to services' waypoints (workload API)" },
   {
     name: 'authorization',
@@ -472,6 +483,10 @@ export function loadConfig(
     throw new ConfigError(`"${logLevel}" is not a log level (${LOG_LEVELS.join(', ')})`, src('log-level'));
 
   const admin = parseHostPort(str('admin') ?? DEFAULTS.admin, src('admin'), true);
+  const probesText = str('probes');
+  const probes = probesText !== undefined ? parseHostPort(probesText, src('probes'), true) : undefined;
+  if (probes && probes.port !== 0 && probes.port === admin.port && probes.host === admin.host)
+    throw new ConfigError("the probe listener cannot share the admin endpoint's address", src('probes'));
 
   const mapSizes: Record<string, number> = {};
   for (const [k, v] of Object.entries((get('map-size')?.value as Record<string, string> | undefined) ?? {})) {
@@ -581,6 +596,7 @@ export function loadConfig(
     kubeletCgroupRoot,
     bpffs: str('bpffs') ?? DEFAULTS.bpffs,
     admin,
+    ...(probes ? { probes } : {}),
     waypoints: (get('waypoints')?.value as boolean | undefined) ?? false,
     authorization,
     accelerate,
