@@ -1,7 +1,7 @@
 // The admin endpoint (node:http): Envoy's routes where Envoy has one, so that istioctl and
 // dashboards built for Envoy work, plus kernmesh's own /debug/* views of the xDS and kernel state.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { TYPE, type JsonObject } from '../xds/types.js';
 import { ClusterStatsView, clusterMetrics, kernelStatsFromMaps, type KernelStats } from './cluster-stats.js';
@@ -84,9 +84,14 @@ export async function startAdminServer(source: AdminSource, opts: AdminServerOpt
       headersTimeout: requestTimeout,
       requestTimeout,
       keepAliveTimeout: 5_000,
+      // Node checks those timeouts on this period (30 s by default, longer than the timeout itself).
+      connectionsCheckingInterval: Math.min(1_000, Math.max(100, requestTimeout / 2)),
       maxHeaderSize: 16 * 1024,
     },
     (req, res) => {
+      // A whole request arrived: its connection's clock stops until the response is out.
+      waiting.get(req.socket)?.stop();
+      res.on('finish', () => waiting.get(req.socket)?.start());
       handle(source, req, res, opts).catch((e: unknown) => {
         opts.log?.error({ err: e, url: req.url }, 'admin request failed');
         if (!res.headersSent) send(res, 500, 'text/plain', `internal error: ${(e as Error).message}\n`);
@@ -95,6 +100,26 @@ export async function startAdminServer(source: AdminSource, opts: AdminServerOpt
     },
   );
   server.maxConnections = opts.maxConnections ?? 256;
+  // Each connection must deliver a whole request within requestTimeout of opening (or of its last
+  // response). Node's own headersTimeout misses a client trickling bytes while others are served.
+  const waiting = new WeakMap<Socket, { start(): void; stop(): void }>();
+  server.on('connection', (socket: Socket) => {
+    let timer: NodeJS.Timeout | undefined;
+    const clock = {
+      start: () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => {
+          socket.end('HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+          socket.destroySoon();
+        }, requestTimeout);
+        timer.unref();
+      },
+      stop: () => clearTimeout(timer),
+    };
+    waiting.set(socket, clock);
+    clock.start();
+    socket.on('close', () => clock.stop());
+  });
   // A malformed request is answered 400 and its connection closed; nothing reaches a handler.
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return socket.destroy();
