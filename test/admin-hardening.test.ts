@@ -174,3 +174,48 @@ void test('localhost by default; the probe listener serves readiness and metrics
     await probes.close();
   }
 });
+
+void test("config_dump never prints a key: fields Envoy's protos mark sensitive are redacted", async () => {
+  const secret = '-----BEGIN PRIVATE KEY-----\nMIIEsecret\n-----END PRIVATE KEY-----';
+  const cluster = {
+    '@type': TYPE.cluster,
+    name: 'tls',
+    type: 'STATIC',
+    transport_socket: {
+      name: 'envoy.transport_sockets.tls',
+      typed_config: {
+        '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+        common_tls_context: {
+          tls_certificates: [
+            {
+              certificate_chain: { inline_string: 'CERT' },
+              private_key: { inline_string: secret },
+              password: { inline_string: 'hunter2' },
+            },
+          ],
+        },
+      },
+    },
+  };
+  const withSecret: AdminSource = {
+    ...source,
+    configDump: () => ({
+      ...source.configDump(),
+      resources: [{ typeUrl: TYPE.cluster, name: 'tls', version: '1', resource: cluster }],
+      rejections: [
+        { typeUrl: TYPE.cluster, name: 'tls2', reason: 'x', failed: { ...cluster, name: 'tls2' } },
+      ],
+    }),
+  };
+  const admin = await startAdminServer(withSecret, { host: '127.0.0.1', port: 0 });
+  try {
+    const text = await (await fetch(`http://${admin.address}/config_dump`)).text();
+    assert.ok(!text.includes('MIIEsecret') && !text.includes('hunter2'), 'no key or password printed');
+    const redacted = text.match(/\[redacted\]/g)?.length ?? 0;
+    // private_key and password of the accepted cluster, and of the refused one wherever it shows
+    assert.ok(redacted >= 4 && redacted % 2 === 0, `${redacted} redacted`);
+    assert.ok(text.includes('CERT'), 'what is not sensitive is printed');
+  } finally {
+    await admin.close();
+  }
+});

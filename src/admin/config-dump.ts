@@ -1,5 +1,6 @@
 // Envoy's /config_dump, built from the resources the agent accepted, in the layout of
 // envoy.admin.v3.ConfigDump so that istioctl proxy-config and other Envoy tooling read it.
+import { redactSensitive } from './redact.js';
 import { CONFIG_DUMP_TYPES, type ResourceType } from '../xds/resource-types/index.js';
 import type { JsonObject, JsonValue, Rejection, XdsResource } from '../xds/types.js';
 
@@ -42,8 +43,9 @@ function stamp(r: XdsResource, fallback: string): string {
   return r.lastUpdated ?? fallback;
 }
 
+/** A resource as config_dump prints it: typed, and with Envoy's sensitive fields redacted. */
 function withType(resource: JsonObject, typeUrl: string): JsonObject {
-  return resource['@type'] ? resource : { '@type': typeUrl, ...resource };
+  return redactSensitive(resource['@type'] ? resource : { '@type': typeUrl, ...resource });
 }
 
 function errorState(
