@@ -97,7 +97,10 @@ export function assignment(name: string, endpoints: ServedEndpoint[]): JsonObjec
           metadata: { filter_metadata: { istio: { workload: 'w;test;w;;Kubernetes' } } },
           load_balancing_weight: e.weight ?? 1,
         })),
-        load_balancing_weight: endpoints.reduce((a, e) => a + (e.weight ?? 1), 0),
+        // Envoy's rule is weight >= 1: a locality without endpoints carries none (as istiod sends it).
+        ...(endpoints.length > 0
+          ? { load_balancing_weight: endpoints.reduce((a, e) => a + (e.weight ?? 1), 0) }
+          : {}),
       },
     ],
   };
