@@ -12,6 +12,8 @@ export interface Readiness {
   ready: boolean;
   /** Why not ready, one line each. */
   reasons: string[];
+  /** What an operator should know while ready (the control plane is away, config kept), one line each. */
+  notes?: string[];
 }
 
 /** What the admin endpoint reads from the running agent. */
@@ -240,7 +242,9 @@ async function handle(
         res,
         r.ready ? 200 : 503,
         'text/plain',
-        r.ready ? 'LIVE\n' : `NOT READY\n${r.reasons.map((x) => `- ${x}`).join('\n')}\n`,
+        r.ready
+          ? `LIVE\n${(r.notes ?? []).map((x) => `- ${x}\n`).join('')}`
+          : `NOT READY\n${r.reasons.map((x) => `- ${x}`).join('\n')}\n`,
       );
       return;
     }

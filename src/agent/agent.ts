@@ -302,7 +302,14 @@ export class Agent implements AdminSource {
       // even empty: an empty answer is an answer (a node with no services yet).
       for (const what of this.deps.source.waitingFor()) reasons.push(`waiting for ${what} from istiod`);
     }
-    return { ready: reasons.length === 0, reasons };
+    // Envoy stays LIVE without its control plane; the detail says so, and that the last config holds.
+    const problem = this.applied > 0 ? this.deps.source.connectionProblem?.() : undefined;
+    const notes = problem
+      ? [
+          `not connected to istiod at ${this.deps.source.target}${problem.since ? ` since ${problem.since}` : ''}: the last accepted config stays in force; ${problem.message}${problem.retryInMs !== undefined ? `; retrying in ${(problem.retryInMs / 1000).toFixed(1)} s` : ''}`,
+        ]
+      : [];
+    return { ready: reasons.length === 0, reasons, ...(notes.length > 0 ? { notes } : {}) };
   }
 
   bootstrap(): JsonObject {

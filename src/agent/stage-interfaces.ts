@@ -41,6 +41,8 @@ export interface ConfigSource {
   start(onUpdate: (u: SourceUpdate) => void, onRejected?: (r: Rejection[]) => void): Promise<void>;
   stop(): Promise<void>;
   connected(): boolean;
+  /** Why the source is not connected now and when it retries (istiod), for /ready's detail. */
+  connectionProblem?(): { message: string; since?: string; retryInMs?: number } | undefined;
   /** The accepted resources now (for CDS: warm clusters), every type: the one store translate reads. */
   resources(): XdsResource[];
   /** Services with a waypoint (workload API). */

@@ -89,6 +89,16 @@ export class XdsSource implements ConfigSource {
     return this.feed.kind === 'istiod' ? this.feed.client.connected() : true;
   }
 
+  connectionProblem(): { message: string; since?: string; retryInMs?: number } | undefined {
+    if (this.feed.kind !== 'istiod' || this.feed.client.connected()) return undefined;
+    const c = this.feed.client.status().connection;
+    return {
+      message: c.lastError ?? c.state,
+      ...(c.lastErrorTime ? { since: c.lastErrorTime } : {}),
+      ...(c.retryInMs !== undefined ? { retryInMs: c.retryInMs } : {}),
+    };
+  }
+
   resources(): XdsResource[] {
     return ENVOY_TYPES.flatMap((t) => this.config.snapshot(t.typeUrl));
   }
