@@ -27,6 +27,8 @@ export interface RecordedRequest {
   kind: RequestKind;
   /** The request as proto3 JSON (defaults left out, as on the wire). */
   json: JsonObject;
+  /** When it arrived (Date.now()). */
+  at?: number;
 }
 
 export interface RecordedResponse {
@@ -423,7 +425,7 @@ export class TestControlPlane {
   }
 
   private record(s: LiveStream, typeUrl: string, kind: RequestKind, json: JsonObject): void {
-    const r: RecordedRequest = { stream: s.id, mode: s.mode, typeUrl, kind, json };
+    const r: RecordedRequest = { stream: s.id, mode: s.mode, typeUrl, kind, json, at: Date.now() };
     this.requests.push(r);
     const index = this.requests.length - 1;
     for (const w of [...this.waiters]) {
