@@ -90,7 +90,7 @@ interface PodSpecLike {
   containers: {
     name: string;
     args: string[];
-    env: { name: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
+    env: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
     ports: { containerPort: number }[];
     readinessProbe: { httpGet: { path: string; port: number } };
     livenessProbe: { httpGet: { path: string; port: number } };
@@ -106,7 +106,11 @@ function agentPod(objs: Obj[]): PodSpecLike {
 }
 
 void test('the kustomizations render offline and every object is valid for Kubernetes 1.33, with no unknown field', async () => {
-  for (const dir of ['deploy/kubernetes', 'deploy/kubernetes/cleanup']) {
+  for (const dir of [
+    'deploy/kubernetes/base',
+    'deploy/kubernetes/authorization',
+    'deploy/kubernetes/cleanup',
+  ]) {
     const objs = render(dir);
     assert.ok(objs.length > 0, dir);
     for (const o of objs) {
@@ -120,7 +124,7 @@ void test('the kustomizations render offline and every object is valid for Kuber
     }
   }
   assert.deepEqual(
-    render('deploy/kubernetes')
+    render('deploy/kubernetes/base')
       .map((o) => o.kind)
       .sort(),
     ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'DaemonSet', 'Namespace', 'ServiceAccount'],
@@ -128,18 +132,18 @@ void test('the kustomizations render offline and every object is valid for Kuber
 });
 
 void test('the schema check catches what it should (a bad manifest fails)', async () => {
-  const ds = structuredClone(byKind(render('deploy/kubernetes'), 'DaemonSet'));
+  const ds = structuredClone(byKind(render('deploy/kubernetes/base'), 'DaemonSet'));
   (
     ds.spec as { template: { spec: { containers: { ports: unknown[] }[] } } }
   ).template.spec.containers[0]!.ports = [{ containerPort: 'fifteen-thousand' }];
   await assert.rejects(validateSchema(ds));
-  const typo = structuredClone(byKind(render('deploy/kubernetes'), 'DaemonSet'));
+  const typo = structuredClone(byKind(render('deploy/kubernetes/base'), 'DaemonSet'));
   (typo.spec as { template: { spec: Record<string, unknown> } }).template.spec.tolerration = [];
   assert.deepEqual(unknownFields(typo, 'V1DaemonSet', 'ds'), ['ds.spec.template.spec.tolerration']);
 });
 
 void test('capabilities and mounts in the DaemonSet are exactly those docs/kubernetes.md names and explains', () => {
-  const objs = render('deploy/kubernetes');
+  const objs = render('deploy/kubernetes/base');
   const pod = agentPod(objs);
   const c = pod.containers[0]!;
   const documentedCaps = [...section(docs(), 'Capabilities').matchAll(/^\| `CAP_(\w+)` \|/gm)].map(
@@ -178,8 +182,52 @@ void test('capabilities and mounts in the DaemonSet are exactly those docs/kuber
   );
 });
 
+void test('the authorization overlay adds exactly what docs/kubernetes.md says --authorization needs, and turns it on', () => {
+  const base = agentPod(render('deploy/kubernetes/base'));
+  const pod = agentPod(render('deploy/kubernetes/authorization')) as PodSpecLike & { hostPID?: boolean };
+  const c = pod.containers[0]!;
+  // the "L4 authorization" table names each addition: `hostPID: true` and the capabilities
+  const needs = section(docs(), 'L4 authorization');
+  const extraCaps = [...needs.matchAll(/^\| `CAP_(\w+)` \|/gm)].map((m) => m[1]!);
+  assert.ok(needs.includes('| `hostPID: true` |'));
+  assert.equal(pod.hostPID, true);
+  assert.deepEqual(
+    [...c.securityContext.capabilities.add].sort(),
+    [...base.containers[0]!.securityContext.capabilities.add, ...extraCaps].sort(),
+  );
+  assert.deepEqual(c.securityContext.capabilities.drop, ['ALL']);
+  assert.ok(!c.securityContext.privileged);
+  // the rest of the pod is the base's: only the flag and the privileges above differ
+  assert.deepEqual(c.volumeMounts, base.containers[0]!.volumeMounts);
+  const flag = c.env.filter((e) => !base.containers[0]!.env.some((b) => b.name === e.name));
+  assert.deepEqual(flag, [{ name: 'KERNMESH_AUTHORIZATION', value: 'true' }]);
+  const cm = byKind(render('deploy/kubernetes/authorization'), 'ConfigMap') as Obj & {
+    data: Record<string, string>;
+  };
+  const dir = mkdtempSync(join(tmpdir(), 'km-cm-'));
+  try {
+    writeFileSync(join(dir, 'config.yaml'), cm.data['config.yaml']!);
+    const config = loadConfig(
+      ['--config', join(dir, 'config.yaml')],
+      {
+        POD_NAME: 'kernmesh-x',
+        POD_NAMESPACE: 'kernmesh-system',
+        NODE_NAME: 'node-1',
+        INSTANCE_IP: '10.0.0.9',
+        // the container's literal values, as the kubelet sets them
+        ...Object.fromEntries(c.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value])),
+      },
+      { checkFiles: false },
+    );
+    assert.equal(config.authorization, true);
+    assert.equal(config.kubernetes, true);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 void test('RBAC is read-only on pods, namespaces and one node; the agent has the identity, probes and config it needs', () => {
-  const objs = render('deploy/kubernetes');
+  const objs = render('deploy/kubernetes/base');
   const role = byKind(objs, 'ClusterRole') as Obj & {
     rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[];
   };
@@ -268,7 +316,7 @@ void test('RBAC is read-only on pods, namespaces and one node; the agent has the
 });
 
 kernelTest('the agent enrolls and routes a pod with only the DaemonSet’s capabilities', async (t, env) => {
-  const caps = agentPod(render('deploy/kubernetes')).containers[0]!.securityContext.capabilities.add.map(
+  const caps = agentPod(render('deploy/kubernetes/base')).containers[0]!.securityContext.capabilities.add.map(
     (c) => c.toLowerCase(),
   );
   const api = await new KubeApiServer().start();
