@@ -9,6 +9,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "common.h"
+#include "accel.h"
 #include "accel_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -4,6 +4,7 @@
 #define KERNMESH_ACCEL_MAPS_H
 
 #include "common.h"
+#include "accel.h"
 
 /* Per-socket acceleration state (cloned from a listener onto the sockets it accepts). */
 struct {

@@ -16,7 +16,6 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "kernmesh.h"
 #include "authz.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -34,9 +33,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE_WAIT 8
 #define TCP_LISTEN 10
-
-/* Counter keys of open connections closed carry this bit beside the reason. */
-#define KM_AUTHZ_CLOSED_BIT 0x100
 
 /* km_authz_stats indexes */
 #define KM_AUTHZ_S_EVENTS_SENT 0

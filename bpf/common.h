@@ -1,6 +1,6 @@
-/* Kernel-side helpers shared by route.bpf.c, accel.bpf.c and telemetry.bpf.c: socket address
- * constants, copying context addresses, and the socket key acceleration and telemetry both build.
- * Not shared with user space (that is kernmesh.h). */
+/* Kernel-side helpers shared by route.bpf.c, accel.bpf.c, telemetry.bpf.c and drain.bpf.c: socket
+ * address constants, copying context addresses, and the socket key acceleration and telemetry both
+ * build. Not shared with user space (that is kernmesh.h and each object's header). */
 #ifndef KERNMESH_COMMON_H
 #define KERNMESH_COMMON_H
 

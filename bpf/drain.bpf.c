@@ -10,6 +10,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "common.h"
+#include "drain.h"
 #include "sock_route_map.h"
 
 struct in6_addr___km {

@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "common.h"
+#include "route.h"
 #include "sock_route_map.h"
 
 #define ECONNREFUSED 111

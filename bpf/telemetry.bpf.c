@@ -9,6 +9,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "common.h"
+#include "telemetry.h"
 #include "sock_route_map.h"
 #include "accel_maps.h"
 
