@@ -19,7 +19,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { enableStats } from '../native/index.js';
-import { Dataplane, defaultRouteObject } from '../src/dataplane/dataplane.js';
+import { Dataplane } from '../src/dataplane/dataplane.js';
+import { bpfObjectPath } from '../native/objects.js';
 import type { DesiredState } from '../src/dataplane/model.js';
 import {
   BPFFS,
@@ -244,7 +245,7 @@ async function main(): Promise<void> {
   const why = kernelUnavailable();
   const mount = cgroup2Mount();
   if (why || !mount) throw new Error(`cannot run the kernel side here: ${why ?? 'no cgroup v2'}`);
-  const routeObject = defaultRouteObject();
+  const routeObject = bpfObjectPath('route.bpf.o');
   const haproxy = haproxyPreflight();
 
   const tag = `kernmesh-bench-sidecar-${process.pid}`;

@@ -620,12 +620,12 @@ int km_accel_redirect(struct sk_msg_md *msg)
 		return SK_PASS;
 	st = bpf_sk_storage_get(&km_accel_sock, sk, 0, 0);
 	if (!st || (st->state & KM_ACCEL_SOCK_FELL_BACK)) {
-		count(KM_ACCEL_MSGS_FALLBACK, 1);
+		count(KM_ACCEL_MESSAGES_FALLBACK, 1);
 		return SK_PASS;
 	}
 	if (!cfg || !cfg->enabled) {
 		st->state |= KM_ACCEL_SOCK_FELL_BACK;
-		count(KM_ACCEL_MSGS_FALLBACK, 1);
+		count(KM_ACCEL_MESSAGES_FALLBACK, 1);
 		return SK_PASS;
 	}
 	if (key_from_msg(msg, &peer) ||
@@ -634,7 +634,7 @@ int km_accel_redirect(struct sk_msg_md *msg)
 		count(KM_ACCEL_REDIRECT_FAILURES, 1);
 		return SK_PASS;
 	}
-	count(KM_ACCEL_MSGS_REDIRECTED, 1);
+	count(KM_ACCEL_MESSAGES_REDIRECTED, 1);
 	count(KM_ACCEL_BYTES_REDIRECTED, size);
 	offset = __sync_fetch_and_add(&st->bytes_out, size);
 	/* TCP's counters never see these bytes: credit them to the receiving end for telemetry. */

@@ -77,12 +77,12 @@ struct km_accel_sock {
 /* Indexes of the per-CPU km_accel_counters array. */
 enum km_accel_counter {
 	KM_ACCEL_SOCKETS_INSERTED = 0,
-	KM_ACCEL_MSGS_REDIRECTED = 1,
+	KM_ACCEL_MESSAGES_REDIRECTED = 1,
 	KM_ACCEL_REDIRECT_FAILURES = 2,
 	KM_ACCEL_BYTES_REDIRECTED = 3,
 	KM_ACCEL_SOCKETS_REFUSED = 4,
 	KM_ACCEL_INSERT_FAILURES = 5,
-	KM_ACCEL_MSGS_FALLBACK = 6, /* passed to the stack after a fallback or with acceleration off */
+	KM_ACCEL_MESSAGES_FALLBACK = 6, /* passed to the stack after a fallback or with acceleration off */
 	KM_ACCEL_COUNTER_MAX = 8,
 };
 

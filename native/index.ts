@@ -2,7 +2,7 @@
 // thread, as libbpf does; the ring buffer is consumed from Node's own event loop.
 import { existsSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 
@@ -31,6 +31,19 @@ export interface OpenOptions {
   maxEntries?: Record<string, number>;
   /** libbpf's log (debug/info/warn) is routed here; without it libbpf's warnings go to stderr. */
   log?: Logger;
+  /**
+   * Runs once the object is read and before anything reaches the kernel, with its BTF: throwing
+   * refuses the object (nothing is loaded or pinned). See spec.ts's checkSpec.
+   */
+  check?: (btf: BtfReader) => void;
+}
+
+/** An object's BTF: its structs and enums by name (undefined for one it does not have). */
+export interface BtfReader {
+  /** The object's file name, for messages. */
+  readonly object: string;
+  struct(name: string): BtfStruct | undefined;
+  enum(name: string): BtfEnum | undefined;
 }
 
 /** A struct as the compiler laid it out, from an object's BTF. Offsets and sizes in bytes. */
@@ -38,6 +51,13 @@ export interface BtfStruct {
   name: string;
   size: number;
   members: { name: string; offset: number; bitOffset: number; bitSize: number; size: number | null }[];
+}
+
+/** An enum as an object's BTF declares it: its values by name. */
+export interface BtfEnum {
+  name: string;
+  size: number;
+  values: Record<string, number>;
 }
 
 /** What the kernel says about a link (bpf_link_info); a PROG_ATTACH attachment has id 0. */
@@ -108,14 +128,15 @@ interface NativeProgramHandle {
   attachSockmap(map: NativeMapHandle): void;
   detachSockmap(map: NativeMapHandle): void;
   attachNetns(netnsPath: string, pinPath?: string): NativeLinkHandle;
-  runIterator(netnsPath?: string): number;
-  iterate(): Buffer;
+  iterate(map?: NativeMapHandle | null, netnsPath?: string): Buffer;
   stats(): { runTimeNs: bigint; runCount: bigint };
 }
 interface NativeObjectHandle {
   readonly name: string;
   maps(): NativeMapHandle[];
   programs(): NativeProgramHandle[];
+  btfType(kind: 'struct', name: string): BtfStruct | null;
+  btfType(kind: 'enum', name: string): BtfEnum | null;
   close(): void;
 }
 interface NativeRingBufferHandle {
@@ -125,7 +146,12 @@ interface NativeRingBufferHandle {
 }
 interface Addon {
   NativeObject: {
-    open(path: string, pinDir: string, maxEntries: Record<string, number>): NativeObjectHandle;
+    open(
+      path: string,
+      pinDir: string,
+      maxEntries: Record<string, number>,
+      beforeLoad?: (btfType: (kind: 'struct' | 'enum', name: string) => BtfStruct | BtfEnum | null) => void,
+    ): NativeObjectHandle;
   };
   NativeMap: { openPinned(path: string, name?: string): NativeMapHandle };
   NativeLink: { openPinned(path: string): NativeLinkHandle };
@@ -137,6 +163,7 @@ interface Addon {
   detachCgroupAll(cgroupPath: string, attachType: string, namePrefix?: string): number;
   attachedPrograms(target: string | NativeMapHandle, attachType: string): AttachedProgram[];
   btfStruct(objectPath: string, name: string): BtfStruct;
+  btfEnum(objectPath: string, name: string): BtfEnum;
 }
 
 const ADDON = join('native', 'build', 'Release', 'kernmesh_native.node');
@@ -402,19 +429,13 @@ export class BpfProgram {
     return new BpfLink(this.handle.attachNetns(netnsPath, opts.pinPath));
   }
   /**
-   * Runs this iterator program (iter/tcp, ...) once over its whole sequence; returns the bytes it
-   * printed. Socket iterators walk the sockets of the namespace they are created in: with
-   * netnsPath a helper thread enters that namespace first (setns: CAP_SYS_ADMIN).
+   * Runs an iterator program (SEC("iter/...")) once over its whole set, through a bpf_iter link made
+   * and closed for the run, and returns what it wrote (bpf_seq_write). A map iterator walks
+   * opts.map; a socket iterator (iter/tcp) walks the network namespace at opts.netns (an nsfs file
+   * such as /proc/<pid>/ns/net: a helper thread enters it, CAP_SYS_ADMIN), else the agent's own.
    */
-  runIterator(opts: { netnsPath?: string } = {}): number {
-    return this.handle.runIterator(opts.netnsPath);
-  }
-  /**
-   * Runs an iterator program (SEC("iter/tcp") and the like) once over its whole set, through a
-   * bpf_iter link made and closed for the run, and returns what it wrote with bpf_seq_write.
-   */
-  iterate(): Buffer {
-    return this.handle.iterate();
+  iterate(opts: { map?: BpfMap; netns?: string } = {}): Buffer {
+    return this.handle.iterate(opts.map?.handle ?? null, opts.netns);
   }
   /** Cumulative run time and count; they only grow while stats are enabled (enableStats()). */
   stats(): { runTimeNs: bigint; runCount: bigint } {
@@ -438,8 +459,21 @@ export class BpfObject {
   static open(path: string, opts: OpenOptions): BpfObject {
     mkdirSync(opts.pinDir, { recursive: true });
     if (opts.log) addon.setLogSink(sinkFor(opts.log));
+    const check = opts.check;
+    const object = basename(path);
+    const beforeLoad = check
+      ? (btfType: (kind: 'struct' | 'enum', name: string) => BtfStruct | BtfEnum | null): void =>
+          check({
+            object,
+            struct: (name) => (btfType('struct', name) as BtfStruct | null) ?? undefined,
+            enum: (name) => (btfType('enum', name) as BtfEnum | null) ?? undefined,
+          })
+      : undefined;
     try {
-      return new BpfObject(path, addon.NativeObject.open(path, opts.pinDir, opts.maxEntries ?? {}));
+      return new BpfObject(
+        path,
+        addon.NativeObject.open(path, opts.pinDir, opts.maxEntries ?? {}, beforeLoad),
+      );
     } finally {
       addon.setLogSink(defaultSink);
     }
@@ -460,6 +494,14 @@ export class BpfObject {
   }
   programs(): BpfProgram[] {
     return [...this.programsByName.values()];
+  }
+  /** A struct as the loaded object's BTF lays it out; undefined when the object has none of that name. */
+  btfStruct(name: string): BtfStruct | undefined {
+    return this.handle.btfType('struct', name) ?? undefined;
+  }
+  /** An enum's values as the loaded object's BTF declares them; undefined when it has none of that name. */
+  btfEnum(name: string): BtfEnum | undefined {
+    return this.handle.btfType('enum', name) ?? undefined;
   }
   /** Closes the object's fds (its maps and programs become unusable); pinned maps and links stay. */
   close(): void {
@@ -534,7 +576,29 @@ export function setLibbpfLogger(log: Logger | undefined): void {
   addon.setLogSink(defaultSink);
 }
 
-/** Reads a struct's layout from a BPF object's BTF, to check user-space codecs against the C side. */
+/** Reads a struct's layout from a BPF object file's BTF; ENOENT names a struct it does not have. */
 export function btfStruct(objectPath: string, name: string): BtfStruct {
   return addon.btfStruct(objectPath, name);
+}
+
+/** Reads an enum's values from a BPF object file's BTF; ENOENT names an enum it does not have. */
+export function btfEnum(objectPath: string, name: string): BtfEnum {
+  return addon.btfEnum(objectPath, name);
+}
+
+/** An object file's BTF as a BtfReader (what OpenOptions.check is given), without loading it. */
+export function fileBtf(objectPath: string): BtfReader {
+  const missing = <T>(read: () => T): T | undefined => {
+    try {
+      return read();
+    } catch (e) {
+      if (isBpfError(e) && e.syscall === 'btf__find_by_name_kind') return undefined;
+      throw e;
+    }
+  };
+  return {
+    object: basename(objectPath),
+    struct: (name) => missing(() => addon.btfStruct(objectPath, name)),
+    enum: (name) => missing(() => addon.btfEnum(objectPath, name)),
+  };
 }

@@ -1,74 +1,41 @@
-// The acceleration and telemetry codecs against the compiled objects' BTF: a field moved or resized
-// in bpf/kernmesh.h without the codec following fails here, not in the kernel.
+// The acceleration and telemetry codecs and constants against the compiled objects' BTF: a field
+// moved or resized, or a constant changed, in bpf/accel.h or bpf/telemetry.h without the codec
+// following fails here (and the agent refuses the object at load), not in the kernel.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 
+import { fileBtf } from '../native/index.js';
+import { specDifferences, type ObjectSpec, type StructLayout } from '../native/spec.js';
 import {
   ACCEL_SOCK_LAYOUT,
+  ACCEL_SPEC,
   CAPTURE_CONFIG_LAYOUT,
-  CAPTURE_ENDPOINT_LAYOUT,
   CAPTURE_RECORD_LAYOUT,
-  CAPTURE_WINDOW_LAYOUT,
-  CONFIG_LAYOUT,
   decodeCaptureRecord,
   encodeCaptureConfig,
   encodeCaptureEndpoint,
-  RULE_STATS_LAYOUT,
   encodeConfig,
   decodeConfig,
   encodeRule,
-  LISTENER_KEY_LAYOUT,
   RULE_LAYOUT,
   SOCK_KEY_LAYOUT,
-  SOCK_OWNER_LAYOUT,
 } from '../src/accel/codec.js';
-import type { StructLayout } from '../src/dataplane/codec.js';
 import { parseAccelRules } from '../src/accel/rules.js';
-import {
-  CONN_EVENT_LAYOUT,
-  decodeConnEvent,
-  SERVICE_TRAFFIC_LAYOUT,
-  TELE_SOCK_LAYOUT,
-  TELEMETRY_CONFIG_LAYOUT,
-} from '../src/telemetry/codec.js';
-import { btfStructs } from './support/btf.js';
+import { CONN_EVENT_LAYOUT, decodeConnEvent, TELEMETRY_SPEC } from '../src/telemetry/codec.js';
+import { btfEnums, btfStructs } from './support/btf.js';
 
 execFileSync('make', ['-s', '-C', 'bpf'], { stdio: ['ignore', 'ignore', 'inherit'] });
 
-const objects: [string, StructLayout[]][] = [
-  [
-    'bpf/accel.bpf.o',
-    [
-      RULE_LAYOUT,
-      CONFIG_LAYOUT,
-      SOCK_KEY_LAYOUT,
-      LISTENER_KEY_LAYOUT,
-      SOCK_OWNER_LAYOUT,
-      ACCEL_SOCK_LAYOUT,
-      RULE_STATS_LAYOUT,
-      CAPTURE_CONFIG_LAYOUT,
-      CAPTURE_ENDPOINT_LAYOUT,
-      CAPTURE_WINDOW_LAYOUT,
-      CAPTURE_RECORD_LAYOUT,
-    ],
-  ],
-  [
-    'bpf/telemetry.bpf.o',
-    [
-      CONN_EVENT_LAYOUT,
-      TELE_SOCK_LAYOUT,
-      TELEMETRY_CONFIG_LAYOUT,
-      SERVICE_TRAFFIC_LAYOUT,
-      ACCEL_SOCK_LAYOUT,
-      SOCK_KEY_LAYOUT,
-    ],
-  ],
+// telemetry.bpf.o also reads acceleration's per-socket state and keys (the same pinned maps)
+const objects: [string, ObjectSpec, StructLayout[]][] = [
+  ['bpf/accel.bpf.o', ACCEL_SPEC, []],
+  ['bpf/telemetry.bpf.o', TELEMETRY_SPEC, [ACCEL_SOCK_LAYOUT, SOCK_KEY_LAYOUT]],
 ];
 
-for (const [object, layouts] of objects) {
+for (const [object, spec, shared] of objects) {
   const btf = btfStructs(object);
-  for (const l of layouts) {
+  for (const l of [...spec.structs, ...shared]) {
     void test(`struct ${l.struct} in ${object} matches its codec`, () => {
       const s = btf.get(l.struct);
       assert.ok(s, `struct ${l.struct} not in the BTF of ${object}`);
@@ -76,6 +43,15 @@ for (const [object, layouts] of objects) {
       assert.deepEqual(s.members, l.fields);
     });
   }
+  void test(`constants: every enum value the agent mirrors is ${object}’s, and its own check at load agrees`, () => {
+    const enums = btfEnums(object);
+    for (const e of spec.enums) {
+      const live = enums.get(e.enum);
+      assert.ok(live, `enum ${e.enum} not in the BTF of ${object}`);
+      for (const [name, value] of Object.entries(e.values)) assert.equal(live[name], value, name);
+    }
+    assert.deepEqual(specDifferences(spec, fileBtf(object)), []);
+  });
 }
 
 void test('a rule encodes its matches, action, address in network order and port in host order', () => {

@@ -15,22 +15,9 @@ import {
   TERM_FLAGS,
   type AuthzModel,
 } from '../src/authz/compile.js';
-import {
-  ADDR_LAYOUT,
-  CIDR_KEY_LAYOUT,
-  CONFIG_LAYOUT,
-  COUNTER_KEY_LAYOUT,
-  DEST_LAYOUT,
-  EVENT_LAYOUT,
-  INDEX_KEY_LAYOUT,
-  INDEX_LAYOUT,
-  ID_KEY_LAYOUT,
-  LISTENER_KEY_LAYOUT,
-  PORT_KEY_LAYOUT,
-  TERM_LAYOUT,
-  cidrKey,
-  decodeCidrKey,
-} from '../src/authz/codec.js';
+import { fileBtf } from '../native/index.js';
+import { specDifferences } from '../native/spec.js';
+import { AUTHZ_SPEC, cidrKey, decodeCidrKey } from '../src/authz/codec.js';
 import {
   readAuthorization,
   readWorkload,
@@ -38,33 +25,29 @@ import {
   type AuthzWorkload,
 } from '../src/authz/policy.js';
 import type { JsonObject } from '../src/xds/types.js';
-import { btfStructs } from './support/btf.js';
+import { btfEnums, btfStructs } from './support/btf.js';
 import { cidr, exact, policy, presence, workload } from './support/authz-resources.js';
 
 execFileSync('make', ['-s', '-C', 'bpf'], { stdio: ['ignore', 'ignore', 'inherit'] });
 
 void describe('codecs of bpf/authz.h', () => {
   const btf = btfStructs('bpf/authz.bpf.o');
-  for (const l of [
-    ADDR_LAYOUT,
-    DEST_LAYOUT,
-    TERM_LAYOUT,
-    ID_KEY_LAYOUT,
-    PORT_KEY_LAYOUT,
-    CIDR_KEY_LAYOUT,
-    COUNTER_KEY_LAYOUT,
-    EVENT_LAYOUT,
-    CONFIG_LAYOUT,
-    LISTENER_KEY_LAYOUT,
-    INDEX_KEY_LAYOUT,
-    INDEX_LAYOUT,
-  ])
+  for (const l of AUTHZ_SPEC.structs)
     void it(`struct ${l.struct} matches its codec`, () => {
       const s = btf.get(l.struct);
       assert.ok(s, `struct ${l.struct} not in the BTF`);
       assert.equal(s.size, l.size, 'sizeof');
       assert.deepEqual(s.members, l.fields);
     });
+  void it('constants: every enum value the compiler mirrors is the object’s, and the agent’s own check at load agrees', () => {
+    const enums = btfEnums('bpf/authz.bpf.o');
+    for (const e of AUTHZ_SPEC.enums) {
+      const live = enums.get(e.enum);
+      assert.ok(live, `enum ${e.enum} not in the BTF`);
+      for (const [name, value] of Object.entries(e.values)) assert.equal(live[name], value, name);
+    }
+    assert.deepEqual(specDifferences(AUTHZ_SPEC, fileBtf('bpf/authz.bpf.o')), []);
+  });
   void it('a CIDR key covers set, negated and family before the prefix, and round-trips', () => {
     const c = readAuthorization(
       policy({ name: 'p', namespace: 'n', groups: [[[{ source_ips: [cidr('10.1.2.3/16')] }]]] }).resource,

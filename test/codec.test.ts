@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+
+import { fileBtf } from '../native/index.js';
+import { specDifferences } from '../native/spec.js';
+import { Dataplane } from '../src/dataplane/dataplane.js';
 
 import { canonicalAddress, decodeAddress, encodeAddress } from '../src/net/address.js';
 import {
@@ -16,8 +20,10 @@ import {
   hostKeyCodec,
   memberCodec,
   hostStateCodec,
+  ROUTE_SPEC,
 } from '../src/dataplane/codec.js';
-import { btfStructs } from './support/btf.js';
+import { btfEnums, btfStructs } from './support/btf.js';
+import { kernelTest } from './support/kernel.js';
 
 const ROUTE_OBJECT = fileURLToPath(new URL('../bpf/route.bpf.o', import.meta.url));
 
@@ -41,7 +47,42 @@ void describe('codecs match the compiled object (BTF)', () => {
       );
     });
   }
+  void test('constants: every enum value the agent mirrors is the object’s', () => {
+    const enums = btfEnums(ROUTE_OBJECT);
+    for (const e of ROUTE_SPEC.enums) {
+      const live = enums.get(e.enum);
+      assert.ok(live, `enum ${e.enum} not in the BTF of ${ROUTE_OBJECT}`);
+      for (const [name, value] of Object.entries(e.values)) assert.equal(live[name], value, name);
+    }
+  });
+  void test('the agent’s own check at load (native’s BTF reader) finds no difference', () => {
+    assert.deepEqual(specDifferences(ROUTE_SPEC, fileBtf(ROUTE_OBJECT)), []);
+  });
 });
+
+kernelTest(
+  'a routing object built from other sources is refused before it reaches the kernel, each difference named',
+  (_t, env) => {
+    const drift = fileURLToPath(new URL('./bpf/spec_drift.bpf.o', import.meta.url));
+    assert.throws(
+      () => Dataplane.open({ pinDir: env.pinDir, objectPath: drift }),
+      (e: Error) => {
+        for (const line of [
+          'spec_drift.bpf.o does not match this agent',
+          'struct km_frontend_key: member protocol at offset 19 (1 bytes) in spec_drift.bpf.o, at 18 (1 bytes) in the agent',
+          'struct km_frontend_key: member family at offset 18 (1 bytes) in spec_drift.bpf.o, at 19 (1 bytes) in the agent',
+          'enum km_lb_policy: KM_LB_MAGLEV = 4 in spec_drift.bpf.o, 3 in the agent',
+          'struct km_service: not in spec_drift.bpf.o',
+          'enum km_reason: not in spec_drift.bpf.o',
+        ])
+          assert.ok(e.message.includes(line), `${line}\nnot in: ${e.message}`);
+        assert.ok(!e.message.includes('struct km_frontend:'), 'an equal struct is not named');
+        return true;
+      },
+    );
+    assert.deepEqual(readdirSync(env.pinDir), [], 'nothing was loaded or pinned');
+  },
+);
 
 /** A service value's fields that the routing tests below do not set. */
 const PLAIN = {

@@ -6,9 +6,9 @@
 // (bpf_ktime_get_ns) are all CLOCK_MONOTONIC; nothing is asserted about how fast this machine is.
 import assert from 'node:assert/strict';
 
+import { bpfObjectPath } from '../native/objects.js';
 import { drainedCodec, DRAIN_CODECS } from '../src/dataplane/codec.js';
 import { Dataplane } from '../src/dataplane/dataplane.js';
-import { defaultDrainObject } from '../src/dataplane/drain.js';
 import type { Endpoint, EndpointHealth, Service } from '../src/dataplane/model.js';
 import { btfStructs } from './support/btf.js';
 import { kernelTest } from './support/kernel.js';
@@ -75,7 +75,7 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>): Prom
 }
 
 kernelTest('drain structs: codecs match drain.bpf.o (BTF)', () => {
-  const structs = btfStructs(defaultDrainObject());
+  const structs = btfStructs(bpfObjectPath('drain.bpf.o'));
   for (const codec of DRAIN_CODECS) {
     const s = structs.get(codec.struct);
     assert.ok(s, `struct ${codec.struct}`);

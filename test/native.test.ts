@@ -1,7 +1,7 @@
 // Kernel tests of the libbpf binding (native/), each against real programs from test/bpf/native_test.bpf.c.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { createServer, connect, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -14,12 +14,14 @@ import {
   BpfObject,
   RingBuffer,
   attachedPrograms,
+  btfEnum,
   btfStruct,
   detachCgroupAll,
   enableStats,
   isBpfError,
   possibleCpus,
   type BpfError,
+  type OpenOptions,
 } from '../native/index.js';
 import { kernelTest, removeCgroup, runInCgroup, spawnInCgroup } from './support/kernel.js';
 import { eventually } from './support/wait.js';
@@ -32,7 +34,7 @@ const COUNTER_CONNECT = 0;
 const COUNTER_SOCKHASH_INSERT = 1;
 const COUNTER_MSG = 2;
 
-function openTestObject(pinDir: string, extra: { maxEntries?: Record<string, number> } = {}): BpfObject {
+function openTestObject(pinDir: string, extra: Pick<OpenOptions, 'maxEntries' | 'check'> = {}): BpfObject {
   assert.ok(existsSync(OBJECT), `${OBJECT} is missing: run \`npm run build:bpf\``);
   return BpfObject.open(OBJECT, { pinDir, ...extra });
 }
@@ -501,6 +503,51 @@ void test('btfStruct reads a struct layout from the object and names what is mis
   assert.deepEqual([missing.code, missing.object], ['ENOENT', 'native_test.bpf.o']);
   assert.match(missing.message, /no struct no_such_struct/);
 });
+
+void test('btfEnum reads an enum’s values from the object and names what is missing', () => {
+  assert.deepEqual(btfEnum(OBJECT, 'test_counter').values, {
+    COUNTER_CONNECT: 0,
+    COUNTER_SOCKHASH_INSERT: 1,
+    COUNTER_MSG: 2,
+    COUNTER_MAX: 4,
+  });
+  const missing = bpfErrorOf(() => btfEnum(OBJECT, 'no_such_enum'));
+  assert.deepEqual([missing.code, missing.object], ['ENOENT', 'native_test.bpf.o']);
+  assert.match(missing.message, /no enum no_such_enum/);
+});
+
+kernelTest(
+  'open’s check reads the object’s BTF before the load; a loaded object answers the same, undefined for what it lacks',
+  (_t, env) => {
+    const seen: unknown[] = [];
+    const o = openTestObject(env.pinDir, {
+      check: (btf) => {
+        seen.push(
+          btf.object,
+          btf.struct('test_connect_event')?.size,
+          btf.enum('test_counter')?.values.COUNTER_MAX,
+        );
+        seen.push(btf.struct('no_such_struct'), btf.enum('no_such_enum'));
+      },
+    });
+    env.defer(() => o.close());
+    assert.deepEqual(seen, ['native_test.bpf.o', 16, 4, undefined, undefined]);
+    assert.equal(o.btfStruct('test_connect_event')?.members.length, 5);
+    assert.equal(o.btfEnum('test_counter')?.values.COUNTER_MSG, 2);
+    assert.equal(o.btfEnum('no_such_enum'), undefined);
+    const refusedDir = join(env.pinDir, 'refused');
+    assert.throws(
+      () =>
+        openTestObject(refusedDir, {
+          check: () => {
+            throw new Error('not this one');
+          },
+        }),
+      /not this one/,
+    );
+    assert.deepEqual(readdirSync(refusedDir), [], 'a refused object pins nothing');
+  },
+);
 
 kernelTest(
   'a pinned link updated in place runs the new object instance; BPF_F_REPLACE refuses a wrong expectation',

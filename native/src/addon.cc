@@ -51,6 +51,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("detachCgroupAll", Napi::Function::New<DetachCgroupAll>(env, "detachCgroupAll"));
   exports.Set("attachedPrograms", Napi::Function::New<AttachedPrograms>(env, "attachedPrograms"));
   exports.Set("btfStruct", Napi::Function::New<BtfStruct>(env, "btfStruct"));
+  exports.Set("btfEnum", Napi::Function::New<BtfEnum>(env, "btfEnum"));
   return exports;
 }
 

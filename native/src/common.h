@@ -80,5 +80,9 @@ int MapFdOf(Napi::Env env, const Napi::Value& v, std::string* name);
 Napi::Value DetachCgroupAll(const Napi::CallbackInfo& info);
 Napi::Value AttachedPrograms(const Napi::CallbackInfo& info);
 Napi::Value BtfStruct(const Napi::CallbackInfo& info);
+Napi::Value BtfEnum(const Napi::CallbackInfo& info);
+// A loaded object's struct or enum (kind "struct" / "enum") from its BTF, or null when it has none.
+Napi::Value ObjectBtfType(Napi::Env env, bpf_object* obj, const std::string& object, const std::string& kind,
+                          const std::string& name);
 
 }  // namespace kernmesh

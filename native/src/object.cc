@@ -30,7 +30,10 @@ class NativeObject : public Napi::ObjectWrap<NativeObject> {
     core_ = *core;
   }
 
-  // open(path, pinDir, maxEntries: Record<string, number>)
+  // open(path, pinDir, maxEntries: Record<string, number>, beforeLoad?: (btfType) => void)
+  // beforeLoad runs after the ELF is read and before anything reaches the kernel, with a reader of
+  // the object's BTF (btfType(kind, name), valid during the call only): when it throws, nothing
+  // was loaded or pinned.
   static Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     std::string path = info[0].As<Napi::String>();
@@ -44,6 +47,26 @@ class NativeObject : public Napi::ObjectWrap<NativeObject> {
     auto core = std::make_shared<ObjectCore>();
     core->obj = obj;
     core->name = subject.name;
+
+    if (info.Length() > 3 && info[3].IsFunction()) {
+      auto alive = std::make_shared<bool>(true);
+      std::weak_ptr<ObjectCore> weak = core;
+      std::string name = subject.name;
+      Napi::Function reader = Napi::Function::New(env, [weak, alive, name](const Napi::CallbackInfo& ci) -> Napi::Value {
+        Napi::Env e = ci.Env();
+        auto c = weak.lock();
+        if (!*alive || !c || !c->obj)
+          throw BpfError(e, EBADF, "bpf_object__btf", ObjectSubject(name), "the BTF reader works during the load only");
+        return ObjectBtfType(e, c->obj, c->name, ci[0].As<Napi::String>(), ci[1].As<Napi::String>());
+      });
+      try {
+        info[3].As<Napi::Function>().Call({reader});
+      } catch (...) {
+        *alive = false;
+        throw;
+      }
+      *alive = false;
+    }
 
     Napi::Array sizes = max_entries.GetPropertyNames();
     for (uint32_t i = 0; i < sizes.Length(); i++) {
@@ -98,6 +121,13 @@ class NativeObject : public Napi::ObjectWrap<NativeObject> {
     return out;
   }
 
+  // btfType(kind, name): the loaded object's struct or enum as its BTF declares it, or null.
+  Napi::Value BtfType(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Live(env);
+    return ObjectBtfType(env, core_->obj, core_->name, info[0].As<Napi::String>(), info[1].As<Napi::String>());
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     core_->Close();
     return info.Env().Undefined();
@@ -116,6 +146,7 @@ class NativeObject : public Napi::ObjectWrap<NativeObject> {
                         InstanceAccessor<&NativeObject::Name>("name"),
                         InstanceMethod<&NativeObject::Maps>("maps"),
                         InstanceMethod<&NativeObject::Programs>("programs"),
+                        InstanceMethod<&NativeObject::BtfType>("btfType"),
                         InstanceMethod<&NativeObject::Close>("close")});
   }
 };

@@ -415,59 +415,6 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
     return Data(env)->link_ctor.New({Napi::External<LinkInit>::New(env, &init)});
   }
 
-  // runIterator(netnsPath?): runs this iterator program (iter/tcp...) once over its whole sequence
-  // and returns the bytes it printed. Socket iterators see the namespace of the task that creates
-  // the iterator, so with netnsPath a short-lived thread enters that namespace first (setns needs
-  // CAP_SYS_ADMIN); the JS thread's own namespace never changes.
-  Napi::Value RunIterator(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    std::string netns = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
-    Fd(env, "bpf_link_create");
-    bpf_link* link = bpf_program__attach_iter(prog_, nullptr);
-    if (!link) throw BpfError(env, errno, "bpf_link_create", ProgramSubject(name_), "iterator");
-    int link_fd = bpf_link__fd(link);
-    int err = 0;
-    const char* syscall = "";
-    size_t total = 0;
-    std::thread worker([&]() {
-      if (!netns.empty()) {
-        int ns_fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-        if (ns_fd < 0) {
-          err = errno, syscall = "open";
-          return;
-        }
-        int rc = setns(ns_fd, CLONE_NEWNET);
-        if (rc) err = errno, syscall = "setns";
-        close(ns_fd);
-        if (rc) return;
-      }
-      int iter_fd = bpf_iter_create(link_fd);
-      if (iter_fd < 0) {
-        err = errno, syscall = "bpf_iter_create";
-        return;
-      }
-      char buf[4096];
-      for (;;) {
-        ssize_t n = read(iter_fd, buf, sizeof buf);
-        if (n > 0) {
-          total += n;
-          continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) err = errno, syscall = "read";
-        break;
-      }
-      close(iter_fd);
-    });
-    worker.join();
-    bpf_link__destroy(link);
-    if (err) {
-      throw BpfError(env, err, syscall, ProgramSubject(name_),
-                     netns.empty() ? std::string("iterator") : "iterator in network namespace " + netns);
-    }
-    return Napi::Number::New(env, static_cast<double>(total));
-  }
-
   // fds of the PROG_ATTACH programs on the cgroup with this program's attach type and kernel name
   // (its first 15 characters), other than this very program; links' programs are left out.
   std::vector<int> SameNameProgAttached(Napi::Env env, int cgroup_fd, const std::string& cgroup) {
@@ -518,35 +465,67 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
     return env.Undefined();
   }
 
-  // iterate(): runs an iterator program (SEC("iter/...")) once over its whole set and returns what
-  // it wrote (bpf_seq_write/printf): a link for the run, an iterator fd read to its end, both closed.
+  // iterate(map?, netnsPath?): runs this iterator program (SEC("iter/...")) once over its whole
+  // sequence and returns what it wrote (bpf_seq_write/printf): a link for the run, an iterator fd
+  // read to its end, both closed. A map iterator walks `map`. Socket iterators see the network
+  // namespace of the task that creates the iterator, so with netnsPath a short-lived thread enters
+  // that namespace first (setns needs CAP_SYS_ADMIN); the JS thread's own namespace never changes.
   Napi::Value Iterate(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    Fd(env, "bpf_program__attach_iter");
-    bpf_link* link = bpf_program__attach_iter(prog_, nullptr);
-    if (!link) throw BpfError(env, errno, "bpf_program__attach_iter", ProgramSubject(name_));
-    int fd = bpf_iter_create(bpf_link__fd(link));
-    if (fd < 0) {
-      int err = errno;
-      bpf_link__destroy(link);
-      throw BpfError(env, err, "bpf_iter_create", ProgramSubject(name_));
+    std::string map_name;
+    int map_fd = -1;
+    if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) map_fd = MapFdOf(env, info[0], &map_name);
+    std::string netns = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+    Fd(env, "bpf_link_create");
+    DECLARE_LIBBPF_OPTS(bpf_iter_attach_opts, opts);
+    union bpf_iter_link_info linfo;
+    memset(&linfo, 0, sizeof linfo);
+    if (map_fd >= 0) {
+      linfo.map.map_fd = map_fd;
+      opts.link_info = &linfo;
+      opts.link_info_len = sizeof linfo;
     }
+    std::string what = map_name.empty() ? "iterator" : "iterator over map " + map_name;
+    if (!netns.empty()) what += " in network namespace " + netns;
+    bpf_link* link = bpf_program__attach_iter(prog_, &opts);
+    if (!link) throw BpfError(env, errno, "bpf_link_create", ProgramSubject(name_), what);
+    int link_fd = bpf_link__fd(link);
+    int err = 0;
+    const char* syscall = "";
     std::string out;
-    char buf[65536];
-    for (;;) {
-      ssize_t n = read(fd, buf, sizeof buf);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int err = errno;
-        close(fd);
-        bpf_link__destroy(link);
-        throw BpfError(env, err, "read", ProgramSubject(name_), "iterator");
+    std::thread worker([&]() {
+      if (!netns.empty()) {
+        int ns_fd = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ns_fd < 0) {
+          err = errno, syscall = "open";
+          return;
+        }
+        int rc = setns(ns_fd, CLONE_NEWNET);
+        if (rc) err = errno, syscall = "setns";
+        close(ns_fd);
+        if (rc) return;
       }
-      if (n == 0) break;
-      out.append(buf, n);
-    }
-    close(fd);
+      int iter_fd = bpf_iter_create(link_fd);
+      if (iter_fd < 0) {
+        err = errno, syscall = "bpf_iter_create";
+        return;
+      }
+      std::vector<char> buf(1 << 16);
+      for (;;) {
+        ssize_t n = read(iter_fd, buf.data(), buf.size());
+        if (n > 0) {
+          out.append(buf.data(), static_cast<size_t>(n));
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) err = errno, syscall = "read";
+        break;
+      }
+      close(iter_fd);
+    });
+    worker.join();
     bpf_link__destroy(link);
+    if (err) throw BpfError(env, err, syscall, ProgramSubject(name_), what);
     return Napi::Buffer<char>::Copy(env, out.data(), out.size());
   }
 
@@ -605,7 +584,6 @@ class NativeProgram : public Napi::ObjectWrap<NativeProgram> {
                         InstanceMethod<&NativeProgram::AttachCgroup>("attachCgroup"),
                         InstanceMethod<&NativeProgram::AttachSockmap>("attachSockmap"),
                         InstanceMethod<&NativeProgram::AttachNetns>("attachNetns"),
-                        InstanceMethod<&NativeProgram::RunIterator>("runIterator"),
                         InstanceMethod<&NativeProgram::DetachSockmap>("detachSockmap"),
                         InstanceMethod<&NativeProgram::Iterate>("iterate"),
                         InstanceMethod<&NativeProgram::Stats>("stats")});

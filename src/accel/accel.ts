@@ -1,14 +1,17 @@
 // Same-node acceleration in the kernel (bpf/accel.bpf.c): loads the object with its maps pinned,
 // attaches it to cgroups, writes the rules, turns it on and off, and reads its counters.
-import { existsSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import type { Logger } from 'pino';
 
-import { BpfLink, BpfObject, possibleCpus, type BpfMap } from '../../native/index.js';
+import { possibleCpus, type BpfMap, type BpfObject } from '../../native/index.js';
+import { attachPrograms, bpfObjectPath, openObject, type CgroupAttachment } from '../../native/objects.js';
+import { sumPerCpuU64, u32 } from '../../native/spec.js';
 import {
   ACCEL_COUNTER_SLOTS,
   ACCEL_COUNTERS,
+  ACCEL_SPEC,
+  CAPTURE_MATCH,
   CAPTURE_COUNTERS,
   CAPTURE_WINDOW_LAYOUT,
   decodeConfig,
@@ -18,8 +21,6 @@ import {
   encodeConfig,
   encodeRule,
   RULE_STATS_LAYOUT,
-  sumPerCpuU64,
-  u32Key,
   type AccelConfig,
   type AccelCounterName,
   type CaptureConfig,
@@ -27,17 +28,6 @@ import {
   type RuleStats,
 } from './codec.js';
 import { formatAccelRule, MAX_ACCEL_RULES, parseAccelRules, type AccelRule } from './rules.js';
-
-/** Finds bpf/<name> above this file (it runs from src/ under tsx and from dist/src/ after tsc). */
-export function bpfObjectPath(name: string): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const candidate = join(dir, 'bpf', name);
-    if (existsSync(candidate)) return candidate;
-    dir = dirname(dir);
-  }
-  throw new Error(`bpf/${name} not found above ${fileURLToPath(import.meta.url)}: run \`npm run build:bpf\``);
-}
 
 export interface AcceleratorOptions {
   /** bpffs directory; maps are pinned here by name (shared with telemetry's object). */
@@ -72,62 +62,6 @@ export interface CaptureEndpoint {
 /** cgroup programs of bpf/accel.bpf.o, in attach order (CgroupAttachment.links follows it). */
 export const ACCEL_CGROUP_PROGRAMS = ['km_accel_sock_create', 'km_accel_sockops'] as const;
 
-/** The programs attached to one cgroup; detach() stops them for new and open sockets alike. */
-export interface CgroupAttachment {
-  cgroup: string;
-  links: BpfLink[];
-  /** Per link: 'bpf_link', 'existing bpf_link' (a previous run's, updated to this program), 'prog_attach'... */
-  via: string[];
-  detach(): void;
-}
-
-/**
- * Attaches programs of an object to a cgroup with bpf_links, pinned under linkPinDir when given as
- * link_<cgroup inode>_<program>. A link already pinned there (a previous run's) is updated in place
- * to run this object's program, so a restarted or upgraded agent runs its own instances.
- */
-export function attachPrograms(
-  object: BpfObject,
-  programs: readonly string[],
-  cgroup: string,
-  linkPinDir?: string,
-): CgroupAttachment {
-  const links: BpfLink[] = [];
-  const via: string[] = [];
-  try {
-    for (const name of programs) {
-      const pinPath = linkPinDir ? join(linkPinDir, `link_${statSync(cgroup).ino}_${name}`) : undefined;
-      const program = object.program(name);
-      const r = pinPath
-        ? program.attachOrUpdateCgroup(cgroup, pinPath)
-        : { link: program.attachCgroup(cgroup), via: 'bpf_link' };
-      links.push(r.link);
-      via.push(r.link.legacy && !pinPath ? 'prog_attach' : r.via);
-    }
-  } catch (e) {
-    for (const l of links) {
-      if (l.pinned) l.unpin();
-      l.detach();
-      l.close();
-    }
-    throw new Error(`attach ${programs.join(', ')} to cgroup ${cgroup}: ${(e as Error).message}`, {
-      cause: e,
-    });
-  }
-  return {
-    cgroup,
-    links,
-    via,
-    detach: () => {
-      for (const l of links) {
-        if (l.pinned) l.unpin();
-        l.detach();
-        l.close();
-      }
-    },
-  };
-}
-
 export class Accelerator {
   private inForce: RulesInForce | undefined;
 
@@ -141,7 +75,7 @@ export class Accelerator {
     const path = opts.objectPath ?? bpfObjectPath('accel.bpf.o');
     let object: BpfObject;
     try {
-      object = BpfObject.open(path, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) });
+      object = openObject(path, ACCEL_SPEC, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) });
     } catch (e) {
       throw new Error(`load acceleration object ${path}: ${(e as Error).message}`, { cause: e });
     }
@@ -168,7 +102,7 @@ export class Accelerator {
   }
 
   config(): AccelConfig {
-    const v = this.configMap.lookup(u32Key(0));
+    const v = this.configMap.lookup(u32(0));
     if (!v) throw new Error('km_accel_config has no entry 0');
     return decodeConfig(v);
   }
@@ -178,7 +112,7 @@ export class Accelerator {
    * sockets send their next messages through the stack (they stay there, so bytes keep their order).
    */
   setEnabled(enabled: boolean): void {
-    this.configMap.update(u32Key(0), encodeConfig({ ...this.config(), enabled }));
+    this.configMap.update(u32(0), encodeConfig({ ...this.config(), enabled }));
     this.log?.info({ accelerate: enabled }, 'acceleration %s', enabled ? 'on' : 'off');
   }
 
@@ -195,12 +129,12 @@ export class Accelerator {
     const idle = cfg.ruleBank ^ 1;
     // A rule's counters start at zero with the rule (before its bank goes live).
     const zero = Buffer.alloc(possibleCpus() * RULE_STATS_LAYOUT.size);
-    for (let i = 0; i < MAX_ACCEL_RULES; i++) statsMap.update(u32Key(idle * MAX_ACCEL_RULES + i), zero);
-    rules.forEach((r, i) => rulesMap.update(u32Key(idle * MAX_ACCEL_RULES + i), encodeRule(r)));
+    for (let i = 0; i < MAX_ACCEL_RULES; i++) statsMap.update(u32(idle * MAX_ACCEL_RULES + i), zero);
+    rules.forEach((r, i) => rulesMap.update(u32(idle * MAX_ACCEL_RULES + i), encodeRule(r)));
     const counts: [number, number] = [...cfg.ruleCount];
     counts[idle] = rules.length;
-    this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts }));
-    this.configMap.update(u32Key(0), encodeConfig({ ...cfg, ruleCount: counts, ruleBank: idle }));
+    this.configMap.update(u32(0), encodeConfig({ ...cfg, ruleCount: counts }));
+    this.configMap.update(u32(0), encodeConfig({ ...cfg, ruleCount: counts, ruleBank: idle }));
     this.inForce = { source, rules, appliedAt: new Date().toISOString() };
     this.log?.info({ rules: rules.map(formatAccelRule), source }, 'acceleration rules applied');
   }
@@ -216,7 +150,7 @@ export class Accelerator {
     const statsMap = this.object.map('km_accel_rule_stats');
     const rules = this.inForce?.rules ?? [];
     return rules.slice(0, cfg.ruleCount[cfg.ruleBank]).map((rule, i) => {
-      const v = statsMap.lookup(u32Key(cfg.ruleBank * MAX_ACCEL_RULES + i));
+      const v = statsMap.lookup(u32(cfg.ruleBank * MAX_ACCEL_RULES + i));
       return { rule, ...(v ? decodeRuleStats(v) : { matched: 0n, accelerated: 0n, refused: 0n }) };
     });
   }
@@ -228,8 +162,8 @@ export class Accelerator {
   startCapture(config: Omit<CaptureConfig, 'enabled'>, endpoints: CaptureEndpoint[]): void {
     this.setCaptureEndpoints(endpoints);
     const window = this.object.map('km_capture_window');
-    window.update(u32Key(0), Buffer.alloc(CAPTURE_WINDOW_LAYOUT.size));
-    this.object.map('km_capture_config').update(u32Key(0), encodeCaptureConfig({ ...config, enabled: true }));
+    window.update(u32(0), Buffer.alloc(CAPTURE_WINDOW_LAYOUT.size));
+    this.object.map('km_capture_config').update(u32(0), encodeCaptureConfig({ ...config, enabled: true }));
   }
 
   /** Replaces the endpoint filter entries (endpoints of a service change while a capture runs). */
@@ -238,12 +172,12 @@ export class Accelerator {
     const want = new Map<string, [Buffer, number]>();
     for (const e of endpoints) {
       const key = encodeCaptureEndpoint(e.address, e.port);
-      const bits = (e.service ? 4 : 0) | (e.pod ? 8 : 0);
+      const bits = (e.service ? CAPTURE_MATCH.service : 0) | (e.pod ? CAPTURE_MATCH.pod : 0);
       const prev = want.get(key.toString('hex'));
       want.set(key.toString('hex'), [key, (prev?.[1] ?? 0) | bits]);
     }
     for (const k of map.keys()) if (!want.has(k.toString('hex'))) map.delete(k);
-    for (const [key, bits] of want.values()) map.update(key, u32Key(bits));
+    for (const [key, bits] of want.values()) map.update(key, u32(bits));
   }
 
   /** Turns capture off: sk_msg is back to reading one flag. */
@@ -251,14 +185,14 @@ export class Accelerator {
     this.object
       .map('km_capture_config')
       .update(
-        u32Key(0),
+        u32(0),
         encodeCaptureConfig({ enabled: false, snaplen: 0, maxMessagesPerSecond: 0, maxBytesPerSecond: 0 }),
       );
     this.setCaptureEndpoints([]);
   }
 
   captureEnabled(): boolean {
-    const v = this.object.map('km_capture_config').lookup(u32Key(0));
+    const v = this.object.map('km_capture_config').lookup(u32(0));
     return v !== undefined && v.readUInt32LE(0) !== 0;
   }
 
@@ -266,7 +200,7 @@ export class Accelerator {
     const map = this.object.map('km_capture_counters');
     const out = {} as CaptureCounters;
     CAPTURE_COUNTERS.forEach((name, i) => {
-      const v = map.lookup(u32Key(i));
+      const v = map.lookup(u32(i));
       out[name] = v ? sumPerCpuU64(v) : 0n;
     });
     return out;
@@ -276,7 +210,7 @@ export class Accelerator {
     const map = this.object.map('km_accel_counters');
     const out = {} as AccelCounters;
     ACCEL_COUNTERS.forEach((name, i) => {
-      const v = i < ACCEL_COUNTER_SLOTS ? map.lookup(u32Key(i)) : undefined;
+      const v = i < ACCEL_COUNTER_SLOTS ? map.lookup(u32(i)) : undefined;
       out[name] = v ? sumPerCpuU64(v) : 0n;
     });
     return out;

@@ -1,8 +1,8 @@
-// Codecs for the acceleration structs of bpf/kernmesh.h. Each lists its C members with offset and
-// size; test/accel-codec.test.ts checks them against the compiled object's BTF.
+// Codecs for the structs of bpf/accel.h. Each lists its C members with offset and size, and
+// ACCEL_SPEC lists them with the constants mirrored here: the object is checked against it at load.
 import { decodeAddress, encodeAddress } from '../net/address.js';
-import { layout } from '../dataplane/codec.js';
-import type { AccelAction, AccelRule } from './rules.js';
+import { enumOf, enumOfList, enumSpec, layout, type ObjectSpec } from '../../native/spec.js';
+import { MAX_ACCEL_RULES, type AccelAction, type AccelRule } from './rules.js';
 
 // Socket families as sockops and sk_msg report them (AF_INET, AF_INET6).
 export const AF_INET = 2;
@@ -121,19 +121,6 @@ export const ACCEL_COUNTERS = [
 export type AccelCounterName = (typeof ACCEL_COUNTERS)[number];
 /** KM_ACCEL_COUNTER_MAX */
 export const ACCEL_COUNTER_SLOTS = 8;
-
-/** Sums a per-CPU u64 value (each CPU's copy is 8-byte aligned). */
-export function sumPerCpuU64(value: Buffer): bigint {
-  let total = 0n;
-  for (let off = 0; off + 8 <= value.length; off += 8) total += value.readBigUInt64LE(off);
-  return total;
-}
-
-export function u32Key(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n);
-  return b;
-}
 
 export const RULE_STATS_LAYOUT = layout('km_accel_rule_stats', [
   ['matched', 8],
@@ -295,3 +282,36 @@ export const CAPTURE_COUNTERS = [
   'lostPull',
 ] as const;
 export type CaptureCounterName = (typeof CAPTURE_COUNTERS)[number];
+
+/** KM_CAPTURE_COUNTER_MAX */
+export const CAPTURE_COUNTER_SLOTS = 8;
+
+/** What user space relies on in accel.bpf.o: checked against its BTF when it is loaded. */
+export const ACCEL_SPEC: ObjectSpec = {
+  structs: [
+    RULE_LAYOUT,
+    CONFIG_LAYOUT,
+    SOCK_KEY_LAYOUT,
+    LISTENER_KEY_LAYOUT,
+    SOCK_OWNER_LAYOUT,
+    ACCEL_SOCK_LAYOUT,
+    RULE_STATS_LAYOUT,
+    CAPTURE_CONFIG_LAYOUT,
+    CAPTURE_ENDPOINT_LAYOUT,
+    CAPTURE_WINDOW_LAYOUT,
+    CAPTURE_RECORD_LAYOUT,
+  ],
+  enums: [
+    enumSpec('km_accel_limits', { KM_ACCEL_MAX_RULES: MAX_ACCEL_RULES, KM_CAPTURE_MAX_SNAPLEN: MAX_SNAPLEN }),
+    enumOf('km_accel_match', 'KM_ACCEL_MATCH_', MATCH),
+    enumOf('km_accel_action', 'KM_ACCEL_', ACTION),
+    enumOf('km_accel_sock_state', 'KM_ACCEL_SOCK_', SOCK_STATE),
+    enumOfList('km_accel_counter', 'KM_ACCEL_', ACCEL_COUNTERS, {
+      KM_ACCEL_COUNTER_MAX: ACCEL_COUNTER_SLOTS,
+    }),
+    enumOf('km_capture_match', 'KM_CAPTURE_MATCH_', CAPTURE_MATCH),
+    enumOfList('km_capture_counter', 'KM_CAPTURE_', CAPTURE_COUNTERS, {
+      KM_CAPTURE_COUNTER_MAX: CAPTURE_COUNTER_SLOTS,
+    }),
+  ],
+};

@@ -5,12 +5,8 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BpfLink, enableStats, type BpfProgram } from '../../native/index.js';
 import { registerAccelMetrics } from '../accel/metrics.js';
-import {
-  ACCEL_CGROUP_PROGRAMS,
-  Accelerator,
-  watchAccelRules,
-  type CgroupAttachment,
-} from '../accel/accel.js';
+import { ACCEL_CGROUP_PROGRAMS, Accelerator, watchAccelRules } from '../accel/accel.js';
+import type { CgroupAttachment } from '../../native/objects.js';
 import type { AgentConfig } from '../config/config.js';
 import { Dataplane } from '../dataplane/dataplane.js';
 import { TELEMETRY_CGROUP_PROGRAMS, Telemetry } from '../telemetry/telemetry.js';

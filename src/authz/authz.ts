@@ -7,10 +7,11 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, type Registry } from 'prom-client';
 
-import { BpfLink, BpfObject, RingBuffer, isBpfError } from '../../native/index.js';
-import { bpfObjectPath } from '../accel/accel.js';
+import { BpfLink, RingBuffer, isBpfError, type BpfObject } from '../../native/index.js';
+import { bpfObjectPath, openObject } from '../../native/objects.js';
+import { sumPerCpuU64, u32 } from '../../native/spec.js';
 import { AuthzIds, REASON_NAMES, type AuthzModel, type AuthzNames, type ReasonName } from './compile.js';
-import { decodeCounterKey, decodeEvent, encodeConfig, sumPerCpuU64, u32, type AuthzEvent } from './codec.js';
+import { AUTHZ_SPEC, decodeCounterKey, decodeEvent, encodeConfig, type AuthzEvent } from './codec.js';
 import { AuthzWriter, type ApplyResult } from './writer.js';
 
 export const AUTHZ_LOOKUP_PROGRAM = 'km_authz_lookup';
@@ -104,7 +105,7 @@ export class AuthzKernel {
     const path = opts.objectPath ?? bpfObjectPath('authz.bpf.o');
     let object: BpfObject;
     try {
-      object = BpfObject.open(path, {
+      object = openObject(path, AUTHZ_SPEC, {
         pinDir: opts.pinDir,
         ...(opts.maxEntries ? { maxEntries: opts.maxEntries } : {}),
         ...(opts.log ? { log: opts.log } : {}),
@@ -213,7 +214,7 @@ export class AuthzKernel {
           this.netns.delete(inode);
           continue;
         }
-        program.runIterator({ netnsPath: path });
+        program.iterate({ netns: path });
       } catch (e) {
         errors.push({ netns: path, error: (e as Error).message });
       }

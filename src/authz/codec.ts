@@ -1,9 +1,10 @@
-// Codecs for the structs of bpf/authz.h. Each lists its C members with offset and size;
-// test/authz-codec.test.ts checks them against the compiled object's BTF.
+// Codecs for the structs of bpf/authz.h. Each lists its C members with offset and size, and
+// AUTHZ_SPEC lists them with the constants the compiler mirrors: the object is checked against it
+// when it is loaded.
 import { decodeAddress, encodeAddress, familyOf, type Family } from '../net/address.js';
-import { layout } from '../dataplane/codec.js';
+import { enumOf, enumSpec, layout, type ObjectSpec } from '../../native/spec.js';
 import type { Cidr } from './policy.js';
-import type { Dest, Term } from './compile.js';
+import { ACTION_CODE, DEST_FLAGS, MAX_TERMS, REASONS, TERM_FLAGS, type Dest, type Term } from './compile.js';
 
 export const ADDR_LAYOUT = layout('km_authz_addr', [
   ['family', 4],
@@ -163,12 +164,6 @@ export function termListSignature(d: Pick<Dest, 'terms'>): string {
   return Buffer.concat(d.terms.map(encodeTerm)).toString('hex');
 }
 
-export function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n);
-  return b;
-}
-
 export function idKey(set: number, identity: number): Buffer {
   const b = Buffer.alloc(ID_KEY_LAYOUT.size);
   b.writeUInt32LE(set, 0);
@@ -247,8 +242,40 @@ export function encodeConfig(iterRun: bigint): Buffer {
   return b;
 }
 
-export function sumPerCpuU64(value: Buffer): bigint {
-  let total = 0n;
-  for (let off = 0; off + 8 <= value.length; off += 8) total += value.readBigUInt64LE(off);
-  return total;
-}
+/** What user space relies on in authz.bpf.o: checked against its BTF when it is loaded. */
+export const AUTHZ_SPEC: ObjectSpec = {
+  structs: [
+    ADDR_LAYOUT,
+    DEST_LAYOUT,
+    TERM_LAYOUT,
+    ID_KEY_LAYOUT,
+    PORT_KEY_LAYOUT,
+    CIDR_KEY_LAYOUT,
+    COUNTER_KEY_LAYOUT,
+    EVENT_LAYOUT,
+    CONFIG_LAYOUT,
+    LISTENER_KEY_LAYOUT,
+    INDEX_KEY_LAYOUT,
+    INDEX_LAYOUT,
+  ],
+  enums: [
+    enumSpec('km_family', { KM_AF_INET: 4, KM_AF_INET6: 6 }),
+    enumSpec('km_authz_limits', { KM_AUTHZ_MAX_TERMS: MAX_TERMS }),
+    enumOf('km_authz_action', 'KM_AUTHZ_', ACTION_CODE),
+    enumOf('km_authz_term_flag', 'KM_AUTHZ_T_', TERM_FLAGS),
+    enumOf('km_authz_dest_flag', 'KM_AUTHZ_D_', DEST_FLAGS),
+    enumSpec('km_authz_reason', {
+      KM_AUTHZ_R_DENY_POLICY: REASONS.deny_policy,
+      KM_AUTHZ_R_NO_ALLOW_MATCH: REASONS.no_allow_match,
+      KM_AUTHZ_R_UNKNOWN_DEST: REASONS.unknown_destination,
+      KM_AUTHZ_R_POLICY_PENDING: REASONS.policy_pending,
+      KM_AUTHZ_R_POLICY_REFUSED: REASONS.policy_refused,
+      KM_AUTHZ_R_OVER_BUDGET: REASONS.over_budget,
+      KM_AUTHZ_R_DRY_RUN_DENY: REASONS.dry_run_deny,
+      KM_AUTHZ_R_DRY_RUN_NO_ALLOW: REASONS.dry_run_no_allow_match,
+      KM_AUTHZ_R_UNEXPRESSIBLE: REASONS.unexpressible,
+    }),
+    enumSpec('km_authz_counter_bit', { KM_AUTHZ_CLOSED_BIT: CLOSED_BIT }),
+    enumOf('km_authz_index_kind', 'KM_AUTHZ_IDX_', INDEX_KIND),
+  ],
+};

@@ -22,7 +22,7 @@ import {
   type StringMatch,
 } from './policy.js';
 
-/** Mirrors bpf/authz.h. */
+/** KM_AUTHZ_MAX_TERMS (bpf/authz.h; checked at load, authz/codec.ts's AUTHZ_SPEC). */
 export const MAX_TERMS = 4096;
 /** Terms one policy may expand to (the product of its clauses' alternatives); past it, unexpressible. */
 export const MAX_POLICY_TERMS = 1024;

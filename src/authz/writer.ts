@@ -4,6 +4,7 @@
 // longer used goes last. A range a destination left is not reused for a while (a lookup running
 // through the old list during the switch must read the old terms whole).
 import type { BpfMap } from '../../native/index.js';
+import { u32 } from '../../native/spec.js';
 import { REASONS, type AuthzModel } from './compile.js';
 import {
   INDEX_KIND,
@@ -20,7 +21,6 @@ import {
   idKey,
   portKey,
   termListSignature,
-  u32,
   type DestValue,
 } from './codec.js';
 

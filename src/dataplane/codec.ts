@@ -1,49 +1,30 @@
-// One codec per struct of the routing section of bpf/kernmesh.h. Each lists its C members with
-// offset and size, which test/codec.test.ts checks against the compiled object's BTF.
+// One codec per struct of bpf/route.h and bpf/drain.h (and the shared ones of bpf/kernmesh.h they
+// use). Each declares its C members with offset and size once; ROUTE_SPEC and DRAIN_SPEC list them
+// with every constant mirrored here, and each object is checked against its spec when it is loaded.
 import { decodeAddress, encodeAddress, familyOf, type Family } from '../net/address.js';
+import {
+  enumOf,
+  enumOfList,
+  enumSpec,
+  layout,
+  type ObjectSpec,
+  type StructLayout,
+} from '../../native/spec.js';
 import type { LbPolicy, Protocol, ServiceKind } from './model.js';
 
-export interface FieldLayout {
-  /** Member name in C. */
-  name: string;
-  offset: number;
-  /** Bytes (the whole array for array members). */
-  size: number;
-}
-
-export interface StructLayout {
-  /** `struct <name>` in bpf/kernmesh.h. */
-  readonly struct: string;
-  readonly size: number;
-  readonly fields: readonly FieldLayout[];
-}
+export { u32 } from '../../native/spec.js';
+export type { FieldLayout, StructLayout } from '../../native/spec.js';
 
 export interface Codec<T> extends StructLayout {
   encode(value: T): Buffer;
   decode(bytes: Buffer): T;
 }
 
-/** Members one after another: the structs of kernmesh.h spell out their padding, so there are no gaps. */
-function fieldLayout(fields: [string, number][]): FieldLayout[] {
-  let offset = 0;
-  return fields.map(([name, size]) => {
-    const f = { name, offset, size };
-    offset += size;
-    return f;
-  });
-}
-
-/** A struct's layout from its members' sizes, in C order (for the acceleration and telemetry structs). */
-export function layout(struct: string, fields: [string, number][]): StructLayout {
-  const out = fieldLayout(fields);
-  return { struct, size: out.reduce((n, f) => n + f.size, 0), fields: out };
-}
-
 function checkSize(struct: string, bytes: Buffer, size: number): void {
   if (bytes.length < size) throw new Error(`decode struct ${struct}: ${bytes.length} bytes, need ${size}`);
 }
 
-// Constants mirrored from kernmesh.h.
+// Constants of route.h and kernmesh.h, each in ROUTE_SPEC below: checked against the object at load.
 export const MAX_PRIORITIES = 8;
 export const AF = { inet: 4, inet6: 6 } as const;
 export const IPPROTO: Record<Protocol, number> = { tcp: 6, udp: 17 };
@@ -83,9 +64,7 @@ export interface FrontendKey {
   protocol: Protocol;
 }
 export const frontendKeyCodec: Codec<FrontendKey> = {
-  struct: 'km_frontend_key',
-  size: 20,
-  fields: fieldLayout([
+  ...layout('km_frontend_key', [
     ['address', 16],
     ['port', 2],
     ['protocol', 1],
@@ -114,9 +93,7 @@ export interface FrontendValue {
   serviceId: number;
 }
 export const frontendCodec: Codec<FrontendValue> = {
-  struct: 'km_frontend',
-  size: 4,
-  fields: fieldLayout([['service_id', 4]]),
+  ...layout('km_frontend', [['service_id', 4]]),
   encode(v) {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(v.serviceId, 0);
@@ -203,9 +180,7 @@ const SERVICE_SIZE = 152;
 const u16s = (b: Buffer, off: number): number[] =>
   Array.from({ length: MAX_PRIORITIES }, (_, p) => b.readUInt16LE(off + 2 * p));
 export const serviceCodec: Codec<ServiceValue> = {
-  struct: 'km_service',
-  size: SERVICE_SIZE,
-  fields: fieldLayout([
+  ...layout('km_service', [
     ['kind', 1],
     ['lb_policy', 1],
     ['generation', 1],
@@ -351,9 +326,7 @@ export interface SlotKey {
   generation: number;
 }
 export const slotKeyCodec: Codec<SlotKey> = {
-  struct: 'km_slot_key',
-  size: 8,
-  fields: fieldLayout([
+  ...layout('km_slot_key', [
     ['service_id', 4],
     ['index', 2],
     ['priority', 1],
@@ -379,9 +352,7 @@ export interface SlotValue {
   weight: number;
 }
 export const slotCodec: Codec<SlotValue> = {
-  struct: 'km_slot',
-  size: 8,
-  fields: fieldLayout([
+  ...layout('km_slot', [
     ['backend_id', 4],
     ['weight', 4],
   ]),
@@ -403,9 +374,7 @@ export interface BackendValue {
   port: number;
 }
 export const backendCodec: Codec<BackendValue> = {
-  struct: 'km_backend',
-  size: 20,
-  fields: fieldLayout([
+  ...layout('km_backend', [
     ['address', 16],
     ['port', 2],
     ['family', 1],
@@ -430,9 +399,7 @@ export interface ServiceNameValue {
   name: string;
 }
 export const serviceNameCodec: Codec<ServiceNameValue> = {
-  struct: 'km_service_name',
-  size: SERVICE_NAME_BYTES,
-  fields: fieldLayout([['name', SERVICE_NAME_BYTES]]),
+  ...layout('km_service_name', [['name', SERVICE_NAME_BYTES]]),
   encode(v) {
     const b = Buffer.alloc(SERVICE_NAME_BYTES);
     const n = Buffer.from(v.name, 'utf8');
@@ -459,9 +426,7 @@ export interface SockRoute {
   backendId: number;
 }
 export const sockRouteCodec: Codec<SockRoute> = {
-  struct: 'km_sock_route',
-  size: 32,
-  fields: fieldLayout([
+  ...layout('km_sock_route', [
     ['orig_address', 16],
     ['orig_port', 2],
     ['family', 1],
@@ -500,9 +465,7 @@ export interface HostKey {
   backendId: number;
 }
 export const hostKeyCodec: Codec<HostKey> = {
-  struct: 'km_host_key',
-  size: 8,
-  fields: fieldLayout([
+  ...layout('km_host_key', [
     ['service_id', 4],
     ['backend_id', 4],
   ]),
@@ -523,9 +486,7 @@ export interface MemberValue {
   healthy: boolean;
 }
 export const memberCodec: Codec<MemberValue> = {
-  struct: 'km_member',
-  size: 4,
-  fields: fieldLayout([
+  ...layout('km_member', [
     ['priority', 1],
     ['healthy', 1],
     ['pad', 2],
@@ -559,9 +520,7 @@ export interface HostState {
   failures: bigint;
 }
 export const hostStateCodec: Codec<HostState> = {
-  struct: 'km_host_state',
-  size: 56,
-  fields: fieldLayout([
+  ...layout('km_host_state', [
     ['ejected_ns', 8],
     ['unejected_ns', 8],
     ['ejected', 4],
@@ -620,6 +579,19 @@ export const OUTLIER_COUNTERS = [
   'ejections_enforced_consecutive_local_origin_failure',
 ] as const;
 export type OutlierCounter = (typeof OUTLIER_COUNTERS)[number];
+/** Their enum km_outlier_counter names. */
+const OUTLIER_COUNTER_C_NAMES: Record<OutlierCounter, string> = {
+  ejections_total: 'KM_OD_EJECTIONS_TOTAL',
+  ejections_enforced_total: 'KM_OD_ENFORCED_TOTAL',
+  ejections_overflow: 'KM_OD_OVERFLOW',
+  ejections_detected_consecutive_5xx: 'KM_OD_DETECTED_5XX',
+  ejections_enforced_consecutive_5xx: 'KM_OD_ENFORCED_5XX',
+  ejections_detected_consecutive_gateway_failure: 'KM_OD_DETECTED_GATEWAY',
+  ejections_enforced_consecutive_gateway_failure: 'KM_OD_ENFORCED_GATEWAY',
+  ejections_detected_consecutive_local_origin_failure: 'KM_OD_DETECTED_LOCAL_ORIGIN',
+  ejections_enforced_consecutive_local_origin_failure: 'KM_OD_ENFORCED_LOCAL_ORIGIN',
+};
+/** KM_OD_COUNTERS: slots of km_outlier.counters. */
 const OD_COUNTER_SLOTS = 10;
 export interface OutlierState {
   /** ejections_active */
@@ -630,9 +602,7 @@ export interface OutlierState {
   counters: Record<OutlierCounter, bigint>;
 }
 export const outlierCodec: Codec<OutlierState> = {
-  struct: 'km_outlier',
-  size: 16 + 8 + 4 * MAX_PRIORITIES + 8 * OD_COUNTER_SLOTS,
-  fields: fieldLayout([
+  ...layout('km_outlier', [
     ['timer', 16],
     ['active', 4],
     ['sweep_armed', 4],
@@ -668,9 +638,7 @@ export interface DrainValue {
   closed: bigint;
 }
 export const drainCodec: Codec<DrainValue> = {
-  struct: 'km_drain',
-  size: 32,
-  fields: fieldLayout([
+  ...layout('km_drain', [
     ['address', 16],
     ['port', 2],
     ['family', 1],
@@ -708,9 +676,7 @@ export interface DrainedSocket {
   remotePort: number;
 }
 export const drainedCodec: Codec<DrainedSocket> = {
-  struct: 'km_drained',
-  size: 64,
-  fields: fieldLayout([
+  ...layout('km_drained', [
     ['cookie', 8],
     ['ns', 8],
     ['service_id', 4],
@@ -741,14 +707,14 @@ export const drainedCodec: Codec<DrainedSocket> = {
   },
 };
 
-/** The codecs of drain.bpf.o, for the BTF layout test. */
+/** The codecs of drain.bpf.o. */
 export const DRAIN_CODECS: readonly Codec<unknown>[] = [
   drainCodec,
   drainedCodec,
   hostKeyCodec,
 ] as Codec<unknown>[];
 
-/** Every routing codec, for the BTF layout test. */
+/** Every codec of route.bpf.o. */
 export const ROUTING_CODECS: readonly Codec<unknown>[] = [
   frontendKeyCodec,
   frontendCodec,
@@ -764,9 +730,32 @@ export const ROUTING_CODECS: readonly Codec<unknown>[] = [
   outlierCodec,
 ] as Codec<unknown>[];
 
-/** u32 keys and values of the id-indexed maps (host byte order, little-endian on our targets). */
-export function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n, 0);
-  return b;
-}
+const familyEnum = enumSpec('km_family', { KM_AF_INET: AF.inet, KM_AF_INET6: AF.inet6 });
+
+/** What user space relies on in route.bpf.o: checked against its BTF when it is loaded. */
+export const ROUTE_SPEC: ObjectSpec = {
+  structs: ROUTING_CODECS,
+  enums: [
+    familyEnum,
+    enumOf('km_sock_flag', 'KM_SOCK_', SOCK_FLAGS),
+    enumSpec('km_route_limits', {
+      KM_MAX_PRIORITIES: MAX_PRIORITIES,
+      KM_LR_BIAS_ONE: LR_BIAS_ONE,
+      KM_LR_MAX_WEIGHTED: LR_MAX_WEIGHTED,
+      KM_SERVICE_NAME_LEN: SERVICE_NAME_BYTES,
+    }),
+    enumOfList('km_service_kind', 'KM_KIND_', KINDS),
+    enumOfList('km_lb_policy', 'KM_LB_', LB_POLICIES),
+    enumOfList('km_reason', 'KM_REASON_', REASONS, { KM_REASON_COUNT: REASON_SLOTS }),
+    enumOf('km_service_flag', 'KM_SVC_', SVC_FLAGS),
+    enumSpec('km_slot_priority', { KM_PANIC_TABLE: PANIC_TABLE }),
+    enumSpec('km_host_counted', { KM_HOST_UNCOUNTED: HOST_UNCOUNTED }),
+    enumSpec('km_outlier_counter', {
+      ...Object.fromEntries(OUTLIER_COUNTERS.map((name, i) => [OUTLIER_COUNTER_C_NAMES[name], i])),
+      KM_OD_COUNTERS: OD_COUNTER_SLOTS,
+    }),
+  ],
+};
+
+/** What user space relies on in drain.bpf.o. */
+export const DRAIN_SPEC: ObjectSpec = { structs: DRAIN_CODECS, enums: [familyEnum] };

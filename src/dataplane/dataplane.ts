@@ -1,24 +1,18 @@
 // The routing dataplane: loads bpf/route.bpf.o with its maps pinned, attaches its programs to
 // cgroups through pinned bpf_links, and programs the maps from a DesiredState (writer.ts).
-import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
 
 import PQueue from 'p-queue';
 import type { Logger } from 'pino';
 
-import {
-  BpfLink,
-  BpfObject,
-  type BpfMap,
-  type BpfProgram,
-  type CgroupAttachResult,
-} from '../../native/index.js';
+import { BpfLink, type BpfMap, type BpfObject, type BpfProgram } from '../../native/index.js';
+import { attachPrograms, bpfObjectPath, cgroupLinkPath, openObject } from '../../native/objects.js';
 import {
   backendCodec,
   frontendCodec,
   frontendKeyCodec,
   REASON_SLOTS,
+  ROUTE_SPEC,
   serviceCodec,
   serviceNameCodec,
   slotCodec,
@@ -33,15 +27,6 @@ import { DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
 import { drainPlan, SocketCloser, stillGone, type DrainEvent, type DrainTarget } from './drain.js';
 import { RouteWriter, type ApplyResult, type ServiceCounters, type ServiceOutlier } from './writer.js';
 
-/** bpf/route.bpf.o, found from this file both under tsx (src/) and after tsc (dist/src/). */
-export function defaultRouteObject(): string {
-  for (const rel of ['../../bpf/route.bpf.o', '../../../bpf/route.bpf.o']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (existsSync(p)) return p;
-  }
-  throw new Error('bpf/route.bpf.o not found: run `npm run build:bpf`');
-}
-
 /** cgroup hooks in attach order; sk_msg goes to km_waypoint_sk instead. */
 export const CGROUP_PROGRAMS = [
   'km_sockops',
@@ -49,7 +34,7 @@ export const CGROUP_PROGRAMS = [
   'km_getpeername6',
   'km_connect4',
   'km_connect6',
-];
+] as const;
 export const WAYPOINT_MSG_PROGRAM = 'km_waypoint_msg';
 
 export interface DataplaneOptions {
@@ -140,10 +125,10 @@ export class Dataplane {
   /** Loads the programs; maps already pinned in pinDir are reused, and ids recovered from them. */
   static open(opts: DataplaneOptions): Dataplane {
     const capacity = { ...DEFAULT_CAPACITY, ...opts.capacity };
-    const path = opts.objectPath ?? defaultRouteObject();
+    const path = opts.objectPath ?? bpfObjectPath('route.bpf.o');
     let object: BpfObject;
     try {
-      object = BpfObject.open(path, {
+      object = openObject(path, ROUTE_SPEC, {
         pinDir: opts.pinDir,
         maxEntries: mapSizes(capacity, REASON_SLOTS),
         ...(opts.log ? { log: opts.log } : {}),
@@ -178,11 +163,6 @@ export class Dataplane {
   /** The routing programs as loaded (for per-program kernel time and /debug/bpf). */
   programs(): BpfProgram[] {
     return this.object.programs();
-  }
-
-  private linkPath(cgroup: string, program: string): string {
-    // the cgroup's inode names it uniquely and fits bpffs names whatever the cgroup path
-    return join(this.pinDir, `link_${statSync(cgroup).ino}_${program}`);
   }
 
   /**
@@ -221,33 +201,27 @@ export class Dataplane {
 
   /** attach()'s cgroup hooks alone, not recorded: pod cgroups (Kubernetes) come and go. */
   attachCgroupHooks(cgroup: string): Attachment[] {
-    const out: Attachment[] = [];
-    for (const name of CGROUP_PROGRAMS) {
-      const prog = this.object.program(name);
-      let result: CgroupAttachResult;
-      try {
-        result = prog.attachOrUpdateCgroup(cgroup, this.linkPath(cgroup, name));
-      } catch (e) {
-        throw new Error(`attach ${name} to ${cgroup}: ${(e as Error).message}`, { cause: e });
-      }
-      const { link, via, replacedProgramId } = result;
-      out.push({
-        program: name,
-        attachType: prog.attachType,
+    const a = attachPrograms(this.object, CGROUP_PROGRAMS, cgroup, this.pinDir);
+    return a.links.map((link, i) => {
+      const program = CGROUP_PROGRAMS[i]!;
+      const replacedProgramId = a.replacedProgramIds[i];
+      const out: Attachment = {
+        program,
+        attachType: this.object.program(program).attachType,
         cgroup,
-        via,
+        via: a.via[i]!,
         ...(link.pinned ? { pinned: link.pinned } : {}),
         ...(replacedProgramId !== undefined ? { replacedProgramId } : {}),
-      });
+      };
       link.close();
-    }
-    return out;
+      return out;
+    });
   }
 
   /** Detaches the routing programs from a cgroup and removes their pinned links. */
   detach(cgroup: string): void {
     for (const name of CGROUP_PROGRAMS) {
-      const p = this.linkPath(cgroup, name);
+      const p = cgroupLinkPath(this.pinDir, cgroup, name);
       if (!existsSync(p)) continue;
       const link = BpfLink.openPinned(p);
       link.detach();

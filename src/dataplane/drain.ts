@@ -7,24 +7,13 @@
 //   turns unhealthy (EDS, or ejected by outlier detection: checked every second);
 // - common_lb_config.close_connections_on_host_set_change closes all of a cluster's connections
 //   whenever a host is added or removed.
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-
 import type { Logger } from 'pino';
 
-import { BpfObject } from '../../native/index.js';
-import { drainCodec, drainedCodec, hostKeyCodec, type DrainedSocket } from './codec.js';
+import type { BpfObject } from '../../native/index.js';
+import { bpfObjectPath, openObject } from '../../native/objects.js';
+import { DRAIN_SPEC, drainCodec, drainedCodec, hostKeyCodec, type DrainedSocket } from './codec.js';
 import type { DesiredState, Service } from './model.js';
 import { backendKey, type BackendKey } from './plan.js';
-
-/** bpf/drain.bpf.o, found from this file both under tsx (src/) and after tsc (dist/src/). */
-export function defaultDrainObject(): string {
-  for (const rel of ['../../bpf/drain.bpf.o', '../../../bpf/drain.bpf.o']) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (existsSync(p)) return p;
-  }
-  throw new Error('bpf/drain.bpf.o not found: run `npm run build:bpf`');
-}
 
 /** What a drain closes: a backend's connections in one service, or (backendId 0) all of the service's. */
 export interface DrainTarget {
@@ -53,9 +42,9 @@ export class SocketCloser {
 
   /** Loads drain.bpf.o sharing km_sock_route pinned in pinDir; throws when the kernel cannot (before 6.5). */
   static open(pinDir: string, log?: Logger): SocketCloser {
-    const path = defaultDrainObject();
+    const path = bpfObjectPath('drain.bpf.o');
     try {
-      return new SocketCloser(BpfObject.open(path, { pinDir, ...(log ? { log } : {}) }));
+      return new SocketCloser(openObject(path, DRAIN_SPEC, { pinDir, ...(log ? { log } : {}) }));
     } catch (e) {
       throw new Error(
         `load ${path} (closing connections needs bpf_sock_destroy, Linux 6.5+): ${(e as Error).message}`,

@@ -1,15 +1,10 @@
-// Codecs for the telemetry structs of bpf/kernmesh.h; test/telemetry-codec.test.ts checks their
-// layouts against the compiled object's BTF.
-import { layout, type StructLayout } from '../dataplane/codec.js';
+// Codecs for the structs of bpf/telemetry.h. TELEMETRY_SPEC lists them with the constants mirrored
+// here: the object is checked against it when it is loaded.
+import { enumOf, enumSpec, layout, type ObjectSpec } from '../../native/spec.js';
 
-export type { StructLayout } from '../dataplane/codec.js';
-
-function padded(l: StructLayout, size: number): StructLayout {
-  return { ...l, size };
-}
-
-export const CONN_EVENT_LAYOUT = padded(
-  layout('km_conn_event', [
+export const CONN_EVENT_LAYOUT = layout(
+  'km_conn_event',
+  [
     ['timestamp_ns', 8],
     ['cookie', 8],
     ['cgroup_id', 8],
@@ -35,7 +30,7 @@ export const CONN_EVENT_LAYOUT = padded(
     ['orig_family', 1],
     ['pad', 1],
     ['connect_us', 4],
-  ]),
+  ],
   136,
 );
 
@@ -73,7 +68,13 @@ export interface ConnEvent {
 }
 
 const AF_INET = 2;
+/** enum km_family: routing's address family values (orig_family). */
 const KM_AF_INET = 4;
+/** enum km_conn_event_type, km_direction, km_end_reason, km_conn_flag */
+export const EVENT_TYPE = { open: 1, close: 2 } as const;
+export const DIRECTION = { outbound: 1, inbound: 2 } as const;
+export const END_REASON = { none: 0, closed: 1, aborted: 2 } as const;
+export const CONN_FLAGS = { rewritten: 1, accelerated: 2 } as const;
 
 function ipString(b: Buffer, v4: boolean): string {
   if (v4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
@@ -100,10 +101,10 @@ export function decodeConnEvent(b: Buffer): ConnEvent {
   }
   const v4 = b.readUInt32LE(52) === AF_INET;
   const flags = b.readUInt8(129);
-  const rewritten = (flags & 1) !== 0;
+  const rewritten = (flags & CONN_FLAGS.rewritten) !== 0;
   const end = b.readUInt8(128);
   const ev: ConnEvent = {
-    type: b.readUInt8(110) === 2 ? 'close' : 'open',
+    type: b.readUInt8(110) === EVENT_TYPE.close ? 'close' : 'open',
     timestampNs: b.readBigUInt64LE(0),
     cookie: b.readBigUInt64LE(8),
     cgroupId: b.readBigUInt64LE(16),
@@ -115,14 +116,14 @@ export function decodeConnEvent(b: Buffer): ConnEvent {
     remoteAddress: ipString(b.subarray(72, 88), v4),
     localPort: b.readUInt16LE(104),
     remotePort: b.readUInt16LE(106),
-    direction: b.readUInt8(111) === 2 ? 'inbound' : 'outbound',
+    direction: b.readUInt8(111) === DIRECTION.inbound ? 'inbound' : 'outbound',
     serviceId: b.readUInt32LE(112),
     backendId: b.readUInt32LE(116),
     srttUs: b.readUInt32LE(120),
     retransmits: b.readUInt32LE(124),
     connectUs: b.readUInt32LE(132),
-    endReason: end === 1 ? 'closed' : end === 2 ? 'aborted' : 'none',
-    accelerated: (flags & 2) !== 0,
+    endReason: end === END_REASON.closed ? 'closed' : end === END_REASON.aborted ? 'aborted' : 'none',
+    accelerated: (flags & CONN_FLAGS.accelerated) !== 0,
   };
   if (rewritten) {
     ev.originalAddress = ipString(b.subarray(88, 104), b.readUInt8(130) === KM_AF_INET);
@@ -179,5 +180,18 @@ export function decodeServiceTraffic(perCpu: Buffer): ServiceTraffic {
   return t;
 }
 
-/** Indexes of km_telemetry_counters (KM_TELE_* in kernmesh.h). */
+/** Indexes of km_telemetry_counters (enum km_tele_counter). */
 export const TELEMETRY_COUNTERS = { eventsLost: 0, eventsSent: 1 } as const;
+
+/** What user space relies on in telemetry.bpf.o: checked against its BTF when it is loaded. */
+export const TELEMETRY_SPEC: ObjectSpec = {
+  structs: [CONN_EVENT_LAYOUT, TELE_SOCK_LAYOUT, TELEMETRY_CONFIG_LAYOUT, SERVICE_TRAFFIC_LAYOUT],
+  enums: [
+    enumSpec('km_family', { KM_AF_INET }),
+    enumOf('km_conn_event_type', 'KM_CONN_', EVENT_TYPE),
+    enumOf('km_direction', 'KM_DIR_', DIRECTION),
+    enumOf('km_end_reason', 'KM_END_', END_REASON),
+    enumOf('km_conn_flag', 'KM_CONN_F_', CONN_FLAGS),
+    enumOf('km_tele_counter', 'KM_TELE_', TELEMETRY_COUNTERS),
+  ],
+};

@@ -5,14 +5,15 @@ import { join } from 'node:path';
 import { Counter, Registry } from 'prom-client';
 import type { Logger } from 'pino';
 
-import { BpfMap, BpfObject, RingBuffer } from '../../native/index.js';
-import { attachPrograms, bpfObjectPath, type CgroupAttachment } from '../accel/accel.js';
-import { sumPerCpuU64, u32Key } from '../accel/codec.js';
+import { BpfMap, RingBuffer, type BpfObject } from '../../native/index.js';
+import { attachPrograms, bpfObjectPath, openObject, type CgroupAttachment } from '../../native/objects.js';
+import { sumPerCpuU64, u32 } from '../../native/spec.js';
 import {
   decodeConnEvent,
   decodeServiceTraffic,
   encodeTelemetryConfig,
   TELEMETRY_COUNTERS,
+  TELEMETRY_SPEC,
   type ConnEvent,
   type ServiceTraffic,
 } from './codec.js';
@@ -50,7 +51,7 @@ function pinnedServiceNames(pinDir: string): (id: number) => string | undefined 
     } catch {
       return undefined; // routing not loaded here: the service stays unknown
     }
-    const v = map.lookup(u32Key(id));
+    const v = map.lookup(u32(id));
     if (!v) return undefined;
     const end = v.indexOf(0);
     return v.subarray(0, end < 0 ? v.length : end).toString('utf8');
@@ -90,7 +91,7 @@ export class Telemetry {
     const path = opts.objectPath ?? bpfObjectPath('telemetry.bpf.o');
     try {
       return new Telemetry(
-        BpfObject.open(path, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) }),
+        openObject(path, TELEMETRY_SPEC, { pinDir: opts.pinDir, ...(opts.log ? { log: opts.log } : {}) }),
         opts,
       );
     } catch (e) {
@@ -102,7 +103,7 @@ export class Telemetry {
     const counters = this.object.map('km_telemetry_counters');
     const traffic = this.object.map('km_service_traffic');
     const kernelTotal = (index: number): number => {
-      const v = counters.lookup(u32Key(index));
+      const v = counters.lookup(u32(index));
       return v ? Number(sumPerCpuU64(v)) : 0;
     };
     new Counter({
@@ -174,12 +175,12 @@ export class Telemetry {
 
   /** Off: no events and no counting; open connections are untouched. */
   setEnabled(enabled: boolean): void {
-    this.object.map('km_telemetry_config').update(u32Key(0), encodeTelemetryConfig(enabled));
+    this.object.map('km_telemetry_config').update(u32(0), encodeTelemetryConfig(enabled));
     this.opts.log?.info({ telemetry: enabled }, 'telemetry %s', enabled ? 'on' : 'off');
   }
 
   enabled(): boolean {
-    const v = this.object.map('km_telemetry_config').lookup(u32Key(0));
+    const v = this.object.map('km_telemetry_config').lookup(u32(0));
     return v !== undefined && v.readUInt32LE(0) !== 0;
   }
 
@@ -195,7 +196,7 @@ export class Telemetry {
   }
 
   lostEvents(): bigint {
-    const v = this.object.map('km_telemetry_counters').lookup(u32Key(TELEMETRY_COUNTERS.eventsLost));
+    const v = this.object.map('km_telemetry_counters').lookup(u32(TELEMETRY_COUNTERS.eventsLost));
     return v ? sumPerCpuU64(v) : 0n;
   }
 

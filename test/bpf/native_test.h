@@ -21,4 +21,13 @@ enum test_counter {
 	COUNTER_MAX = 4,
 };
 
+/* Puts enum test_counter in the object's BTF, where the btfEnum test reads it (never called). */
+struct test_enums {
+	enum test_counter counter;
+};
+static __attribute__((noinline, used)) int test_enums_btf(struct test_enums *e)
+{
+	return e != 0;
+}
+
 #endif

@@ -1,5 +1,6 @@
-// Struct layouts as the compiled BPF object declares them in its BTF (via bpftool), so codec tests
-// compare against what the kernel side was really built with, not against a copy of the header.
+// Struct layouts and enum values as the compiled BPF object declares them in its BTF, read by
+// bpftool: codec tests compare the agent's specs against what the kernel side was really built
+// with, through a reader other than the agent's own (native's, which the agent checks at load).
 import { execFileSync } from 'node:child_process';
 
 interface BtfMember {
@@ -16,6 +17,7 @@ interface BtfType {
   type_id?: number;
   nr_elems?: number;
   members?: BtfMember[];
+  values?: { name: string; val: number }[];
 }
 
 export interface BtfMemberLayout {
@@ -31,13 +33,26 @@ export interface BtfStruct {
   members: BtfMemberLayout[];
 }
 
-/** Every named struct in the object's BTF, by name. */
-export function btfStructs(objectPath: string): Map<string, BtfStruct> {
+function btfTypes(objectPath: string): BtfType[] {
   const out = execFileSync('bpftool', ['btf', 'dump', 'file', objectPath, 'format', 'raw', '-j'], {
     encoding: 'utf8',
     maxBuffer: 64 << 20,
   });
-  const types = (JSON.parse(out) as { types: BtfType[] }).types;
+  return (JSON.parse(out) as { types: BtfType[] }).types;
+}
+
+/** Every named enum in the object's BTF: its values by name. */
+export function btfEnums(objectPath: string): Map<string, Record<string, number>> {
+  const out = new Map<string, Record<string, number>>();
+  for (const t of btfTypes(objectPath))
+    if ((t.kind === 'ENUM' || t.kind === 'ENUM64') && t.name && t.name !== '(anon)')
+      out.set(t.name, Object.fromEntries((t.values ?? []).map((v) => [v.name, v.val])));
+  return out;
+}
+
+/** Every named struct in the object's BTF, by name. */
+export function btfStructs(objectPath: string): Map<string, BtfStruct> {
+  const types = btfTypes(objectPath);
   const byId = new Map(types.map((t) => [t.id, t]));
 
   const sizeOf = (id: number, depth = 0): number => {
