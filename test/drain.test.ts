@@ -6,13 +6,24 @@
 // (bpf_ktime_get_ns) are all CLOCK_MONOTONIC; nothing is asserted about how fast this machine is.
 import assert from 'node:assert/strict';
 
+import { pino } from 'pino';
+
 import { bpfObjectPath } from '../native/objects.js';
+import { AgentKernel } from '../src/agent/kernel.js';
+import { loadConfig } from '../src/config/config.js';
 import { drainedCodec, DRAIN_CODECS } from '../src/dataplane/codec.js';
 import { Dataplane } from '../src/dataplane/dataplane.js';
 import type { Endpoint, EndpointHealth, Service } from '../src/dataplane/model.js';
 import { btfStructs } from './support/btf.js';
 import { kernelTest } from './support/kernel.js';
-import { Client, startBackend, type Backend } from './support/net.js';
+import {
+  Client,
+  createNetns,
+  NetnsBackends,
+  startBackend,
+  type Backend,
+  type NetnsServer,
+} from './support/net.js';
 
 const VIP = '127.100.19.1';
 const WINDOW_MS = 1500;
@@ -192,5 +203,85 @@ kernelTest(
       return [tagA, ...second.keys()].every((tag) => e[tag]?.closedNs !== undefined) ? true : undefined;
     });
     assert.equal(dp.drainedConnections()['host set changed'], 3);
+  },
+);
+
+kernelTest(
+  'a pod with its own network namespace: its connections to a removed endpoint are closed there too (the iterator runs in each enrolled pod’s namespace)',
+  async (t, env) => {
+    // the pod: a client process in the test's cgroup and in a network namespace the test creates,
+    // its backends in the same namespace (on its own loopback)
+    const ns = createNetns('drain', ['127.0.19.1', '127.0.19.2']);
+    env.defer(() => ns.remove());
+    const servers = await new NetnsBackends(ns.name, [
+      { address: '127.0.19.1' },
+      { address: '127.0.19.2' },
+    ]).start();
+    env.defer(() => servers.stop());
+    const [a, b] = [servers.server('127.0.19.1'), servers.server('127.0.19.2')];
+    const config = loadConfig(
+      [
+        ...['--xds-file', '/dev/null', '--bpffs', env.pinDir, '--kubernetes', '--node-name', 'drain'],
+        ...['--drain-removed-after', `${WINDOW_MS}ms`],
+      ],
+      {},
+      { checkFiles: false },
+    );
+    const kernel = AgentKernel.open(config, pino({ level: 'silent' }), { stats: false });
+    env.defer(() => kernel.close());
+    kernel.enrollCgroup(env.cgroup); // as the enroller does for a pod
+    const client = new Client(env.cgroup, ns.name);
+    env.defer(() => client.exit());
+    const apply = (endpoints: NetnsServer[]): Promise<void> =>
+      kernel.apply({
+        services: [
+          svc(
+            endpoints.map((s) => ({
+              address: s.address,
+              port: s.port,
+              weight: 1,
+              priority: 0,
+              health: 'healthy',
+            })),
+          ),
+        ],
+        frontends: [{ address: VIP, port: 80, protocol: 'tcp', service: 'drain' }],
+      });
+    await apply([a, b]);
+    const held = new Map<string, string>();
+    for (let i = 0; i < 4; i++) {
+      const r = await client.connect({ host: VIP, port: 80, readId: true, hold: true, tag: `h${i}` });
+      assert.ok(r.ok, JSON.stringify(r));
+      held.set(`h${i}`, r.backend!);
+    }
+    const onB = [...held].filter(([, backend]) => backend === b.id).map(([tag]) => tag);
+    assert.equal(onB.length, 2, 'round robin: two on each');
+
+    await apply([a]);
+    const ends = await until('the connections to b are closed', async () => {
+      const e = await client.ends();
+      return onB.every((tag) => e[tag]?.closedNs !== undefined) ? e : undefined;
+    });
+    const events = kernel.dataplane.drainEvents();
+    assert.equal(events.length, 1);
+    const event = events[0]!;
+    assert.deepEqual(
+      event.targets.map((x) => [x.why, `${x.address}|${x.port}`]),
+      [['removed', b.id]],
+    );
+    assert.equal(event.closed.length, 2, "the pod's two connections to b, found in its namespace");
+    for (const c of event.closed) {
+      assert.equal(`${c.remoteAddress}|${c.remotePort}`, b.id);
+      const after = Number(c.ns - event.changedNs) / 1e6;
+      t.diagnostic(`closed ${after.toFixed(1)} ms after b was removed (window ${WINDOW_MS} ms)`);
+      assert.ok(after >= WINDOW_MS, `closed ${after} ms after removal`);
+    }
+    for (const tag of onB)
+      assert.ok(BigInt(ends[tag]!.closedNs) >= event.changedNs + BigInt(WINDOW_MS) * 1_000_000n);
+    assert.ok(
+      [...held.keys()].filter((tag) => !onB.includes(tag)).every((tag) => !ends[tag]),
+      'the connections to a stay open',
+    );
+    assert.deepEqual(kernel.dataplane.drainedConnections(), { removed: 2 });
   },
 );

@@ -1,6 +1,6 @@
 // The agent's kernel side: the routing dataplane (and acceleration when asked), loaded with maps
 // pinned under --bpffs and attached to every --cgroup. Only dataplane/ and accel/ write maps.
-import { readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BpfLink, enableStats, type BpfProgram } from '../../native/index.js';
@@ -17,6 +17,7 @@ import type { DesiredState } from '../dataplane/model.js';
 import { splitBackendKey } from '../dataplane/plan.js';
 import type { KernelStats } from '../admin/cluster-stats.js';
 import type { JsonObject } from '../xds/types.js';
+import { findPodNetns } from '../k8s/netns.js';
 import { PodAuthorization, type PodAuthorizationState } from './authorization.js';
 import type { Attachment, AuthorizationApplied, Kernel, WorkloadApiSnapshot } from './stage-interfaces.js';
 
@@ -46,6 +47,20 @@ export interface KernelOptions {
   tracer?: ConnectionTracer;
 }
 
+/**
+ * The network namespaces of the processes in these cgroups that are their own (not the agent's or
+ * the host's), found through their processes now: where the connection closer walks besides the
+ * agent's namespace.
+ */
+function ownNamespaces(cgroups: Iterable<string>): string[] {
+  const out: string[] = [];
+  for (const cgroup of cgroups) {
+    const ns = findPodNetns(cgroup);
+    if (ns.state === 'found') out.push(ns.path);
+  }
+  return out;
+}
+
 /** Routing hooks that act only on sockets connect4/6 routed: they outlive a pod's unenrollment. */
 const STAY_UNTIL_POD_GOES = ['km_sockops', 'km_getpeername4', 'km_getpeername6'];
 
@@ -70,6 +85,8 @@ export class AgentKernel implements Kernel {
     readonly telemetry: Telemetry,
     private readonly log: Logger,
     opts: KernelOptions,
+    /** Pod cgroups with programs attached (cgroup id → path), until the pod is forgotten. */
+    private readonly podCgroups: Map<number, string>,
   ) {
     this.pinDir = config.bpffs;
     if (opts.stats !== false) {
@@ -83,11 +100,14 @@ export class AgentKernel implements Kernel {
 
   /** Loads and attaches everything; a failure part way leaves what was attached pinned, as SIGTERM does. */
   static open(config: AgentConfig, log: Logger, opts: KernelOptions = {}): AgentKernel {
+    const podCgroups = new Map<number, string>();
     const dataplane = Dataplane.open({
       pinDir: config.bpffs,
       capacity: capacityFrom(config.mapSizes),
       log: log.child({ stage: 'dataplane' }),
       ...(config.drainRemovedAfterMs !== undefined ? { drainAfterMs: config.drainRemovedAfterMs } : {}),
+      // --cgroup's processes may have namespaces of their own too
+      podNetns: () => ownNamespaces([...config.cgroups, ...podCgroups.values()]),
     });
     let pinned: DesiredState;
     try {
@@ -123,7 +143,7 @@ export class AgentKernel implements Kernel {
       void dataplane.close();
       throw e;
     }
-    const kernel = new AgentKernel(config, dataplane, pinned, accel, telemetry, log, opts);
+    const kernel = new AgentKernel(config, dataplane, pinned, accel, telemetry, log, opts, podCgroups);
     if (config.authorization) {
       try {
         kernel.authorization = new PodAuthorization({
@@ -162,6 +182,7 @@ export class AgentKernel implements Kernel {
 
   /** Kubernetes: every program on a pod's cgroup, through pinned links (a previous run's are updated). */
   enrollCgroup(cgroup: string): void {
+    this.podCgroups.set(statSync(cgroup).ino, cgroup);
     this.dataplane.attachCgroupHooks(cgroup);
     for (const a of [this.accel?.attach(cgroup, this.pinDir), this.telemetry.attach(cgroup, this.pinDir)])
       a?.links.forEach((l) => l.close());
@@ -198,6 +219,7 @@ export class AgentKernel implements Kernel {
 
   /** Detaches and unpins every link of a cgroup (the pod is gone, or was never ours to serve). */
   forgetCgroup(cgroupId: number): void {
+    this.podCgroups.delete(cgroupId);
     this.unpinLinks(cgroupId, () => true);
   }
 

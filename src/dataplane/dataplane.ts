@@ -18,6 +18,7 @@ import {
   slotCodec,
   slotKeyCodec,
   type BackendValue,
+  type DrainedSocket,
   type FrontendKey,
   type ServiceValue,
 } from './codec.js';
@@ -49,6 +50,12 @@ export interface DataplaneOptions {
    * the kernel this long after, unless it is back. Undefined: they are left open.
    */
   drainAfterMs?: number;
+  /**
+   * The network namespaces (nsfs paths) of the served pods that have their own: connections are
+   * closed in each of them as well as in the agent's (a socket iterator sees one namespace).
+   * Read at each closing, so pods enrolled since are included.
+   */
+  podNetns?: () => string[];
 }
 
 export interface Attachment {
@@ -117,6 +124,7 @@ export class Dataplane {
     planOptions: PlanOptions,
     private readonly log?: Logger,
     private readonly drainAfterMs?: number,
+    private readonly podNetns: () => string[] = () => [],
   ) {
     this.routeMaps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, object.map(n)])) as unknown as RouteMaps;
     this.writer = RouteWriter.recover(this.routeMaps, planOptions);
@@ -149,6 +157,7 @@ export class Dataplane {
         { ...DEFAULT_PLAN_OPTIONS, ...opts.plan },
         opts.log,
         opts.drainAfterMs,
+        opts.podNetns,
       );
     } catch (e) {
       object.close();
@@ -324,9 +333,15 @@ export class Dataplane {
       }
     }
     if (!this.closer) return;
-    let closed: ReturnType<SocketCloser['close']> = [];
+    let closed: DrainedSocket[] = [];
     try {
-      closed = this.closer.close(targets);
+      const r = this.closer.close(targets, this.podNetns());
+      closed = r.closed;
+      if (r.failed.length)
+        this.log?.warn(
+          { failed: r.failed, targets },
+          "connections could not be closed in some pods' network namespaces",
+        );
     } catch (e) {
       this.log?.warn({ err: e, targets }, 'closing connections failed');
       return;

@@ -1,12 +1,16 @@
 // Closing the connections of enrolled pods to endpoints that are gone (issue 17). The kernel does the
 // closing (bpf/drain.bpf.c: a TCP socket iterator calling bpf_sock_destroy on the routed sockets of a
-// listed (service, backend)); this file decides when, from what each apply changed:
+// listed (service, backend)), once in the agent's network namespace and once in each served pod's
+// own (a socket iterator walks the namespace it runs in); this file decides when, from what each
+// apply changed:
 // - an endpoint EDS removed, or marked DRAINING, loses its connections after the node's drain window
 //   (--drain-removed-after; off unless set), unless it is selectable again by then;
 // - a cluster's close_connections_on_host_health_failure closes a host's connections as soon as it
 //   turns unhealthy (EDS, or ejected by outlier detection: checked every second);
 // - common_lb_config.close_connections_on_host_set_change closes all of a cluster's connections
 //   whenever a host is added or removed.
+import { statSync } from 'node:fs';
+
 import type { Logger } from 'pino';
 
 import type { BpfObject } from '../../native/index.js';
@@ -36,6 +40,20 @@ export interface DrainEvent {
   closed: DrainedSocket[];
 }
 
+/** Where a closer run could not walk a namespace, and why (the other namespaces still ran). */
+export interface NetnsFailure {
+  netns: string;
+  error: string;
+}
+
+function inodeOf(path: string): number | undefined {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return undefined; // the namespace is gone: nothing is open in it
+  }
+}
+
 /** The drain program and its map; closes what it is given, nothing else. */
 export class SocketCloser {
   private constructor(private readonly object: BpfObject) {}
@@ -53,8 +71,15 @@ export class SocketCloser {
     }
   }
 
-  /** Closes the routed sockets of the targets now; returns each socket the kernel closed. */
-  close(targets: readonly DrainTarget[]): DrainedSocket[] {
+  /**
+   * Closes the routed sockets of the targets now, in the agent's network namespace and in each of
+   * `netns` (nsfs paths of pods' own namespaces; the agent's own and repeats are walked once);
+   * returns each socket the kernel closed, and the namespaces it could not walk.
+   */
+  close(
+    targets: readonly DrainTarget[],
+    netns: readonly string[] = [],
+  ): { closed: DrainedSocket[]; failed: NetnsFailure[] } {
     const map = this.object.map('km_drain');
     const keys: Buffer[] = [];
     for (const t of targets) {
@@ -66,12 +91,27 @@ export class SocketCloser {
       map.update(key, value);
       keys.push(key);
     }
-    try {
-      const out = this.object.program('km_drain_iter').iterate();
-      const closed: DrainedSocket[] = [];
+    const program = this.object.program('km_drain_iter');
+    const closed: DrainedSocket[] = [];
+    const failed: NetnsFailure[] = [];
+    const decode = (out: Buffer): void => {
       for (let off = 0; off + drainedCodec.size <= out.length; off += drainedCodec.size)
         closed.push(drainedCodec.decode(out.subarray(off, off + drainedCodec.size)));
-      return closed;
+    };
+    try {
+      decode(program.iterate());
+      const walked = new Set([inodeOf('/proc/self/ns/net')]);
+      for (const path of netns) {
+        const inode = inodeOf(path);
+        if (inode === undefined || walked.has(inode)) continue;
+        walked.add(inode);
+        try {
+          decode(program.iterate({ netns: path }));
+        } catch (e) {
+          failed.push({ netns: path, error: (e as Error).message });
+        }
+      }
+      return { closed, failed };
     } finally {
       for (const k of keys) map.delete(k);
     }
