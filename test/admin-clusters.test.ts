@@ -7,9 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-import { ClusterStatsView, kernelStatsFromMaps, type KernelStats } from '../src/admin/cluster-stats.js';
+import { ClusterStatsView, type KernelStats } from '../src/admin/cluster-stats.js';
 import { buildClusters, clustersText } from '../src/admin/clusters.js';
 import { startAdminServer, type AdminSource } from '../src/admin/server.js';
+import { REASON_SLOTS, REASONS, u32, type Reason } from '../src/dataplane/codec.js';
+import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import { RouteMapReader } from '../src/dataplane/reader.js';
+import { RouteWriter } from '../src/dataplane/writer.js';
 import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
 import { TYPE, type JsonObject, type XdsResource } from '../src/xds/types.js';
 import { adminGet, runAgentServing } from './support/cli.js';
@@ -135,16 +139,49 @@ void test('the text form has Envoy host lines and the cluster counters, IPv6 ser
   );
 });
 
-void test('kernel counts are read from the decoded maps when the source has no cheaper accessor', () => {
-  const maps = {
-    services: [{ id: 1, name: REVIEWS, activeConnections: 2 }],
-    backends: [{ id: 7, address: '10.1.0.2', port: 9080, activeConnections: 2 }],
-    counters: [
-      { service: '', id: 0, counters: { routed: 0n, map_miss: 5n } },
-      { service: REVIEWS, id: 1, counters: { routed: 6n, no_endpoint: 0n, overflow: 3n } },
-    ],
+/** Routing maps in memory, as the writer and the reader see them. */
+function memoryMaps(): RouteMaps {
+  const map = (name: string): MapHandle => {
+    const data = new Map<string, Buffer>();
+    return {
+      name,
+      keySize: 0,
+      valueSize: 0,
+      maxEntries: 100000,
+      lookup: (k) => data.get(k.toString('hex')),
+      update: (k, v) => void data.set(k.toString('hex'), Buffer.from(v)),
+      delete: (k) => data.delete(k.toString('hex')),
+      keys: () => [...data.keys()].map((k) => Buffer.from(k, 'hex')),
+      entries: () => [...data].map(([k, v]) => [Buffer.from(k, 'hex'), v]),
+    };
   };
-  const view = new ClusterStatsView(kernelStatsFromMaps(maps)!);
+  return Object.fromEntries(ROUTE_MAPS.map((n) => [n, map(n)])) as unknown as RouteMaps;
+}
+
+void test('kernel counts are read from the maps by the dataplane’s one reader, by the ids the writer gave', () => {
+  const maps = memoryMaps();
+  const writer = RouteWriter.recover(maps);
+  const endpoint = { address: '10.1.0.2', port: 9080, weight: 1, priority: 0, health: 'healthy' as const };
+  const r = writer.apply({
+    services: [{ name: REVIEWS, kind: 'endpoints', lbPolicy: 'round_robin', endpoints: [endpoint] }],
+    frontends: [],
+  });
+  assert.deepEqual(r.refused, []);
+  const ids = writer.ids();
+  const service = ids.services.find((s) => s.name === REVIEWS)!.id;
+  const backend = ids.backends.find((b) => b.address === '10.1.0.2')!.id;
+  // what sockops and connect4 count in the kernel: u32 connection counts, u64 counters per CPU
+  maps.km_service_conn.update(u32(service), u32(2));
+  maps.km_backend_conn.update(u32(backend), u32(2));
+  const count = (id: number, reason: Reason, perCpu: bigint[]): void => {
+    const v = Buffer.alloc(8 * perCpu.length);
+    perCpu.forEach((n, cpu) => v.writeBigUInt64LE(n, 8 * cpu));
+    maps.km_counters.update(u32(id * REASON_SLOTS + REASONS.indexOf(reason)), v);
+  };
+  count(0, 'map_miss', [5n, 0n]);
+  count(service, 'routed', [4n, 2n]);
+  count(service, 'overflow', [0n, 3n]);
+  const view = new ClusterStatsView(new RouteMapReader(maps).kernelStats(ids));
   assert.deepEqual(view.host('10.1.0.2', 9080), [{ name: 'cx_active', value: 2, type: 'GAUGE' }]);
   assert.deepEqual(
     view.cluster(REVIEWS).map((s) => [s.name, s.value]),
@@ -155,7 +192,6 @@ void test('kernel counts are read from the decoded maps when the source has no c
       ['upstream_cx_active', 2],
     ],
   );
-  assert.equal(kernelStatsFromMaps({ counters: { x: 1 } }), undefined);
 });
 
 void test('/stats/prometheus adds the per-cluster series and promtool accepts them', async () => {

@@ -13,7 +13,7 @@ import type { TestContext } from 'node:test';
 import type { Dataplane } from '../src/dataplane/dataplane.js';
 import type { LbPolicy, OutlierDetection, Service } from '../src/dataplane/model.js';
 import { OUTLIER_DEFAULTS } from '../src/dataplane/model.js';
-import type { ServiceOutlier } from '../src/dataplane/writer.js';
+import type { ServiceOutlier } from '../src/dataplane/reader.js';
 import { kernelTest } from './support/kernel.js';
 import { Client, createNetns, NetnsBackends, type ConnectResult } from './support/net.js';
 import { openRouting } from './support/routing.js';

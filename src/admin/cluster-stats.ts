@@ -1,29 +1,9 @@
 // What the kernel counts, in Envoy's cluster and host stat names: /clusters shows them per cluster and
 // per host, /stats/prometheus per cluster. Only stats the kernel really keeps; none are estimated.
+import type { KernelStats } from '../dataplane/reader.js';
 import { canonicalAddress } from '../net/address.js';
 
-/** The kernel's counts, by kernel service name (normally the Envoy cluster name) and by backend. */
-export interface KernelStats {
-  services: {
-    name: string;
-    /** Established connections, counted by sockops. */
-    activeConnections: number;
-    /** connect() outcomes by reason (routed, no_endpoint, overflow, ...), summed over CPUs. */
-    counters: Record<string, bigint | number>;
-  }[];
-  /** Shared by every cluster listing the same address and port: the kernel counts per backend. */
-  backends: { address: string; port: number; activeConnections: number }[];
-  /** Outlier detection per kernel service that has it: what the kernel decided (the agent only reads). */
-  outlier?: {
-    name: string;
-    /** ejections_active */
-    active: number;
-    /** Envoy's outlier_detection counters by stat name (ejections_total, ejections_enforced_total, ...). */
-    counters: Record<string, bigint | number>;
-    /** Hosts ejected now. */
-    ejected: { address: string; port: number }[];
-  }[];
-}
+export type { KernelStats } from '../dataplane/reader.js';
 
 export interface EnvoyStat {
   name: string;
@@ -139,39 +119,6 @@ export class ClusterStatsView {
     }
     return out;
   }
-}
-
-/**
- * Reads KernelStats out of /debug/maps (the dataplane's decoded maps), for sources that offer no
- * cheaper accessor; undefined when the kernel state is not there (no dataplane, another shape).
- */
-export function kernelStatsFromMaps(maps: unknown): KernelStats | undefined {
-  if (!maps || typeof maps !== 'object') return undefined;
-  const m = maps as { services?: unknown; backends?: unknown; counters?: unknown };
-  if (!Array.isArray(m.services) || !Array.isArray(m.backends) || !Array.isArray(m.counters))
-    return undefined;
-  const countersByName = new Map<string, Record<string, bigint | number>>();
-  for (const c of m.counters as { service?: unknown; counters?: unknown }[])
-    if (typeof c.service === 'string' && c.counters && typeof c.counters === 'object')
-      countersByName.set(c.service, c.counters as Record<string, bigint | number>);
-  return {
-    services: (m.services as { name?: unknown; activeConnections?: unknown }[])
-      .filter(
-        (s): s is { name: string; activeConnections?: unknown } => typeof s.name === 'string' && !!s.name,
-      )
-      .map((s) => ({
-        name: s.name,
-        activeConnections: num(s.activeConnections),
-        counters: countersByName.get(s.name) ?? {},
-      })),
-    backends: (m.backends as { address?: unknown; port?: unknown; activeConnections?: unknown }[])
-      .filter((b) => typeof b.address === 'string' && typeof b.port === 'number')
-      .map((b) => ({
-        address: b.address as string,
-        port: b.port as number,
-        activeConnections: num(b.activeConnections),
-      })),
-  };
 }
 
 /** Label values escaped as the Prometheus text format wants them. */

@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { TYPE, type JsonObject } from '../xds/types.js';
-import { ClusterStatsView, clusterMetrics, kernelStatsFromMaps, type KernelStats } from './cluster-stats.js';
+import { ClusterStatsView, clusterMetrics, type KernelStats } from './cluster-stats.js';
 import { buildClusters, clustersText } from './clusters.js';
 import { AdminRequestError, buildConfigDump, type ConfigDumpInput } from './config-dump.js';
 
@@ -21,7 +21,7 @@ export interface AdminSource {
   readiness(): Readiness;
   serverInfo(): JsonObject;
   configDump(): ConfigDumpInput;
-  /** The kernel's connection counts; without it they are read from debugMaps(), which costs more. */
+  /** The kernel's connection counts (dataplane's reader); without them /clusters and the stats show none. */
   kernelStats?(): KernelStats | undefined;
   debugXds(): unknown;
   debugMaps(): unknown;
@@ -172,7 +172,7 @@ function flag(q: URLSearchParams, name: string): boolean {
 /** The kernel's counts, or undefined (logged) when the kernel cannot be read: the views still serve config. */
 function clusterStats(source: AdminSource, opts: { log?: Logger }): ClusterStatsView | undefined {
   try {
-    const stats = source.kernelStats ? source.kernelStats() : kernelStatsFromMaps(source.debugMaps());
+    const stats = source.kernelStats?.();
     return stats ? new ClusterStatsView(stats) : undefined;
   } catch (e) {
     opts.log?.warn({ err: e }, 'kernel counts unreadable; cluster and host stats left out');

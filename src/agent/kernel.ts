@@ -14,8 +14,7 @@ import type { ConnectionTracer } from '../telemetry/traces.js';
 import type { Registry } from 'prom-client';
 import { DEFAULT_CAPACITY, type Capacity } from '../dataplane/maps.js';
 import type { DesiredState } from '../dataplane/model.js';
-import { splitBackendKey } from '../dataplane/plan.js';
-import type { KernelStats } from '../admin/cluster-stats.js';
+import type { KernelStats } from '../dataplane/reader.js';
 import type { JsonObject } from '../xds/types.js';
 import { findPodNetns } from '../k8s/netns.js';
 import { PodAuthorization, type PodAuthorizationState } from './authorization.js';
@@ -309,27 +308,9 @@ export class AgentKernel implements Kernel {
     closedConnections: () => this.dataplane.drainedConnections(),
   };
 
-  /** Connection counts for /clusters and the cluster metrics, from the writer's ids: no map scan. */
+  /** Connection counts for /clusters and the cluster metrics, by the writer's ids: no map scan. */
   kernelStats(): KernelStats {
-    const active = this.dataplane.activeConnections();
-    const counters = new Map(this.dataplane.counters().map((c) => [c.service, c.counters]));
-    return {
-      services: Object.entries(active.services).map(([name, activeConnections]) => ({
-        name,
-        activeConnections,
-        counters: counters.get(name) ?? {},
-      })),
-      backends: Object.entries(active.backends).map(([key, activeConnections]) => ({
-        ...splitBackendKey(key),
-        activeConnections,
-      })),
-      outlier: this.dataplane.outlier().map((o) => ({
-        name: o.service,
-        active: o.active,
-        counters: o.counters,
-        ejected: o.hosts.filter((h) => h.ejected).map((h) => ({ address: h.address, port: h.port })),
-      })),
-    };
+    return this.dataplane.kernelStats();
   }
 
   debugMaps(): unknown {

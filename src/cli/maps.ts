@@ -2,19 +2,8 @@
 // agent is down (what the kernel does now, not what the agent believes it wrote).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { BpfMap } from '../../native/index.js';
 import { DEFAULTS } from '../config/config.js';
-import {
-  backendCodec,
-  frontendCodec,
-  frontendKeyCodec,
-  serviceCodec,
-  serviceNameCodec,
-  slotCodec,
-  slotKeyCodec,
-} from '../dataplane/codec.js';
-import { ROUTE_MAPS, type RouteMaps } from '../dataplane/maps.js';
-import { RouteWriter } from '../dataplane/writer.js';
+import { mapUsage, openPinnedRouteMaps, RouteMapReader } from '../dataplane/reader.js';
 import { parseViewFlags, table } from './view.js';
 
 const HELP = `usage: kernmesh maps [--bpffs DIR] [--json]
@@ -41,89 +30,48 @@ export interface PinnedState {
 const hostPort = (address: string, port: number) =>
   `${address.includes(':') ? `[${address}]` : address}:${port}`;
 
-/** Opens every routing map pinned under dir and decodes it; the maps are closed afterwards. */
+/** Opens every routing map pinned under dir and decodes it (dataplane's reader); the maps are closed afterwards. */
 export function readPinned(dir: string): PinnedState {
-  const opened: BpfMap[] = [];
+  const pinned = openPinnedRouteMaps(dir);
   try {
-    const maps = Object.fromEntries(
-      ROUTE_MAPS.map((n) => {
-        const path = join(dir, n);
-        let m: BpfMap;
-        try {
-          m = BpfMap.openPinned(path, n);
-        } catch (e) {
-          throw new Error(`open pinned map ${path}: ${(e as Error).message}`, { cause: e });
-        }
-        opened.push(m);
-        return [n, m];
-      }),
-    ) as unknown as Record<(typeof ROUTE_MAPS)[number], BpfMap>;
-    const names = new Map<number, string>();
-    for (const [k, v] of maps.km_svc_names.entries())
-      names.set(k.readUInt32LE(0), serviceNameCodec.decode(v).name);
-    const backends = maps.km_backends
-      .entries()
-      .map(([k, v]) => {
-        const b = backendCodec.decode(v);
-        return { id: k.readUInt32LE(0), backend: hostPort(b.address, b.port) };
-      })
-      .sort((a, b) => a.id - b.id);
-    const backendById = new Map(backends.map((b) => [b.id, b.backend]));
-    const slots = maps.km_slots
-      .entries()
-      .map(([k, v]) => ({ key: slotKeyCodec.decode(k), value: slotCodec.decode(v) }));
-    const services = maps.km_services
-      .entries()
-      .map(([k, v]) => {
-        const id = k.readUInt32LE(0);
-        const s = serviceCodec.decode(v);
-        const live = slots
-          .filter((x) => x.key.serviceId === id && x.key.generation === s.generation)
-          .sort((a, b) => a.key.priority - b.key.priority || a.key.index - b.key.index);
-        return {
-          id,
-          name: names.get(id) ?? `#${id}`,
-          kind: s.kind,
-          lbPolicy: s.lbPolicy,
-          maxConnections: s.maxConnections,
-          endpoints: live.map(
-            (x) =>
-              `${backendById.get(x.value.backendId) ?? `#${x.value.backendId}`} p${x.key.priority} w${x.value.weight}`,
-          ),
-        };
-      })
-      .sort((a, b) => a.id - b.id);
-    const frontends = maps.km_frontends.entries().map(([k, v]) => {
-      const f = frontendKeyCodec.decode(k);
-      const id = frontendCodec.decode(v).serviceId;
-      return { frontend: `${hostPort(f.address, f.port)}/${f.protocol}`, service: names.get(id) ?? `#${id}` };
-    });
-    const counters = RouteWriter.recover(maps as unknown as RouteMaps)
-      .counters()
-      .map((c) => ({
-        service: c.service || '(no service)',
-        counters: Object.fromEntries(
-          Object.entries(c.counters)
-            .filter(([, n]) => n > 0n)
-            .map(([r, n]) => [r, n.toString()]),
-        ),
-      }))
-      .filter((c) => Object.keys(c.counters).length > 0);
-    const counted = new Set(['hash', 'lru_hash']);
+    const actual = new RouteMapReader(pinned.maps).actual(dir, mapUsage(pinned.opened));
+    const nameOf = (id: number, name?: string): string => name || `#${id}`;
+    const names = new Map(actual.services.map((s) => [s.id, s.name]));
     return {
-      frontends: frontends.sort((a, b) => a.frontend.localeCompare(b.frontend)),
-      services,
-      backends,
-      counters,
-      maps: opened.map((m) => ({
+      frontends: actual.frontends
+        .map((f) => ({
+          frontend: `${hostPort(f.address, f.port)}/${f.protocol}`,
+          service: nameOf(f.serviceId, f.service),
+        }))
+        .sort((a, b) => a.frontend.localeCompare(b.frontend)),
+      services: actual.services.map((s) => ({
+        id: s.id,
+        name: nameOf(s.id, names.get(s.id)),
+        kind: s.value.kind,
+        lbPolicy: s.value.lbPolicy,
+        maxConnections: s.value.maxConnections,
+        endpoints: s.slots.map((x) => `${x.backend ?? `#${x.backendId}`} p${x.priority} w${x.weight}`),
+      })),
+      backends: actual.backends.map((b) => ({ id: b.id, backend: hostPort(b.address, b.port) })),
+      counters: actual.counters
+        .map((c) => ({
+          service: c.service || '(no service)',
+          counters: Object.fromEntries(
+            Object.entries(c.counters)
+              .filter(([, n]) => n > 0n)
+              .map(([r, n]) => [r, n.toString()]),
+          ),
+        }))
+        .filter((c) => Object.keys(c.counters).length > 0),
+      maps: actual.maps.map((m) => ({
         name: m.name,
         type: m.type,
-        entries: counted.has(m.type) ? m.keys().length : null,
+        entries: m.entries ?? null,
         capacity: m.maxEntries,
       })),
     };
   } finally {
-    for (const m of opened) m.close();
+    pinned.close();
   }
 }
 

@@ -7,26 +7,22 @@ import type { Logger } from 'pino';
 
 import { BpfLink, type BpfMap, type BpfObject, type BpfProgram } from '../../native/index.js';
 import { attachPrograms, bpfObjectPath, cgroupLinkPath, openObject } from '../../native/objects.js';
-import {
-  backendCodec,
-  frontendCodec,
-  frontendKeyCodec,
-  REASON_SLOTS,
-  ROUTE_SPEC,
-  serviceCodec,
-  serviceNameCodec,
-  slotCodec,
-  slotKeyCodec,
-  type BackendValue,
-  type DrainedSocket,
-  type FrontendKey,
-  type ServiceValue,
-} from './codec.js';
+import { REASON_SLOTS, ROUTE_SPEC, type DrainedSocket } from './codec.js';
 import { DEFAULT_CAPACITY, mapSizes, ROUTE_MAPS, type Capacity, type RouteMaps } from './maps.js';
 import type { DesiredState } from './model.js';
-import { DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
+import { backendKey, DEFAULT_PLAN_OPTIONS, type PlanOptions } from './plan.js';
 import { drainPlan, SocketCloser, stillGone, type DrainEvent, type DrainTarget } from './drain.js';
-import { RouteWriter, type ApplyResult, type ServiceCounters, type ServiceOutlier } from './writer.js';
+import {
+  mapUsage,
+  RouteMapReader,
+  type ActualState,
+  type KernelStats,
+  type ServiceCounters,
+  type ServiceOutlier,
+} from './reader.js';
+import { RouteWriter, type ApplyResult } from './writer.js';
+
+export type { ActualService, ActualState, KernelStats } from './reader.js';
 
 /** cgroup hooks in attach order; sk_msg goes to km_waypoint_sk instead. */
 export const CGROUP_PROGRAMS = [
@@ -72,26 +68,6 @@ export interface Attachment {
   replacedProgramId?: number;
 }
 
-export interface ActualService {
-  id: number;
-  name: string;
-  value: ServiceValue;
-  /** Live generation's slots per priority group, in slot order. */
-  slots: { priority: number; index: number; backendId: number; backend?: string; weight: number }[];
-  maglevEntries: number;
-  activeConnections: number;
-}
-
-/** The kernel's routing state, decoded from the maps (for /debug/maps). */
-export interface ActualState {
-  pinDir: string;
-  frontends: (FrontendKey & { serviceId: number; service?: string })[];
-  services: ActualService[];
-  backends: (BackendValue & { id: number; activeConnections: number })[];
-  counters: ServiceCounters[];
-  maps: { name: string; type: string; maxEntries: number; entries?: number }[];
-}
-
 /** The program a sockmap runs before ours replaces it; unknown before Linux 6.0 (no BPF_PROG_QUERY there). */
 function previousSockmapProgram(map: BpfMap, program: BpfProgram): number | undefined {
   try {
@@ -104,6 +80,7 @@ function previousSockmapProgram(map: BpfMap, program: BpfProgram): number | unde
 export class Dataplane {
   private readonly queue = new PQueue({ concurrency: 1 });
   private readonly writer: RouteWriter;
+  private readonly reader: RouteMapReader;
   private readonly routeMaps: RouteMaps;
   private readonly attached: Attachment[] = [];
   /** The last desired state applied: what the next apply's changes to open connections are read against. */
@@ -127,6 +104,7 @@ export class Dataplane {
     private readonly podNetns: () => string[] = () => [],
   ) {
     this.routeMaps = Object.fromEntries(ROUTE_MAPS.map((n) => [n, object.map(n)])) as unknown as RouteMaps;
+    this.reader = new RouteMapReader(this.routeMaps);
     this.writer = RouteWriter.recover(this.routeMaps, planOptions);
   }
 
@@ -300,7 +278,7 @@ export class Dataplane {
             .map((s) => s.name),
         );
         const targets: DrainTarget[] = [];
-        for (const o of this.writer.outlier()) {
+        for (const o of this.outlier()) {
           if (!wanted.has(o.service)) continue;
           for (const h of o.hosts) {
             const backendId = this.writer.backendId(h.address, h.port);
@@ -383,8 +361,9 @@ export class Dataplane {
     return this.queue.onIdle();
   }
 
+  /** Per service and reason, summed over CPUs. Service id 0 ("") collects what had no service. */
   counters(): ServiceCounters[] {
-    return this.writer.counters();
+    return this.reader.counters(this.writer.ids().services);
   }
 
   /** What is programmed now as a DesiredState (after open: what the previous agent left pinned). */
@@ -392,8 +371,20 @@ export class Dataplane {
     return this.writer.live();
   }
 
+  /** Active connections per service and per backend ("address|port"), as counted by sockops. */
   activeConnections(): { services: Record<string, number>; backends: Record<string, number> } {
-    return this.writer.activeConnections();
+    const ids = this.writer.ids();
+    const services: Record<string, number> = {};
+    for (const s of ids.services) if (s.id) services[s.name] = this.reader.serviceConnections(s.id);
+    const backends: Record<string, number> = {};
+    for (const b of ids.backends)
+      backends[backendKey(b.address, b.port)] = this.reader.backendConnections(b.id);
+    return { services, backends };
+  }
+
+  /** The counts behind /clusters and the cluster stats, by the writer's ids. */
+  kernelStats(): KernelStats {
+    return this.reader.kernelStats(this.writer.ids());
   }
 
   serviceId(name: string): number | undefined {
@@ -402,89 +393,24 @@ export class Dataplane {
 
   /** Outlier detection per service, as the kernel decided it (ejections, counters, failing hosts). */
   outlier(): ServiceOutlier[] {
-    return this.writer.outlier();
+    return this.reader.outlier(this.writer.ids());
   }
 
   backendId(address: string, port: number): number | undefined {
     return this.writer.backendId(address, port);
   }
 
-  /** Decodes what the kernel holds now (not what the writer believes it wrote). */
+  /** Decodes what the kernel holds now (not what the writer believes it wrote): /debug/maps. */
   readActual(): ActualState {
-    const m = this.routeMaps;
-    const names = new Map<number, string>();
-    for (const [k, v] of m.km_svc_names.entries())
-      names.set(k.readUInt32LE(0), serviceNameCodec.decode(v).name);
-    const conns = (map: BpfMap | RouteMaps['km_service_conn'], id: number): number =>
-      map.lookup(Buffer.from(new Uint32Array([id]).buffer))?.readUInt32LE(0) ?? 0;
-    const backends = m.km_backends
-      .entries()
-      .map(([k, v]) => {
-        const id = k.readUInt32LE(0);
-        return { id, ...backendCodec.decode(v), activeConnections: conns(m.km_backend_conn, id) };
-      })
-      .sort((a, b) => a.id - b.id);
-    const backendById = new Map(backends.map((b) => [b.id, b]));
-    const slots = m.km_slots
-      .entries()
-      .map(([k, v]) => ({ key: slotKeyCodec.decode(k), value: slotCodec.decode(v) }));
-    const maglev = m.km_maglev.keys().map((k) => slotKeyCodec.decode(k));
-    const services = m.km_services
-      .entries()
-      .map(([k, v]): ActualService => {
-        const id = k.readUInt32LE(0);
-        const value = serviceCodec.decode(v);
-        return {
-          id,
-          name: names.get(id) ?? '',
-          value,
-          slots: slots
-            .filter((s) => s.key.serviceId === id && s.key.generation === value.generation)
-            .sort((a, b) => a.key.priority - b.key.priority || a.key.index - b.key.index)
-            .map((s) => {
-              const b = backendById.get(s.value.backendId);
-              return {
-                priority: s.key.priority,
-                index: s.key.index,
-                backendId: s.value.backendId,
-                ...(b
-                  ? { backend: `${b.address.includes(':') ? `[${b.address}]` : b.address}:${b.port}` }
-                  : {}),
-                weight: s.value.weight,
-              };
-            }),
-          maglevEntries: maglev.filter((x) => x.serviceId === id && x.generation === value.generation).length,
-          activeConnections: conns(m.km_service_conn, id),
-        };
-      })
-      .sort((a, b) => a.id - b.id);
-    const frontends = m.km_frontends.entries().map(([k, v]) => {
-      const serviceId = frontendCodec.decode(v).serviceId;
-      const name = names.get(serviceId);
-      return { ...frontendKeyCodec.decode(k), serviceId, ...(name !== undefined ? { service: name } : {}) };
-    });
-    return {
-      pinDir: this.pinDir,
-      frontends,
-      services,
-      backends,
-      counters: this.writer.counters(),
-      maps: this.mapUsage(),
-    };
+    return this.reader.actual(this.pinDir, this.mapUsage());
   }
 
   /**
-   * Entries and capacity per map, counted in the kernel (hash maps; arrays are always full): what the
-   * map gauges need, without decoding every service as readActual() does on each scrape.
+   * Entries and capacity per map of the object, counted in the kernel (hash maps; arrays are always
+   * full): what the map gauges need, without decoding every service as readActual() does.
    */
   mapUsage(): ActualState['maps'] {
-    const counted = new Set(['hash', 'lru_hash']);
-    return this.object.maps().map((x) => ({
-      name: x.name,
-      type: x.type,
-      maxEntries: x.maxEntries,
-      ...(counted.has(x.type) ? { entries: x.keys().length } : {}),
-    }));
+    return mapUsage(this.object.maps());
   }
 
   /** Waits for queued applies, then closes our fds: pinned maps and links keep the routing. */

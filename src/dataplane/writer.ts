@@ -14,13 +14,9 @@ import {
   frontendCodec,
   frontendKeyCodec,
   hostKeyCodec,
-  hostStateCodec,
   memberCodec,
-  outlierCodec,
-  OUTLIER_COUNTERS,
   PANIC_TABLE,
   REASON_SLOTS,
-  REASONS,
   serviceCodec,
   serviceNameCodec,
   slotCodec,
@@ -28,8 +24,6 @@ import {
   u32,
   type BackendValue,
   type FrontendKey,
-  type OutlierCounter,
-  type Reason,
   type ServiceValue,
 } from './codec.js';
 import { normalizeWeights } from './layout.js';
@@ -42,7 +36,8 @@ import {
   type PlanOptions,
   type ServicePlan,
 } from './plan.js';
-import type { MapHandle, RouteMapName, RouteMaps } from './maps.js';
+import type { RouteMapName, RouteMaps } from './maps.js';
+import { RouteMapReader, type RouteIds } from './reader.js';
 import {
   DEFAULT_OVERPROVISIONING,
   DEFAULT_PANIC_THRESHOLD,
@@ -138,34 +133,6 @@ export function weightsPlanningTo(live: readonly number[], maxTotal: number): nu
   return undefined;
 }
 
-/** One host of a service as outlier detection sees it now (km_hosts). */
-export interface OutlierHost {
-  address: string;
-  port: number;
-  ejected: boolean;
-  /** CLOCK_MONOTONIC ns of the last ejection and return (0 before the first). */
-  ejectedNs: bigint;
-  unejectedNs: bigint;
-  numEjections: number;
-  consecutive5xx: number;
-  consecutiveGatewayFailure: number;
-  consecutiveLocalOriginFailure: number;
-  backoff: number;
-  failures: bigint;
-}
-
-export interface ServiceOutlier {
-  service: string;
-  id: number;
-  /** ejections_active */
-  active: number;
-  /** Ejected hosts counted out of each priority's healthy hosts. */
-  ejectedPerPriority: number[];
-  counters: Record<OutlierCounter, bigint>;
-  /** Hosts with something to remember: ejected, backing off, or failing. */
-  hosts: OutlierHost[];
-}
-
 /** The model's outlier settings back from a service value (what a restarted agent finds pinned). */
 function outlierFromValue(o: NonNullable<ServiceValue['outlier']>): OutlierDetection {
   return {
@@ -185,12 +152,6 @@ function outlierFromValue(o: NonNullable<ServiceValue['outlier']>): OutlierDetec
   };
 }
 
-export interface ServiceCounters {
-  service: string;
-  id: number;
-  counters: Record<Reason, bigint>;
-}
-
 export class RouteWriter {
   private readonly services = new Map<string, LiveService>();
   private readonly backends = new Map<string, LiveBackend>();
@@ -205,35 +166,31 @@ export class RouteWriter {
   private ops: MapOp[] = [];
   private syscalls = 0;
 
+  private readonly reader: RouteMapReader;
+
   private constructor(
     private readonly maps: RouteMaps,
     private readonly planOptions: PlanOptions,
-  ) {}
+  ) {
+    this.reader = new RouteMapReader(maps);
+  }
 
-  /** Rebuilds the mirror from the (possibly pinned, pre-existing) maps. */
+  /** Rebuilds the mirror from the (possibly pinned, pre-existing) maps, read through the one reader. */
   static recover(maps: RouteMaps, planOptions: PlanOptions = DEFAULT_PLAN_OPTIONS): RouteWriter {
     const w = new RouteWriter(maps, planOptions);
-    const names = new Map<number, string>();
-    for (const [k, v] of maps.km_svc_names.entries())
-      names.set(k.readUInt32LE(0), serviceNameCodec.decode(v).name);
-    for (const [k, v] of maps.km_services.entries()) {
-      const id = k.readUInt32LE(0);
-      const name = names.get(id);
-      let value: ServiceValue | undefined;
-      try {
-        value = serviceCodec.decode(v);
-      } catch {
-        value = undefined;
-      }
-      if (name === undefined || value === undefined || w.services.has(name)) {
-        w.garbage.push({ map: 'km_services', key: hex(k) });
+    const read = w.reader;
+    const names = read.serviceNames();
+    for (const s of read.services()) {
+      const name = names.get(s.k);
+      if (name === undefined || s.v === undefined || w.services.has(name)) {
+        w.garbage.push({ map: 'km_services', key: hex(s.key) });
         continue;
       }
       w.services.set(name, {
-        id,
+        id: s.k,
         name,
-        value,
-        valueHex: hex(v),
+        value: s.v,
+        valueHex: hex(s.value),
         slots: new Map(),
         maglev: new Map(),
         members: new Map(),
@@ -245,32 +202,29 @@ export class RouteWriter {
       ['km_slots', 'slots'],
       ['km_maglev', 'maglev'],
     ] as const) {
-      for (const [k, v] of maps[map].entries()) {
-        const s = byId.get(slotKeyCodec.decode(k).serviceId);
-        if (s) s[field].set(hex(k), hex(v));
-        else w.garbage.push({ map, key: hex(k) });
+      for (const e of read.slots(map)) {
+        const s = byId.get(e.k.serviceId);
+        if (s) s[field].set(hex(e.key), hex(e.value));
+        else w.garbage.push({ map, key: hex(e.key) });
       }
     }
-    for (const [k, v] of maps.km_members.entries()) {
-      const s = byId.get(hostKeyCodec.decode(k).serviceId);
-      if (s) s.members.set(hex(k), hex(v));
-      else w.garbage.push({ map: 'km_members', key: hex(k) });
+    for (const e of read.members()) {
+      const s = byId.get(e.k.serviceId);
+      if (s) s.members.set(hex(e.key), hex(e.value));
+      else w.garbage.push({ map: 'km_members', key: hex(e.key) });
     }
     for (const s of w.services.values()) {
       w.slotEntries += s.slots.size;
       w.maglevEntries += s.maglev.size;
     }
-    for (const [k, v] of maps.km_backends.entries()) {
-      const id = k.readUInt32LE(0);
-      const value = backendCodec.decode(v);
-      const key = backendKey(value.address, value.port);
-      if (w.backends.has(key)) w.garbage.push({ map: 'km_backends', key: hex(k) });
-      else w.backends.set(key, { id, value });
+    for (const b of read.backends()) {
+      const key = backendKey(b.v.address, b.v.port);
+      if (w.backends.has(key)) w.garbage.push({ map: 'km_backends', key: hex(b.key) });
+      else w.backends.set(key, { id: b.k, value: b.v });
     }
-    for (const [k, v] of maps.km_frontends.entries()) {
-      const id = frontendCodec.decode(v).serviceId;
-      if (byId.has(id)) w.frontends.set(hex(k), id);
-      else w.garbage.push({ map: 'km_frontends', key: hex(k) });
+    for (const f of read.frontends()) {
+      if (byId.has(f.v)) w.frontends.set(hex(f.key), f.v);
+      else w.garbage.push({ map: 'km_frontends', key: hex(f.key) });
     }
     w.freeServiceIds = freeIds(maps.km_services.maxEntries, new Set(byId.keys()));
     w.freeBackendIds = freeIds(
@@ -522,18 +476,13 @@ export class RouteWriter {
     return undefined;
   }
 
-  /** The detector's entries of a service id (hosts that failed): few, so a scan of the map is cheap. */
-  private hostStates(id: number): Buffer[] {
-    return this.maps.km_hosts.keys().filter((k) => hostKeyCodec.decode(k).serviceId === id);
-  }
-
   /** A reused id starts with zero counters and no connections from its previous owner. */
   private resetServiceState(id: number): void {
     this.update('km_service_conn', u32(id), u32(0));
     // zeroing the value also cancels a sweep timer the previous owner left armed
     const od = this.maps.km_outlier.lookup(u32(id));
     if (od?.some((b) => b !== 0)) this.update('km_outlier', u32(id), Buffer.alloc(od.length));
-    this.deleteMany('km_hosts', this.hostStates(id));
+    this.deleteMany('km_hosts', this.reader.hostKeysOf(id));
     const sample = this.maps.km_counters.lookup(u32(id * REASON_SLOTS));
     if (!sample) return;
     for (let r = 0; r < REASON_SLOTS; r++) {
@@ -600,7 +549,7 @@ export class RouteWriter {
     this.maglevEntries -= s.maglev.size;
     this.delete('km_svc_names', u32(s.id));
     this.deleteMany('km_members', [...s.members.keys()].map(unhex));
-    this.deleteMany('km_hosts', this.hostStates(s.id));
+    this.deleteMany('km_hosts', this.reader.hostKeysOf(s.id));
     this.services.delete(s.name);
     this.freeServiceIds.push(s.id);
   }
@@ -608,7 +557,8 @@ export class RouteWriter {
   private removeUnusedBackends(): void {
     const used = new Set<number>();
     for (const s of this.services.values())
-      for (const m of [s.slots, s.maglev]) for (const v of m.values()) used.add(unhex(v).readUInt32LE(0));
+      for (const m of [s.slots, s.maglev])
+        for (const v of m.values()) used.add(slotCodec.decode(unhex(v)).backendId);
     for (const [key, b] of [...this.backends]) {
       if (used.has(b.id)) continue;
       this.delete('km_backends', u32(b.id));
@@ -710,91 +660,17 @@ export class RouteWriter {
     return this.backends.get(backendKey(address, port))?.id;
   }
 
-  /** Per service and reason, summed over CPUs. Service id 0 ("") collects what had no service. */
-  counters(): ServiceCounters[] {
-    const out: ServiceCounters[] = [];
-    const rows: [string, number][] = [
-      ['', 0],
-      ...[...this.services.values()].map((s): [string, number] => [s.name, s.id]),
-    ];
-    for (const [service, id] of rows) {
-      const counters = Object.fromEntries(REASONS.map((r) => [r, 0n])) as Record<Reason, bigint>;
-      REASONS.forEach((reason, r) => {
-        const v = this.maps.km_counters.lookup(u32(id * REASON_SLOTS + r));
-        if (!v) return;
-        let sum = 0n;
-        for (let off = 0; off + 8 <= v.length; off += 8) sum += v.readBigUInt64LE(off);
-        counters[reason] = sum;
-      });
-      out.push({ service, id, counters });
-    }
-    return out;
-  }
-
   /**
-   * Outlier detection as the kernel decided it, per service with the detector on: ejections active
-   * and Envoy's counters (km_outlier), and the hosts it remembers (km_hosts, only hosts that failed).
+   * Names and backends by id as programmed, for reading the kernel's counts by id; service id 0 ("")
+   * collects what had no service.
    */
-  outlier(): ServiceOutlier[] {
-    const byId = new Map([...this.services.values()].filter((s) => s.value.outlier).map((s) => [s.id, s]));
-    if (!byId.size) return [];
-    const addressOf = new Map<number, string>();
-    for (const [key, b] of this.backends) addressOf.set(b.id, key);
-    const hosts = new Map<number, OutlierHost[]>();
-    for (const [k, v] of this.maps.km_hosts.entries()) {
-      const key = hostKeyCodec.decode(k);
-      const backend = addressOf.get(key.backendId);
-      if (!byId.has(key.serviceId) || backend === undefined) continue;
-      const h = hostStateCodec.decode(v);
-      const list = hosts.get(key.serviceId) ?? [];
-      list.push({
-        ...splitBackendKey(backend),
-        ejected: h.ejected,
-        ejectedNs: h.ejectedNs,
-        unejectedNs: h.unejectedNs,
-        numEjections: h.numEjections,
-        consecutive5xx: h.consecutive5xx,
-        consecutiveGatewayFailure: h.consecutiveGateway,
-        consecutiveLocalOriginFailure: h.consecutiveLocalOrigin,
-        backoff: h.backoff,
-        failures: h.failures,
-      });
-      hosts.set(key.serviceId, list);
-    }
-    const out: ServiceOutlier[] = [];
-    for (const [id, s] of byId) {
-      const raw = this.maps.km_outlier.lookup(u32(id));
-      const state = raw
-        ? outlierCodec.decode(raw)
-        : {
-            active: 0,
-            ejected: [],
-            counters: Object.fromEntries(OUTLIER_COUNTERS.map((c) => [c, 0n])) as Record<
-              OutlierCounter,
-              bigint
-            >,
-          };
-      out.push({
-        service: s.name,
-        id,
-        active: state.active,
-        ejectedPerPriority: state.ejected,
-        counters: state.counters,
-        hosts: (hosts.get(id) ?? []).sort(
-          (a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0) || a.port - b.port,
-        ),
-      });
-    }
-    return out.sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : 0));
-  }
-
-  /** Active connections per service and per backend, as counted by sockops. */
-  activeConnections(): { services: Record<string, number>; backends: Record<string, number> } {
-    const read = (m: MapHandle, id: number): number => m.lookup(u32(id))?.readUInt32LE(0) ?? 0;
-    const services: Record<string, number> = {};
-    for (const s of this.services.values()) services[s.name] = read(this.maps.km_service_conn, s.id);
-    const backends: Record<string, number> = {};
-    for (const [k, b] of this.backends) backends[k] = read(this.maps.km_backend_conn, b.id);
-    return { services, backends };
+  ids(): RouteIds {
+    return {
+      services: [
+        { name: '', id: 0, outlier: false },
+        ...[...this.services.values()].map((s) => ({ name: s.name, id: s.id, outlier: !!s.value.outlier })),
+      ],
+      backends: [...this.backends.values()].map((b) => ({ ...b.value, id: b.id })),
+    };
   }
 }

@@ -1,11 +1,10 @@
 // Kernel telemetry (bpf/telemetry.bpf.c): loads and attaches it, consumes the connection events
 // from the ring buffer into Istio's TCP metrics and optional access-log lines, and exports the
 // lost-event count and the per-service packet/byte counters at scrape time.
-import { join } from 'node:path';
 import { Counter, Registry } from 'prom-client';
 import type { Logger } from 'pino';
 
-import { BpfMap, RingBuffer, type BpfObject } from '../../native/index.js';
+import { RingBuffer, type BpfObject } from '../../native/index.js';
 import { attachPrograms, bpfObjectPath, openObject, type CgroupAttachment } from '../../native/objects.js';
 import { sumPerCpuU64, u32 } from '../../native/spec.js';
 import {
@@ -17,6 +16,7 @@ import {
   type ConnEvent,
   type ServiceTraffic,
 } from './codec.js';
+import { pinnedServiceNames } from '../dataplane/reader.js';
 import { istioLabels, IstioTcpMetrics, serviceIdentity } from './metrics.js';
 import type { ConnectionTracer } from './traces.js';
 import { WorkloadIndex, type PeerDirectory } from './workloads.js';
@@ -35,27 +35,10 @@ export interface TelemetryOptions {
   clusterId?: string;
   /** Spans of routed connections, when tracing is on. */
   tracer?: ConnectionTracer;
-  /** Kernel service id → service (cluster) name; by default read from routing's km_svc_names. */
+  /** Kernel service id → service (cluster) name; by default routing's km_svc_names, through dataplane's reader. */
   serviceName?: (id: number) => string | undefined;
   /** Every decoded event, after metrics (tests, debug endpoints). */
   onEvent?: (ev: ConnEvent) => void;
-}
-
-/** km_service_name is a NUL-padded char[256] keyed by the service id (routing's map). */
-function pinnedServiceNames(pinDir: string): (id: number) => string | undefined {
-  let map: BpfMap | undefined;
-  return (id) => {
-    if (id === 0) return undefined;
-    try {
-      map ??= BpfMap.openPinned(join(pinDir, 'km_svc_names'), 'km_svc_names');
-    } catch {
-      return undefined; // routing not loaded here: the service stays unknown
-    }
-    const v = map.lookup(u32(id));
-    if (!v) return undefined;
-    const end = v.indexOf(0);
-    return v.subarray(0, end < 0 ? v.length : end).toString('utf8');
-  };
 }
 
 /** cgroup programs of bpf/telemetry.bpf.o, in attach order (CgroupAttachment.links follows it). */
