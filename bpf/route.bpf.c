@@ -901,7 +901,10 @@ static __noinline void eject(__u32 service_id, __u32 backend_id, const struct km
 		    type == KM_EJECT_GATEWAY ? svc->enforcing_gateway : svc->enforcing_local_origin;
 	if (bpf_get_prandom_u32() % 100 >= enforcing)
 		return;
-	if (__sync_val_compare_and_swap(&h->ejected, 0, 1) != 0)
+	/* 2 claims the host while its ejection is written: the sweep on another CPU unejects only a
+	 * host at 1, so it cannot return one whose ejected_ns and slot are not set yet (it did, once a
+	 * CI run under load: the slot stayed counted with no host ejected, and active never reached 0) */
+	if (__sync_val_compare_and_swap(&h->ejected, 0, 2) != 0)
 		return; /* another CPU ejected it */
 	/* the active count moves only by compare-and-swap, so racing ejections never pass the cap */
 #pragma unroll
@@ -915,7 +918,7 @@ static __noinline void eject(__u32 service_id, __u32 backend_id, const struct km
 		}
 	}
 	if (!reserved) {
-		h->ejected = 0;
+		__sync_lock_test_and_set(&h->ejected, 0);
 		od_count(od, KM_OD_OVERFLOW);
 		return;
 	}
@@ -937,6 +940,7 @@ static __noinline void eject(__u32 service_id, __u32 backend_id, const struct km
 	od_count(od, KM_OD_ENFORCED_TOTAL);
 	od_count(od, type == KM_EJECT_5XX ? KM_OD_ENFORCED_5XX :
 		     type == KM_EJECT_GATEWAY ? KM_OD_ENFORCED_GATEWAY : KM_OD_ENFORCED_LOCAL_ORIGIN);
+	__sync_lock_test_and_set(&h->ejected, 1); /* written: the sweep may return it from now on */
 	arm_sweep(od, svc);
 }
 

@@ -173,7 +173,7 @@ struct km_member {
 struct km_host_state {
 	__u64 ejected_ns;   /* bpf_ktime_get_ns() at the last ejection */
 	__u64 unejected_ns; /* at the last return, 0 before the first */
-	__u32 ejected;      /* 1 while ejected; changed by compare-and-swap only */
+	__u32 ejected;      /* 1 while ejected, 2 while an ejection is written; compare-and-swap only */
 	__u32 counted_priority; /* the km_outlier.ejected[] slot this ejection holds, KM_HOST_UNCOUNTED if none */
 	__u32 consecutive_5xx;
 	__u32 consecutive_gateway;
