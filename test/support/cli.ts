@@ -75,7 +75,12 @@ export async function adminAddress(child: KernmeshProcess): Promise<string> {
 }
 
 export async function adminGet(admin: string, path: string): Promise<{ status: number; text: string }> {
-  const r = await fetch(`http://${admin}${path}`);
+  // A hung admin fails the call after 30 s, naming it, instead of the whole file after 5 minutes.
+  const r = await fetch(`http://${admin}${path}`, { signal: AbortSignal.timeout(30_000) }).catch(
+    (e: Error) => {
+      throw new Error(`GET http://${admin}${path}: ${e.message}`);
+    },
+  );
   return { status: r.status, text: await r.text() };
 }
 
@@ -87,7 +92,21 @@ export async function stopProcess(
   if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
   const done = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   child.kill(signal);
-  return done;
+  // An agent that does not stop within 60 s fails its test with what it last logged, and is killed,
+  // instead of holding the file until the runner cancels it without a word.
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => {
+      const last = 'lines' in child ? JSON.stringify((child as KernmeshProcess).lines.slice(-8)) : '';
+      child.kill('SIGKILL');
+      reject(new Error(`pid ${child.pid} did not exit within 60 s of ${signal}; last log lines: ${last}`));
+    }, 60_000);
+  });
+  try {
+    return await Promise.race([done, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /**

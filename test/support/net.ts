@@ -94,9 +94,13 @@ function one(c) {
     let settled = false;
     let timer;
     const finish = (r) => { if (!settled) { settled = true; clearTimeout(timer); resolve(r); } };
-    if (c.timeoutMs) timer = setTimeout(() => { s.destroy(); finish({ ok: false, err: 'TIMEOUT', t0, t1: now() }); }, c.timeoutMs);
+    // Without a limit of its own, a connect that never completes (or never reads its id) fails after
+    // 60 s, naming which, instead of holding its test until the file is cancelled without a word.
+    let connected = false;
+    timer = setTimeout(() => { s.destroy(); finish({ ok: false, err: c.timeoutMs ? 'TIMEOUT' : connected ? 'TIMEOUT (connected, no id in 60 s)' : 'TIMEOUT (no connect in 60 s)', t0, t1: now() }); }, c.timeoutMs || 60000);
     s.on('error', (e) => { s.destroy(); finish({ ok: false, err: e.code || String(e), t0, t1: now() }); });
     s.once('connect', () => {
+      connected = true;
       const t1 = now();
       const r = { ok: true, peer: s.remoteAddress + '|' + s.remotePort, local: s.localAddress + '|' + s.localPort, t0, t1 };
       const payload = payloadOf(c);
