@@ -162,3 +162,21 @@ void test("locality from the node's topology labels", async (t) => {
   assert.equal(await nodeLocality(kc, 'node-3'), undefined);
   await assert.rejects(nodeLocality(kc, 'node-9'), /404|not found/i);
 });
+
+void test('stopped while its lists are in flight, it opens no watch afterwards (an open watch kept a stopped agent from exiting)', async (t) => {
+  const { api, watch } = await setup(t);
+  api.namespace('shop');
+  const lists = api.holdLists();
+  const started = watch.start();
+  await eventually('both lists asked', () => podLists(api) === 1 && api.requests.length === 2);
+  await watch.stop();
+  await started; // stop() releases the wait for sync
+  lists.release();
+  await watch.settled();
+  assert.equal(
+    api.requests.filter((r) => r.includes('watch=true')).length,
+    0,
+    `no watch after stop: ${api.requests.join(', ')}`,
+  );
+  assert.equal(api.watchers('pods') + api.watchers('namespaces'), 0);
+});

@@ -24,33 +24,63 @@ export interface ClusterHandlers {
 
 /** Watch that asks for bookmarks: the server then keeps the resourceVersion fresh on quiet streams. */
 class BookmarkWatch extends Watch {
+  private closed = false;
+  private readonly open = new Set<AbortController>();
+
   constructor(
     config: KubeConfig,
     private readonly onEvent: () => void,
   ) {
     super(config);
   }
-  override watch(
+  override async watch(
     path: string,
     queryParams: Record<string, string | number | boolean | undefined>,
     callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
-    return super.watch(
+    if (this.closed) {
+      const none = new AbortController();
+      none.abort();
+      return none;
+    }
+    // done() may run before super.watch() resolves (a request that fails at once)
+    const ref: { request?: AbortController; ended?: boolean } = {};
+    const request = await super.watch(
       path,
       { ...queryParams, allowWatchBookmarks: true },
       (phase, obj, raw) => {
         this.onEvent();
         callback(phase, obj, raw);
       },
-      done,
+      (err) => {
+        ref.ended = true;
+        if (ref.request) this.open.delete(ref.request);
+        done(err);
+      },
     );
+    ref.request = request;
+    if (!ref.ended) this.open.add(request);
+    if (this.closed) request.abort();
+    return request;
+  }
+
+  /**
+   * Ends every watch and refuses new ones. client-node's ListWatch.stop() aborts only a watch that
+   * is already set up: one it starts after a list that was in flight, or while stop() runs, stayed
+   * open and kept the agent's process from exiting after SIGTERM (the restart test caught it).
+   */
+  close(): void {
+    this.closed = true;
+    for (const r of this.open) r.abort();
+    this.open.clear();
   }
 }
 
 interface Informer<T extends KubernetesObject> {
   what: string;
   lw: ListWatch<T>;
+  watch: BookmarkWatch;
   backoff: Backoff;
   listed: boolean;
   timer?: NodeJS.Timeout;
@@ -64,6 +94,7 @@ export interface ClusterWatchOptions {
 export class ClusterWatch {
   private readonly informers: [Informer<V1Pod>, Informer<V1Namespace>];
   private stopped = false;
+  private readonly starting = new Set<Promise<unknown>>();
   private readonly syncWaiters: (() => void)[] = [];
 
   constructor(
@@ -97,6 +128,7 @@ export class ClusterWatch {
       const watch = new BookmarkWatch(kc, () => backoff.reset());
       Object.assign(inf, {
         what,
+        watch,
         backoff,
         listed: false,
         // client-node types the list function with its generated list classes; ours are plain data
@@ -127,15 +159,27 @@ export class ClusterWatch {
     );
     clearTimeout(inf.timer);
     inf.timer = setTimeout(() => {
-      if (!this.stopped) void inf.lw.start();
+      if (!this.stopped) this.begin(inf);
     }, delay);
   }
 
   /** Starts both informers; resolves once each has listed (retrying meanwhile). */
   async start(): Promise<void> {
     const synced = new Promise<void>((resolve) => this.syncWaiters.push(resolve));
-    for (const inf of this.informers) void inf.lw.start();
+    for (const inf of this.informers) this.begin(inf);
     await synced;
+  }
+
+  /** A list then a watch; its failures reach restartLater through the ListWatch's error event. */
+  private begin(inf: Informer<KubernetesObject>): void {
+    const started = inf.lw.start().catch(() => undefined);
+    this.starting.add(started);
+    void started.finally(() => this.starting.delete(started));
+  }
+
+  /** Resolves once every list and watch set-up begun so far has finished (or been refused after stop). */
+  async settled(): Promise<void> {
+    while (this.starting.size > 0) await Promise.all([...this.starting]);
   }
 
   synced(): boolean {
@@ -154,6 +198,7 @@ export class ClusterWatch {
     this.stopped = true;
     for (const inf of this.informers) {
       clearTimeout(inf.timer);
+      inf.watch.close();
       await inf.lw.stop();
     }
     for (const w of this.syncWaiters.splice(0)) w();

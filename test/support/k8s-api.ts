@@ -220,6 +220,19 @@ export class KubeApiServer {
     this.failures = n;
   }
 
+  /** Lists are answered only once release() is called (a slow API server); watches are not held. */
+  holdLists(): { release: () => void } {
+    let release!: () => void;
+    this.listGate = new Promise<void>((r) => (release = r));
+    return {
+      release: () => {
+        this.listGate = undefined;
+        release();
+      },
+    };
+  }
+  private listGate: Promise<void> | undefined;
+
   /** The next n requests for paths starting with prefix fail with 503. */
   failPath(prefix: string, n: number): void {
     this.pathFailures.push({ prefix, left: n });
@@ -260,9 +273,9 @@ export class KubeApiServer {
     ev.writtenAt.push(Date.now());
   }
 
-  private handle(req: IncomingMessage, res: ServerResponse): void {
+  private handle(req: IncomingMessage, res: ServerResponse, released = false): void {
     const url = new URL(req.url ?? '/', this.url);
-    this.requests.push(`${req.method} ${url.pathname}${url.search}`);
+    if (!released) this.requests.push(`${req.method} ${url.pathname}${url.search}`);
     const json = (status: number, body: unknown): void => {
       res.writeHead(status, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
@@ -290,6 +303,11 @@ export class KubeApiServer {
     if (selector && (!m || kind !== 'pods'))
       return status(400, 'BadRequest', `field selector "${selector}" not supported`);
     const filter = { kind, ...(m ? { nodeName: m[1]! } : {}) };
+    if (url.searchParams.get('watch') !== 'true' && this.listGate) {
+      const gate = this.listGate;
+      void gate.then(() => this.handle(req, res, true));
+      return;
+    }
     if (url.searchParams.get('watch') !== 'true') {
       const items = [...this.store.values()]
         .filter((e) => this.matches(filter, e.kind, e.obj))
