@@ -95,14 +95,14 @@ for (const goneAs of ['410-event', '410-status'] as const) {
     api.deletePod('shop', 'b');
     api.pod({ namespace: 'shop', name: 'c', nodeName: 'node-1' });
     api.compact();
-    await eventually('re-listed', () => podLists(api) > lists && watch.pods().length === 2);
-    assert.deepEqual(
+    // the list request's arrival alone is not the re-list: the cache changes when its answer is read
+    const names = (): string =>
       watch
         .pods()
         .map((p) => p.metadata?.name)
-        .sort(),
-      ['a', 'c'],
-    );
+        .sort()
+        .join(',');
+    await eventually('re-listed: the cache holds a and c', () => podLists(api) > lists && names() === 'a,c');
     const pods = seen.filter((s) => s.what === 'pod').map((s) => `${s.change} ${s.name}`);
     assert.ok(pods.includes('delete b') && pods.includes('add c'), pods.join(', '));
     await eventually('watching again', () => api.watchers('pods') === 1);

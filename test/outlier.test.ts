@@ -164,7 +164,7 @@ const landedOn = (results: ConnectResult[]): string[] =>
   results.filter((r) => r.ok).map((r) => r.backend!.split('|')[0]!);
 
 async function until<T>(
-  what: string,
+  what: string | (() => string),
   probe: () => Promise<T | undefined> | T | undefined,
   tries = 600,
 ): Promise<T> {
@@ -173,7 +173,7 @@ async function until<T>(
     if (v !== undefined) return v;
     await new Promise((r) => setTimeout(r, 50));
   }
-  assert.fail(`never: ${what}`);
+  assert.fail(`never: ${typeof what === 'string' ? what : what()}`);
 }
 
 kernelTest(
@@ -364,10 +364,15 @@ kernelTest(
     // a short base_ejection_time: both return, by the kernel clock no sooner than base × 1
     const base = 200;
     await apply('random', { ...config, baseEjectionTimeMs: base });
-    const returned = await until('both return', () => {
-      const now = state(dp);
-      return now.active === 0 ? now : undefined;
-    });
+    let last: ServiceOutlier | undefined;
+    const returned = await until(
+      () =>
+        `both return: ${JSON.stringify(last, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`,
+      () => {
+        last = state(dp);
+        return last.active === 0 ? last : undefined;
+      },
+    );
     for (const x of twice) {
       const h = hostOf(returned, x)!;
       assert.equal(h.numEjections, 1);
