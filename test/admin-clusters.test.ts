@@ -11,7 +11,7 @@ import { ClusterStatsView, type KernelStats } from '../src/admin/cluster-stats.j
 import { buildClusters, clustersText } from '../src/admin/clusters.js';
 import { startAdminServer, type AdminSource } from '../src/admin/server.js';
 import { REASON_SLOTS, REASONS, u32, type Reason } from '../src/dataplane/codec.js';
-import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import { memoryMaps } from './support/memory-maps.js';
 import { RouteMapReader } from '../src/dataplane/reader.js';
 import { RouteWriter } from '../src/dataplane/writer.js';
 import { decodeToJson, encodeFromJson } from '../src/xds/proto-json.js';
@@ -140,23 +140,6 @@ void test('the text form has Envoy host lines and the cluster counters, IPv6 ser
 });
 
 /** Routing maps in memory, as the writer and the reader see them. */
-function memoryMaps(): RouteMaps {
-  const map = (name: string): MapHandle => {
-    const data = new Map<string, Buffer>();
-    return {
-      name,
-      keySize: 0,
-      valueSize: 0,
-      maxEntries: 100000,
-      lookup: (k) => data.get(k.toString('hex')),
-      update: (k, v) => void data.set(k.toString('hex'), Buffer.from(v)),
-      delete: (k) => data.delete(k.toString('hex')),
-      keys: () => [...data.keys()].map((k) => Buffer.from(k, 'hex')),
-      entries: () => [...data].map(([k, v]) => [Buffer.from(k, 'hex'), v]),
-    };
-  };
-  return Object.fromEntries(ROUTE_MAPS.map((n) => [n, map(n)])) as unknown as RouteMaps;
-}
 
 void test('kernel counts are read from the maps by the dataplane’s one reader, by the ids the writer gave', () => {
   const maps = memoryMaps();

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { LR_BIAS_ONE, serviceCodec } from '../src/dataplane/codec.js';
-import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import { memoryMaps } from './support/memory-maps.js';
 import type { Endpoint, Service } from '../src/dataplane/model.js';
 import { planService } from '../src/dataplane/plan.js';
 import { RouteWriter } from '../src/dataplane/writer.js';
@@ -236,21 +236,3 @@ void describe('plan: least_request in the kernel', () => {
     assert.deepEqual(again.apply(state).ops, []);
   });
 });
-
-function memoryMaps(): RouteMaps {
-  const map = (name: string): MapHandle => {
-    const data = new Map<string, Buffer>();
-    return {
-      name,
-      keySize: 0,
-      valueSize: 0,
-      maxEntries: 100000,
-      lookup: (k) => data.get(k.toString('hex')),
-      update: (k, v) => void data.set(k.toString('hex'), Buffer.from(v)),
-      delete: (k) => data.delete(k.toString('hex')),
-      keys: () => [...data.keys()].map((k) => Buffer.from(k, 'hex')),
-      entries: () => [...data].map(([k, v]) => [Buffer.from(k, 'hex'), v]),
-    };
-  };
-  return Object.fromEntries(ROUTE_MAPS.map((n) => [n, map(n)])) as unknown as RouteMaps;
-}

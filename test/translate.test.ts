@@ -5,7 +5,7 @@ import { planService } from '../src/dataplane/plan.js';
 import { concernsOneVirtualHost, translate, validate, validateAgainst } from '../src/translate/index.js';
 import { TYPE, type JsonObject, type ServiceWaypoint, type XdsResource } from '../src/xds/types.js';
 import { slotKeyCodec, u32 } from '../src/dataplane/codec.js';
-import { ROUTE_MAPS, type MapHandle, type RouteMaps } from '../src/dataplane/maps.js';
+import { memoryMaps } from './support/memory-maps.js';
 import { RouteWriter } from '../src/dataplane/writer.js';
 
 function res(typeUrl: string, name: string, body: JsonObject): XdsResource {
@@ -13,23 +13,6 @@ function res(typeUrl: string, name: string, body: JsonObject): XdsResource {
 }
 
 /** Routing maps in memory, as the writer sees them: enough to restart a writer on what one wrote. */
-function memoryMaps(): RouteMaps {
-  const map = (name: string): MapHandle => {
-    const data = new Map<string, Buffer>();
-    return {
-      name,
-      keySize: 0,
-      valueSize: 0,
-      maxEntries: 100000,
-      lookup: (k) => data.get(k.toString('hex')),
-      update: (k, v) => void data.set(k.toString('hex'), Buffer.from(v)),
-      delete: (k) => data.delete(k.toString('hex')),
-      keys: () => [...data.keys()].map((k) => Buffer.from(k, 'hex')),
-      entries: () => [...data].map(([k, v]) => [Buffer.from(k, 'hex'), v]),
-    };
-  };
-  return Object.fromEntries(ROUTE_MAPS.map((n) => [n, map(n)])) as unknown as RouteMaps;
-}
 
 function edsCluster(name: string, extra: JsonObject = {}): XdsResource {
   return res(TYPE.cluster, name, {
